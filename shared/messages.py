@@ -1,0 +1,173 @@
+"""Message contracts between the coordinator and the stage workers.
+
+Commands ask one stage worker to do one attempt of one stage; events report back. Every
+message carries the run's correlation_id (the run id) and a W3C traceparent. Messages never
+carry data: stage inputs and outputs are blob names.
+
+Versioning: each class declares ``message_type`` and ``schema_version``; both travel as
+application properties. ``decode`` upgrades older versions through ``_UPCASTERS`` and refuses
+unknown types or versions with ``MalformedMessageError`` (the worker dead-letters those).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.bus.port import OutgoingMessage
+from shared.errors import MalformedMessageError
+
+Stage = Literal["aggregation", "split", "train", "register", "tag"]
+STAGES: tuple[Stage, ...] = ("aggregation", "split", "train", "register", "tag")
+
+JsonDict = dict[str, Any]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+    correlation_id: UUID
+    traceparent: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        raise NotImplementedError
+
+
+class Command(Message):
+    """Asks for work; exactly one handler acts on it."""
+
+
+class Event(Message):
+    """Reports something that happened; the coordinator folds it into the run state."""
+
+
+class RunStage(Command):
+    message_type: ClassVar[str] = "run_stage"
+
+    stage: Stage
+    attempt: int = Field(ge=1)
+    recipe: str
+    params: JsonDict = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def message_id(self) -> str:
+        # Deterministic so that a re-published command is dropped by duplicate detection.
+        return f"{self.correlation_id}:{self.stage}:{self.attempt}"
+
+
+class StageEvent(Event):
+    stage: Stage
+    attempt: int = Field(ge=1)
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class StageStarted(StageEvent):
+    message_type: ClassVar[str] = "stage_started"
+
+    worker: str
+    delivery_count: int = 1
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.correlation_id}:{self.stage}:{self.attempt}:started:{self.delivery_count}"
+
+
+class StageSucceeded(StageEvent):
+    message_type: ClassVar[str] = "stage_succeeded"
+
+    outputs: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    details: JsonDict = Field(default_factory=dict)
+    cached: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.correlation_id}:{self.stage}:{self.attempt}:succeeded"
+
+
+class StageFailed(StageEvent):
+    message_type: ClassVar[str] = "stage_failed"
+
+    error: str
+    error_type: str
+    retryable: bool
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.correlation_id}:{self.stage}:{self.attempt}:failed"
+
+
+MESSAGE_CLASSES: dict[str, type[Message]] = {
+    cls.message_type: cls for cls in (RunStage, StageStarted, StageSucceeded, StageFailed)
+}
+
+# (message_type, from_version) -> function turning that version's body into the next one.
+_UPCASTERS: dict[tuple[str, int], Callable[[JsonDict], JsonDict]] = {}
+
+
+def encode(message: Message, *, scheduled_enqueue_time: datetime | None = None) -> OutgoingMessage:
+    return OutgoingMessage(
+        body=message.model_dump_json().encode(),
+        message_id=message.message_id,
+        correlation_id=str(message.correlation_id),
+        subject=message.message_type,
+        application_properties={
+            "message_type": message.message_type,
+            "schema_version": message.schema_version,
+            **({"traceparent": message.traceparent} if message.traceparent else {}),
+        },
+        scheduled_enqueue_time=scheduled_enqueue_time,
+    )
+
+
+def decode(body: bytes, application_properties: Mapping[str, Any]) -> Message:
+    message_type = application_properties.get("message_type")
+    version = application_properties.get("schema_version")
+    cls = MESSAGE_CLASSES.get(str(message_type))
+    if cls is None:
+        raise MalformedMessageError(f"unknown message_type {message_type!r}")
+    try:
+        version = int(version)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"schema_version {version!r} is not an integer") from exc
+    if version > cls.schema_version or version < 1:
+        raise MalformedMessageError(
+            f"{message_type} schema_version {version} is not supported "
+            f"(this service reads 1..{cls.schema_version})"
+        )
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessageError(f"{message_type} body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedMessageError(f"{message_type} body is not a JSON object")
+    while version < cls.schema_version:
+        data = _UPCASTERS[(cls.message_type, version)](data)
+        version += 1
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedMessageError(f"{message_type} v{version} is invalid: {exc}") from exc
+
+
+def json_schemas() -> dict[str, JsonDict]:
+    """JSON schema of every message, keyed ``{type}.v{version}`` (exported to docs/)."""
+    return {
+        f"{cls.message_type}.v{cls.schema_version}": cls.model_json_schema()
+        for cls in MESSAGE_CLASSES.values()
+    }

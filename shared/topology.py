@@ -1,0 +1,38 @@
+"""Every topic and subscription the services use, declared in one place.
+
+Azure Service Bus drops messages sent to a topic that has no subscription, so subscriptions
+must exist before the first publish; adapters create (or, for Azure, verify) these at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.messages import STAGES, Stage
+
+EVENTS_TOPIC = "stage-events"
+COORDINATOR_SUBSCRIPTION = "coordinator"
+WORKER_SUBSCRIPTION = "worker"
+
+
+def command_topic(stage: Stage) -> str:
+    return f"stage-{stage}"
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    name: str
+    max_delivery_count: int = 10
+    lock_duration_s: float = 60.0
+
+
+Topology = dict[str, tuple[SubscriptionSpec, ...]]
+
+
+def build_topology(*, lock_duration_s: float = 60.0, max_delivery_count: int = 10) -> Topology:
+    def sub(name: str) -> tuple[SubscriptionSpec, ...]:
+        return (SubscriptionSpec(name, max_delivery_count, lock_duration_s),)
+
+    topology: Topology = {command_topic(stage): sub(WORKER_SUBSCRIPTION) for stage in STAGES}
+    topology[EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
+    return topology
