@@ -65,7 +65,9 @@ class InvalidBlobNameError(PermanentError):
 
 class UnknownRecipeError(PermanentError):
     def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(known)) or 'none'}")
+        super().__init__(
+            f"unknown recipe {name!r}; known recipes: {', '.join(sorted(known)) or 'none'}"
+        )
         self.name = name
         self.known = known
 

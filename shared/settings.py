@@ -17,6 +17,7 @@ from shared.topology import build_topology
 if TYPE_CHECKING:
     from shared.blobs.port import BlobStore
     from shared.bus.port import MessageBus
+    from shared.tracking import ModelRegistry
 
 
 class CommonSettings(BaseSettings):
@@ -34,6 +35,9 @@ class CommonSettings(BaseSettings):
 
     mlflow_tracking_uri: str | None = None
     mlflow_artifact_root: Path | None = None
+
+    # Recorded on every model version as lineage (e.g. the image tag or git commit).
+    code_version: str = "dev"
 
     # Modules imported for their recipes in addition to the ``retrainer.recipes`` entry points.
     recipe_modules: list[str] = []
@@ -73,3 +77,11 @@ def create_blob_store(settings: CommonSettings) -> BlobStore:
 
         return LocalBlobStore(settings.resolved_blob_local_root)
     raise AssertionError(f"unhandled blob adapter {settings.blob!r}")
+
+
+def create_registry(settings: CommonSettings) -> ModelRegistry:
+    from shared.tracking import MlflowRegistry
+
+    return MlflowRegistry(
+        settings.resolved_mlflow_tracking_uri, artifact_root=settings.resolved_mlflow_artifact_root
+    )

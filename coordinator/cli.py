@@ -1,0 +1,366 @@
+"""``retrainer``: run the stack, start and watch runs, inspect them.
+
+retrainer demo                      the whole thing on embedded defaults, one command
+retrainer up                        coordinator + five workers as supervised processes
+retrainer sample-data RECIPE        upload a generated sample data set to the blob store
+retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
+retrainer watch RUN_ID              follow a run stage by stage
+retrainer runs list | show RUN_ID   what the coordinator knows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.messages import STAGES
+from shared.settings import CommonSettings, create_blob_store, create_bus
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    pass
+
+
+# -- talking to the coordinator ------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    return httpx.Client(base_url=args.url, timeout=10.0)
+
+
+def _checked(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise CliError(
+            f"{response.request.method} {response.request.url.path}: "
+            f"HTTP {response.status_code}: {detail}"
+        )
+    return response.json()
+
+
+def start_run(
+    client: httpx.Client, recipe: str, data: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    run: dict[str, Any] = _checked(
+        client.post("/runs", json={"recipe": recipe, "data": data, "params": params})
+    )
+    return run
+
+
+def watch_run(
+    client: httpx.Client,
+    run_id: str,
+    *,
+    out: Callable[[str], None] = print,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Print each stage transition until the run finishes; returns the final run."""
+    seen: dict[str, tuple[str, int]] = {}
+    started = time.monotonic()
+    while True:
+        run: dict[str, Any] = _checked(client.get(f"/runs/{run_id}"))
+        for stage in run["stages"]:
+            key = (stage["status"], stage["attempt"])
+            if seen.get(stage["name"]) != key and stage["status"] != "pending":
+                seen[stage["name"]] = key
+                out(_stage_line(run, stage, time.monotonic() - started))
+        if run["status"] in TERMINAL:
+            return run
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise CliError(f"run {run_id} still {run['status']} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> str:
+    done = sum(1 for s in run["stages"] if s["status"] == "succeeded")
+    bar = "#" * done + "." * (len(STAGES) - done)
+    text = f"[{bar}] {elapsed:6.1f}s  {stage['name']:<12} {stage['status']}"
+    if stage["attempt"] > 1:
+        text += f" (attempt {stage['attempt']})"
+    if stage.get("cached"):
+        text += " (cached)"
+    if stage.get("duration_s") is not None and stage["status"] == "succeeded":
+        text += f" in {stage['duration_s']:.2f}s"
+    if stage.get("error"):
+        text += f": {stage['error']}"
+    return text
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    lines = [
+        f"run {run['id']}  {run['status']}",
+        f"  recipe {run['recipe']}  data {run['data']}  params {json.dumps(run.get('params', {}))}",
+    ]
+    for stage in run["stages"]:
+        duration = stage.get("duration_s")
+        lines.append(
+            f"  {stage['name']:<12} {stage['status']:<10} attempt {stage['attempt']}"
+            + (f"  {duration:.2f}s" if duration is not None else "")
+            + ("  cached" if stage.get("cached") else "")
+            + (f"  {stage['error']}" if stage.get("error") else "")
+        )
+    if run.get("metrics"):
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run["metrics"].items()))
+        lines.append(f"  metrics: {metrics}")
+    model = run.get("model")
+    if model:
+        champion = "champion" if model.get("champion") else "not promoted"
+        reason = f" ({model['reason']})" if model.get("reason") else ""
+        lines.append(f"  model: {model['name']} v{model['version']}, {champion}{reason}")
+    if run.get("error"):
+        lines.append(f"  error: {run['error']}")
+    return "\n".join(lines)
+
+
+# -- local state -----------------------------------------------------------------------------
+
+
+def upload_sample_data(settings: CommonSettings, recipe_name: str, prefix: str, seed: int) -> int:
+    """Generate a recipe's sample data and upload it under ``prefix``; skipped if present."""
+    from recipes.registry import get_recipe
+    from shared.blobs.transfer import upload_directory
+
+    store = create_blob_store(settings)
+    existing = list(store.list_blobs(prefix.rstrip("/") + "/"))
+    if existing:
+        return len(existing)
+    recipe = get_recipe(recipe_name, tuple(settings.recipe_modules))
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe.write_sample_data(Path(tmp), seed)
+        return len(upload_directory(store, Path(tmp), prefix.rstrip("/")))
+
+
+def prepare_state(settings: CommonSettings) -> None:
+    """Create the bus and MLflow databases once, before several processes race to do it."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    create_bus(settings).close()
+    import mlflow
+
+    mlflow.MlflowClient(settings.resolved_mlflow_tracking_uri).search_experiments()
+
+
+def stack_env(settings: CommonSettings, port: int) -> dict[str, str]:
+    return {
+        "RETRAINER_STATE_DIR": str(settings.state_dir.resolve()),
+        "RETRAINER_PORT": str(port),
+        "RETRAINER_HOST": "127.0.0.1",
+    }
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from coordinator.stack import Stack
+
+    settings = CommonSettings()
+    prepare_state(settings)
+    stack = Stack(stack_env(settings, args.port), log_dir=settings.state_dir / "logs")
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    stack.start()
+    url = f"http://127.0.0.1:{args.port}"
+    stack.wait_ready(url)
+    print(f"retrainer is up: {url} (API docs at {url}/docs); logs in {stack.log_dir}")
+    print("Ctrl-C stops it.")
+    while not stopping:
+        stack.restart_dead()
+        time.sleep(0.5)
+    stack.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from coordinator.stack import Stack, free_port
+
+    settings = CommonSettings()
+    recipe = "state_identifier"
+    prefix = "datasets/state-identifier/sample"
+    print(f"state in {settings.state_dir.resolve()}")
+    count = upload_sample_data(settings, recipe, prefix, seed=args.seed)
+    print(f"sample data: {count} blobs under {prefix}/")
+    prepare_state(settings)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Stack(stack_env(settings, port), log_dir=settings.state_dir / "logs") as stack:
+        stack.wait_ready(url)
+        print(f"stack up: coordinator {url} + {len(STAGES)} workers (logs in {stack.log_dir})")
+        with httpx.Client(base_url=url, timeout=10.0) as client:
+            run = start_run(client, recipe, prefix, {})
+            print(f"run {run['id']} started")
+            final = watch_run(client, run["id"], timeout_s=args.timeout)
+    print(describe_run(final))
+    if final["status"] != "succeeded":
+        return 1
+    _show_champion_prediction(settings, recipe, prefix)
+    return 0
+
+
+def _show_champion_prediction(settings: CommonSettings, recipe_name: str, prefix: str) -> None:
+    import mlflow
+    import pandas as pd
+
+    from shared.tracking import CHAMPION_ALIAS
+
+    mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{recipe_name}@{CHAMPION_ALIAS}")
+    store = create_blob_store(settings)
+    first = next(iter(store.list_blobs(prefix + "/")))
+    import io
+
+    raw = pd.read_csv(io.BytesIO(store.download_blob(first.name).data)).head(600)
+    labels = model.predict(raw)
+    print(
+        f"champion {recipe_name}@{CHAMPION_ALIAS} loaded with mlflow.pyfunc; "
+        f"{len(raw)} raw rows of {first.name} -> states {list(labels)[:20]}"
+    )
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    settings = CommonSettings()
+    prefix = args.prefix or f"datasets/{args.recipe.replace('_', '-')}/sample"
+    count = upload_sample_data(settings, args.recipe, prefix, seed=args.seed)
+    print(f"{count} blobs under {prefix}/")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = dict(_parse_param(p) for p in args.param)
+    with _client(args) as client:
+        run = start_run(client, args.recipe, args.data, params)
+        print(run["id"])
+        if not args.watch:
+            return 0
+        final = watch_run(client, run["id"])
+    print(describe_run(final))
+    return 0 if final["status"] == "succeeded" else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        final = watch_run(client, args.run_id)
+    print(describe_run(final))
+    return 0 if final["status"] == "succeeded" else 1
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    query = {"limit": args.limit, **({"status": args.status} if args.status else {})}
+    with _client(args) as client:
+        body = _checked(client.get("/runs", params=query))
+    runs = body["runs"] if isinstance(body, dict) else body
+    for run in runs:
+        model = run.get("model") or {}
+        version = f"v{model['version']}" if model.get("version") else ""
+        print(
+            f"{run['id']}  {run['status']:<10} {run['recipe']:<20} {run['created_at']}  {version}"
+        )
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        run = _checked(client.get(f"/runs/{args.run_id}"))
+    print(json.dumps(run, indent=2) if args.json else describe_run(run))
+    return 0
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CliError(f"parameter {text!r} is not key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retrainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("RETRAINER_URL", DEFAULT_URL),
+        help="coordinator URL (env RETRAINER_URL)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="sample data -> stack -> run -> champion model")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--timeout", type=float, default=600.0)
+    demo.set_defaults(func=cmd_demo)
+
+    up = commands.add_parser("up", help="run the coordinator and the five workers")
+    up.add_argument("--port", type=int, default=8080)
+    up.set_defaults(func=cmd_up)
+
+    sample = commands.add_parser("sample-data", help="upload a recipe's sample data")
+    sample.add_argument("recipe")
+    sample.add_argument("--prefix")
+    sample.add_argument("--seed", type=int, default=7)
+    sample.set_defaults(func=cmd_sample_data)
+
+    run = commands.add_parser("run", help="start a run")
+    run.add_argument("recipe")
+    run.add_argument("data", help="blob prefix of the raw data, e.g. datasets/x/sample")
+    run.add_argument("-p", "--param", action="append", default=[], help="key=value (JSON value)")
+    run.add_argument("--watch", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    watch = commands.add_parser("watch", help="follow a run until it finishes")
+    watch.add_argument("run_id")
+    watch.set_defaults(func=cmd_watch)
+
+    runs = commands.add_parser("runs", help="list or show runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list")
+    runs_list.add_argument("--status")
+    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.set_defaults(func=cmd_runs_list)
+    runs_show = runs_commands.add_parser("show")
+    runs_show.add_argument("run_id")
+    runs_show.add_argument("--json", action="store_true")
+    runs_show.set_defaults(func=cmd_runs_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except httpx.ConnectError as exc:
+        print(f"error: cannot reach the coordinator at {args.url}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

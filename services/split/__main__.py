@@ -1,0 +1,5 @@
+from services.split import build_spec
+from shared.service import run_stage_service
+
+if __name__ == "__main__":
+    run_stage_service(build_spec)

@@ -1,0 +1,46 @@
+"""Starting a stage worker process: settings -> adapters -> Worker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.settings import CommonSettings, create_blob_store, create_bus
+from shared.worker import StageSpec, Worker
+
+
+class WorkerSettings(CommonSettings):
+    max_concurrency: int = 1
+    receive_wait_s: float = 1.0
+    work_dir: Path | None = None
+    log_level: str = "INFO"
+
+
+def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
+    from recipes.registry import get_recipe
+
+    modules = tuple(settings.recipe_modules)
+    return Worker(
+        spec,
+        bus=create_bus(settings),
+        blob_store=create_blob_store(settings),
+        recipe_lookup=lambda name: get_recipe(name, modules),
+        lock_duration_s=settings.bus_lock_duration_s,
+        max_concurrency=settings.max_concurrency,
+        receive_wait_s=settings.receive_wait_s,
+        work_dir=settings.work_dir,
+    )
+
+
+def run_stage_service(build_spec: Callable[[WorkerSettings], StageSpec]) -> None:
+    settings = WorkerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    worker = build_worker(build_spec(settings), settings)
+    try:
+        worker.run_forever()
+    finally:
+        worker.close()

@@ -1,0 +1,346 @@
+"""The runtime every stage worker shares.
+
+receive -> (cache check) -> download inputs -> call the stage handler -> upload outputs ->
+publish the stage event -> settle the message. It renews the message lock while a stage runs,
+stops gracefully on SIGTERM, dead-letters messages it cannot decode, and runs at most
+``max_concurrency`` messages at once.
+
+Retry policy lives in the coordinator: a failed stage is reported with ``StageFailed``
+(``retryable`` from the error type) and the message is completed; the coordinator decides
+whether to send a new attempt. Bus redelivery (lock expiry after a crash) and its
+max-delivery-count dead-lettering only cover workers that die mid-stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from recipes.base import Recipe, RecipeParams
+from shared.blobs.port import BlobStore
+from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
+from shared.bus.port import MessageBus, ReceivedMessage
+from shared.errors import (
+    BlobNotFoundError,
+    MalformedMessageError,
+    MessageLockLostError,
+    PermanentError,
+)
+from shared.messages import (
+    RunStage,
+    Stage,
+    StageFailed,
+    StageStarted,
+    StageSucceeded,
+    decode,
+    encode,
+)
+from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, command_topic
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS_CONTAINER = "artifacts"
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    command: RunStage
+    recipe: Recipe
+    params: RecipeParams
+    input_dirs: Mapping[str, Path]
+    output_dir: Path
+    blob_store: BlobStore
+
+
+@dataclass(frozen=True)
+class StageResult:
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+StageHandler = Callable[[StageContext], StageResult]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage reads, what it produces and whether its output may be reused.
+
+    ``inputs`` are keys of the command's ``inputs``; each is downloaded to its own directory.
+    A cacheable stage's output is stored under a content hash of (stage, recipe version,
+    params, input digests), so a retry or re-run with unchanged inputs skips the work.
+    """
+
+    stage: Stage
+    inputs: tuple[str, ...]
+    output: str
+    handler: StageHandler
+    cacheable: bool = True
+
+
+class Worker:
+    def __init__(
+        self,
+        spec: StageSpec,
+        *,
+        bus: MessageBus,
+        blob_store: BlobStore,
+        recipe_lookup: Callable[[str], Recipe],
+        lock_duration_s: float,
+        max_concurrency: int = 1,
+        receive_wait_s: float = 1.0,
+        work_dir: Path | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self._bus = bus
+        self._blobs = blob_store
+        self._recipe_lookup = recipe_lookup
+        self._lock_duration_s = lock_duration_s
+        self._max_concurrency = max_concurrency
+        self._receive_wait_s = receive_wait_s
+        self._work_dir = work_dir
+        self.name = name or f"{spec.stage}@{socket.gethostname()}"
+        self._stopping = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Process messages until ``stop()`` or SIGTERM/SIGINT; finishes in-flight stages."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        log.info("%s worker %s listening on %s", self.spec.stage, self.name, self.topic)
+        threads = [
+            threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
+            for i in range(self._max_concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        log.info("%s worker %s stopped", self.spec.stage, self.name)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def close(self) -> None:
+        self._bus.close()
+
+    @property
+    def topic(self) -> str:
+        return command_topic(self.spec.stage)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.process_next()
+            except Exception:
+                # One bad receive (bus busy, disk hiccup) must not kill the worker.
+                log.exception("%s worker loop error", self.spec.stage)
+                self._stopping.wait(1.0)
+
+    def process_next(self) -> bool:
+        """Receive and process at most one message; returns whether one was processed."""
+        messages = self._bus.receive_messages(
+            self.topic, WORKER_SUBSCRIPTION, max_wait_time=self._receive_wait_s
+        )
+        for message in messages:
+            self._process(message)
+        return bool(messages)
+
+    # -- one message -----------------------------------------------------------------------
+
+    def _process(self, message: ReceivedMessage) -> None:
+        try:
+            command = decode(message.body, message.application_properties)
+            if not isinstance(command, RunStage) or command.stage != self.spec.stage:
+                raise MalformedMessageError(
+                    f"expected a run_stage command for {self.spec.stage}, got {command!r}"
+                )
+        except MalformedMessageError as exc:
+            log.error("dead-lettering message %s: %s", message.message_id, exc)
+            self._bus.dead_letter_message(
+                message, reason="MalformedMessage", error_description=str(exc)
+            )
+            return
+
+        self._publish(
+            StageStarted(
+                correlation_id=command.correlation_id,
+                traceparent=command.traceparent,
+                stage=command.stage,
+                attempt=command.attempt,
+                worker=self.name,
+                delivery_count=message.delivery_count,
+            )
+        )
+        with _LockRenewer(self._bus, message, self._lock_duration_s):
+            started = time.monotonic()
+            try:
+                event: StageSucceeded | StageFailed = self._run_stage(command)
+            except Exception as exc:
+                retryable = not isinstance(exc, PermanentError | ValidationError)
+                log.log(
+                    logging.WARNING if retryable else logging.ERROR,
+                    "%s failed for run %s attempt %s: %s",
+                    command.stage,
+                    command.correlation_id,
+                    command.attempt,
+                    exc,
+                    exc_info=retryable,
+                )
+                event = StageFailed(
+                    correlation_id=command.correlation_id,
+                    traceparent=command.traceparent,
+                    stage=command.stage,
+                    attempt=command.attempt,
+                    error=_describe(exc),
+                    error_type=type(exc).__name__,
+                    retryable=retryable,
+                )
+            else:
+                event = event.model_copy(update={"duration_s": time.monotonic() - started})
+        self._publish(event)
+        try:
+            self._bus.complete_message(message)
+        except MessageLockLostError:
+            # The event is out and de-duplicated by message id; a redelivery hits the cache.
+            log.warning("lock lost before completing %s", message.message_id)
+
+    def _run_stage(self, command: RunStage) -> StageSucceeded:
+        recipe = self._recipe_lookup(command.recipe)
+        params = recipe.parse_params(command.params)
+        missing = [name for name in self.spec.inputs if name not in command.inputs]
+        if missing:
+            raise MalformedMessageError(f"{command.stage} command lacks inputs {missing}")
+        output_prefix = self._output_prefix(command, recipe)
+        cached = self._read_manifest(output_prefix)
+        if cached is not None:
+            log.info(
+                "%s cache hit for run %s: %s", command.stage, command.correlation_id, output_prefix
+            )
+            return self._succeeded(command, output_prefix, cached, cached=True)
+
+        with tempfile.TemporaryDirectory(
+            prefix=f"retrainer-{command.stage}-", dir=self._work_dir
+        ) as tmp:
+            root = Path(tmp)
+            input_dirs = {}
+            for name in self.spec.inputs:
+                input_dirs[name] = root / "inputs" / name
+                download_prefix(self._blobs, _as_prefix(command.inputs[name]), input_dirs[name])
+            output_dir = root / "outputs"
+            output_dir.mkdir()
+            result = self.spec.handler(
+                StageContext(command, recipe, params, input_dirs, output_dir, self._blobs)
+            )
+            upload_directory(self._blobs, output_dir, output_prefix)
+        manifest = {"metrics": result.metrics, "details": result.details}
+        # Written last: its presence means the whole output is there.
+        self._blobs.upload_blob(
+            f"{output_prefix}/{MANIFEST}", json.dumps(manifest, sort_keys=True).encode()
+        )
+        return self._succeeded(command, output_prefix, manifest, cached=False)
+
+    def _output_prefix(self, command: RunStage, recipe: Recipe) -> str:
+        if not self.spec.cacheable:
+            return (
+                f"{ARTIFACTS_CONTAINER}/runs/{command.correlation_id}/"
+                f"{command.stage}/attempt-{command.attempt}"
+            )
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "stage": command.stage,
+                    "recipe": recipe.name,
+                    "recipe_version": recipe.version,
+                    "params": command.params,
+                    "inputs": {
+                        name: digest_prefix(self._blobs, _as_prefix(command.inputs[name]))
+                        for name in self.spec.inputs
+                    },
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        return f"{ARTIFACTS_CONTAINER}/cache/{command.stage}/{key}"
+
+    def _read_manifest(self, output_prefix: str) -> dict[str, Any] | None:
+        try:
+            content = self._blobs.download_blob(f"{output_prefix}/{MANIFEST}")
+        except BlobNotFoundError:
+            return None
+        manifest: dict[str, Any] = json.loads(content.data)
+        return manifest
+
+    def _succeeded(
+        self, command: RunStage, output_prefix: str, manifest: Mapping[str, Any], *, cached: bool
+    ) -> StageSucceeded:
+        return StageSucceeded(
+            correlation_id=command.correlation_id,
+            traceparent=command.traceparent,
+            stage=command.stage,
+            attempt=command.attempt,
+            outputs={self.spec.output: output_prefix},
+            metrics=manifest.get("metrics", {}),
+            details=manifest.get("details", {}),
+            cached=cached,
+        )
+
+    def _publish(self, event: StageStarted | StageSucceeded | StageFailed) -> None:
+        self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
+
+
+class _LockRenewer:
+    """Keeps a message's peek-lock alive while a long stage runs."""
+
+    def __init__(self, bus: MessageBus, message: ReceivedMessage, lock_duration_s: float) -> None:
+        self._bus = bus
+        self._message = message
+        self._interval = max(lock_duration_s / 3, 0.05)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._done.wait(self._interval):
+            try:
+                self._bus.renew_message_lock(self._message)
+            except MessageLockLostError:
+                log.warning("lock lost on %s; another worker may redo it", self._message.message_id)
+                return
+            except Exception:
+                log.exception("renewing the lock on %s failed", self._message.message_id)
+
+
+def _as_prefix(name: str) -> str:
+    return name if name.endswith("/") else name + "/"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        return f"invalid params: {problems}"
+    return str(exc) or type(exc).__name__
