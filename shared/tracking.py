@@ -91,7 +91,7 @@ class MlflowRegistry:
         import mlflow
 
         self._mlflow = mlflow
-        self._tracking_uri = tracking_uri
+        self.tracking_uri = tracking_uri
         self._artifact_root = artifact_root
         self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)
 
@@ -106,7 +106,7 @@ class MlflowRegistry:
     ) -> TrainingRecord:
         mlflow = self._mlflow
         with _translated("log training"):
-            mlflow.set_tracking_uri(self._tracking_uri)
+            mlflow.set_tracking_uri(self.tracking_uri)
             experiment_id = self._ensure_experiment(experiment_name)
             existing = self._client.search_runs(
                 [experiment_id], filter_string=f"tags.correlation_id = '{correlation_id}'"

@@ -1,0 +1,249 @@
+"""The stage-worker runtime on the real embedded bus and a real local blob store."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from recipes.base import Recipe
+from services.aggregation import build_spec as aggregation_spec
+from services.split import build_spec as split_spec
+from shared.blobs.local import LocalBlobStore
+from shared.bus.port import OutgoingMessage
+from shared.bus.sqlite import SqliteMessageBus
+from shared.errors import UnknownRecipeError
+from shared.messages import (
+    Message,
+    RunStage,
+    StageFailed,
+    StageStarted,
+    StageSucceeded,
+    decode,
+    encode,
+)
+from shared.topology import (
+    COORDINATOR_SUBSCRIPTION,
+    EVENTS_TOPIC,
+    WORKER_SUBSCRIPTION,
+    build_topology,
+    command_topic,
+)
+from shared.worker import StageContext, StageResult, StageSpec, Worker
+from tests.recipe_fixtures import echo_recipe
+
+LOCK_S = 0.6
+
+
+def lookup(name: str) -> Recipe:
+    if name != "echo":
+        raise UnknownRecipeError(name, ["echo"])
+    return echo_recipe
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> SqliteMessageBus:
+    bus = SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology(lock_duration_s=LOCK_S))
+    yield bus
+    bus.close()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> LocalBlobStore:
+    store = LocalBlobStore(tmp_path / "blobs")
+    store.upload_blob("datasets/echo/raw/a.txt", b"1\n2\n")
+    store.upload_blob("datasets/echo/raw/sub/b.txt", b"3\n")
+    return store
+
+
+def make_worker(spec: StageSpec, bus: SqliteMessageBus, blobs: LocalBlobStore) -> Worker:
+    return Worker(
+        spec,
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.2,
+    )
+
+
+def send(bus: SqliteMessageBus, **fields: object) -> RunStage:
+    command = RunStage.model_validate(
+        {
+            "correlation_id": uuid.uuid4(),
+            "stage": "aggregation",
+            "attempt": 1,
+            "recipe": "echo",
+            "inputs": {"data": "datasets/echo/raw"},
+            **fields,
+        }
+    )
+    bus.send_messages(command_topic(command.stage), [encode(command)])
+    return command
+
+
+def events(bus: SqliteMessageBus) -> list[Message]:
+    received = bus.receive_messages(
+        EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, max_message_count=50, max_wait_time=0.2
+    )
+    for message in received:
+        bus.complete_message(message)
+    return [decode(m.body, m.application_properties) for m in received]
+
+
+def test_stage_runs_uploads_outputs_and_reports(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    worker = make_worker(aggregation_spec(), bus, blobs)
+    command = send(bus)
+
+    assert worker.process_next()
+
+    started, succeeded = events(bus)
+    assert isinstance(started, StageStarted) and started.correlation_id == command.correlation_id
+    assert isinstance(succeeded, StageSucceeded) and not succeeded.cached
+    assert succeeded.details["rows"] == 3
+    assert succeeded.details["files"] == ["a.txt", "sub/b.txt"]
+    prefix = succeeded.outputs["dataset"]
+    assert prefix.startswith("artifacts/cache/aggregation/")
+    assert blobs.download_blob(f"{prefix}/numbers.json").data == b"[1.0, 2.0, 3.0]"
+    assert blobs.get_blob_properties(f"{prefix}/_manifest.json").size > 0
+    assert (
+        bus.receive_messages(command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=0.1)
+        == []
+    ), "command completed"
+
+
+def test_unchanged_inputs_hit_the_cache_and_changed_inputs_do_not(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    calls: list[str] = []
+    base = split_spec()
+
+    def counting(ctx: StageContext) -> StageResult:
+        calls.append(str(ctx.command.correlation_id))
+        return base.handler(ctx)
+
+    aggregation = make_worker(aggregation_spec(), bus, blobs)
+    send(bus)
+    aggregation.process_next()
+    dataset = [e for e in events(bus) if isinstance(e, StageSucceeded)][0].outputs["dataset"]
+
+    worker = make_worker(StageSpec("split", ("dataset",), "split", counting), bus, blobs)
+    for attempt in (1, 2):
+        send(bus, stage="split", attempt=attempt, inputs={"dataset": dataset})
+        worker.process_next()
+    send(bus, stage="split", inputs={"dataset": dataset}, params={"scale": 2.0})
+    worker.process_next()
+
+    results = [e for e in events(bus) if isinstance(e, StageSucceeded)]
+    assert [r.cached for r in results] == [False, True, False]
+    assert results[0].outputs == results[1].outputs != results[2].outputs
+    assert len(calls) == 2
+
+
+def test_bad_data_is_a_permanent_failure_naming_file_and_row(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    blobs.upload_blob("datasets/echo/raw/sub/b.txt", b"3\nfour\n")
+    send(bus)
+    make_worker(aggregation_spec(), bus, blobs).process_next()
+
+    failed = events(bus)[-1]
+    assert isinstance(failed, StageFailed)
+    assert not failed.retryable
+    assert failed.error == "sub/b.txt, row 2: 'four' is not a number"
+    assert failed.error_type == "DataValidationError"
+    assert list(blobs.list_blobs("artifacts/")) == [], "nothing written for failed data"
+
+
+def test_unknown_recipe_and_invalid_params_fail_permanently_with_reasons(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    worker = make_worker(aggregation_spec(), bus, blobs)
+    send(bus, recipe="nope")
+    send(bus, params={"scale": "big", "colour": 1})
+    worker.process_next()
+    worker.process_next()
+
+    unknown, invalid = [e for e in events(bus) if isinstance(e, StageFailed)]
+    assert not unknown.retryable and "unknown recipe 'nope'" in unknown.error
+    assert "echo" in unknown.error
+    assert not invalid.retryable
+    assert invalid.error.startswith("invalid params: ")
+    assert "scale" in invalid.error and "colour" in invalid.error
+
+
+def test_unexpected_errors_are_reported_retryable(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    def broken(ctx: StageContext) -> StageResult:
+        raise OSError("disk hiccup")
+
+    send(bus)
+    make_worker(StageSpec("aggregation", ("data",), "dataset", broken), bus, blobs).process_next()
+
+    failed = events(bus)[-1]
+    assert isinstance(failed, StageFailed)
+    assert failed.retryable and failed.error == "disk hiccup" and failed.error_type == "OSError"
+
+
+def test_malformed_messages_are_dead_lettered_with_a_reason(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    topic = command_topic("aggregation")
+    bus.send_messages(
+        topic,
+        [
+            OutgoingMessage(
+                body=b"not json",
+                message_id="m1",
+                application_properties={"message_type": "run_stage", "schema_version": 1},
+            ),
+            OutgoingMessage(
+                body=b"{}",
+                message_id="m2",
+                application_properties={"message_type": "run_stage", "schema_version": 99},
+            ),
+        ],
+    )
+    worker = make_worker(aggregation_spec(), bus, blobs)
+    worker.process_next()
+    worker.process_next()
+
+    dead = bus.receive_messages(
+        topic, WORKER_SUBSCRIPTION, max_message_count=5, max_wait_time=0.2, dead_letter=True
+    )
+    assert [m.message_id for m in dead] == ["m1", "m2"]
+    assert all(m.dead_letter_reason == "MalformedMessage" for m in dead)
+    assert "not JSON" in (dead[0].dead_letter_error_description or "")
+    assert "schema_version 99" in (dead[1].dead_letter_error_description or "")
+    assert events(bus) == [], "nothing reported for a message that is not a command"
+
+
+def test_lock_is_renewed_while_a_long_stage_runs(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    release = threading.Event()
+
+    def slow(ctx: StageContext) -> StageResult:
+        release.wait(10)
+        return StageResult()
+
+    send(bus)
+    worker = make_worker(StageSpec("aggregation", ("data",), "dataset", slow), bus, blobs)
+    thread = threading.Thread(target=worker.process_next)
+    thread.start()
+    time.sleep(LOCK_S * 3)
+    # Without renewal the lock would have expired twice by now and the message be visible.
+    stolen = bus.receive_messages(
+        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=0.1
+    )
+    release.set()
+    thread.join()
+
+    assert stolen == []
+    assert isinstance(events(bus)[-1], StageSucceeded)
