@@ -1,0 +1,66 @@
+"""State identifier: unsupervised operating-state detection on multi-sensor machine time series.
+
+Ported from the AzureML "State Identifier" use case: raw sensor readings are cleaned (gap
+filling, uninformative columns dropped, row-wise summaries added), cut into fixed-size windows,
+summarised per window (mean, std, min, max, slope, ...), scaled and clustered with KMeans
+(3 states by default). The registered model is one scikit-learn ``Pipeline`` whose ``predict``
+takes raw readings and returns one state (cluster label) per window. Scored on the training
+windows themselves with the silhouette score (primary), the Dunn index and inertia.
+
+Saving the model in MLflow's default skops format needs ``SKOPS_TRUSTED_TYPES`` passed as
+``skops_trusted_types`` (the custom transformers are not trusted by default).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from recipes.base import QualityGate, Recipe
+from recipes.state_identifier.aggregate import aggregate
+from recipes.state_identifier.params import StateIdentifierParams
+from recipes.state_identifier.sample_data import write_sample_data
+from recipes.state_identifier.training import build_preprocessing, split, train
+from recipes.state_identifier.transformers import SKOPS_TRUSTED_TYPES
+
+__all__ = [
+    "SKOPS_TRUSTED_TYPES",
+    "StateIdentifierParams",
+    "aggregate",
+    "build_preprocessing",
+    "recipe",
+    "split",
+    "train",
+    "write_sample_data",
+]
+
+MIN_SILHOUETTE = 0.2
+
+
+def _pinned(*distributions: str) -> tuple[str, ...]:
+    requirements = []
+    for name in distributions:
+        try:
+            requirements.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            requirements.append(name)
+    return tuple(requirements)
+
+
+recipe = Recipe(
+    name="state_identifier",
+    version="1.0.0",
+    description=(
+        "KMeans operating-state detection on windows of multi-sensor machine time series "
+        "(unsupervised; one cluster label per window)"
+    ),
+    params_model=StateIdentifierParams,
+    primary_metric="silhouette",
+    greater_is_better=True,
+    compute="cpu",
+    aggregate=aggregate,
+    split=split,
+    train=train,
+    write_sample_data=write_sample_data,
+    quality_gate=QualityGate({"silhouette": (">=", MIN_SILHOUETTE)}),
+    pip_requirements=_pinned("scikit-learn", "pandas", "numpy", "scipy"),
+)

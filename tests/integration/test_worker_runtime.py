@@ -130,7 +130,7 @@ def test_unchanged_inputs_hit_the_cache_and_changed_inputs_do_not(
     aggregation = make_worker(aggregation_spec(), bus, blobs)
     send(bus)
     aggregation.process_next()
-    dataset = [e for e in events(bus) if isinstance(e, StageSucceeded)][0].outputs["dataset"]
+    dataset = next(e for e in events(bus) if isinstance(e, StageSucceeded)).outputs["dataset"]
 
     worker = make_worker(StageSpec("split", ("dataset",), "split", counting), bus, blobs)
     for attempt in (1, 2):
