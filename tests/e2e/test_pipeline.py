@@ -1,0 +1,183 @@
+"""The whole stack as separate processes: coordinator + five workers on embedded defaults.
+
+These run exactly what ``retrainer up`` runs (coordinator/stack.py), talking over the SQLite
+bus, the local blob store and MLflow on SQLite.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from coordinator.cli import prepare_state, stack_env, upload_sample_data, watch_run
+from coordinator.stack import Stack, free_port
+from shared.settings import CommonSettings, create_blob_store
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = "datasets/state-identifier/sample"
+RUN_TIMEOUT_S = 240
+
+
+class Deployment:
+    def __init__(self, stack: Stack, client: httpx.Client, settings: CommonSettings) -> None:
+        self.stack = stack
+        self.client = client
+        self.settings = settings
+
+    def run(self, recipe: str, data: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.client.post(
+            "/runs", json={"recipe": recipe, "data": data, "params": params or {}}
+        )
+        assert response.status_code == 202, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait(self, run_id: str) -> dict[str, Any]:
+        return watch_run(
+            self.client, run_id, out=lambda _line: None, poll_s=0.2, timeout_s=RUN_TIMEOUT_S
+        )
+
+    def stage(self, run_id: str, name: str) -> dict[str, Any]:
+        run = self.client.get(f"/runs/{run_id}").json()
+        return next(s for s in run["stages"] if s["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    state_dir = tmp_path_factory.mktemp("state")
+    monkeypatch_module.setenv("RETRAINER_STATE_DIR", str(state_dir))
+    settings = CommonSettings()
+    upload_sample_data(settings, "state_identifier", SAMPLE, seed=3)
+    prepare_state(settings)
+    port = free_port()
+    env = {
+        **stack_env(settings, port),
+        "RETRAINER_RECIPE_MODULES": '["tests.e2e.slow_recipes"]',
+        "RETRAINER_BUS_LOCK_DURATION_S": "2",
+        "RETRAINER_CODE_VERSION": "e2e-test",
+    }
+    stack = Stack(env, log_dir=state_dir / "logs")
+    stack.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        stack.wait_ready(url)
+        with httpx.Client(base_url=url, timeout=10.0) as client:
+            yield Deployment(stack, client, settings)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _mlflow_client(settings: CommonSettings) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def test_run_succeeds_and_champion_predicts_on_raw_windows(deployment: Deployment) -> None:
+    run = deployment.run("state_identifier", SAMPLE)
+    final = deployment.wait(run["id"])
+
+    assert final["status"] == "succeeded", final
+    assert [s["status"] for s in final["stages"]] == ["succeeded"] * 5
+    assert all(s["attempt"] == 1 for s in final["stages"])
+    assert {"silhouette", "dunn_index", "inertia"} <= set(final["metrics"])
+    assert final["model"]["name"] == "state_identifier"
+    assert final["model"]["champion"] is True
+
+    import mlflow.pyfunc
+
+    client = _mlflow_client(deployment.settings)
+    version = client.get_model_version_by_alias("state_identifier", "champion")
+    assert version.version == str(final["model"]["version"])
+    assert version.tags["correlation_id"] == run["id"]
+    assert version.tags["best_model"] == "true"
+    assert version.tags["code_version"] == "e2e-test"
+    assert version.tags["dataset_version"].startswith("artifacts/cache/aggregation/")
+    assert float(version.tags["metric.silhouette"]) == pytest.approx(final["metrics"]["silhouette"])
+
+    store = create_blob_store(deployment.settings)
+    first = next(iter(store.list_blobs(SAMPLE + "/")))
+    raw = pd.read_csv(io.BytesIO(store.download_blob(first.name).data))
+    model = mlflow.pyfunc.load_model("models:/state_identifier@champion")
+    labels = model.predict(raw.head(600))
+    assert 0 < len(labels) < 600, "one label per window, not per row"
+    assert set(labels) <= {0, 1, 2}
+
+    # Same data again: the expensive stages come from the cache and the equal model is not
+    # promoted over the champion.
+    again = deployment.wait(deployment.run("state_identifier", SAMPLE)["id"])
+    assert again["status"] == "succeeded", again
+    cached = {s["name"]: s["cached"] for s in again["stages"]}
+    assert cached == {
+        "aggregation": True,
+        "split": True,
+        "train": True,
+        "register": False,
+        "tag": False,
+    }
+    assert again["model"]["champion"] is False
+    assert (
+        client.get_model_version_by_alias("state_identifier", "champion").version == version.version
+    )
+
+
+def test_malformed_data_fails_at_aggregation_naming_the_file(deployment: Deployment) -> None:
+    store = create_blob_store(deployment.settings)
+    store.upload_blob(
+        "datasets/broken/raw/part-1.csv",
+        b"timestamp,temperature\n2026-01-01T00:00:00,20.5\n2026-01-01T00:00:01,hot\n",
+    )
+    final = deployment.wait(deployment.run("state_identifier", "datasets/broken/raw")["id"])
+
+    assert final["status"] == "failed"
+    aggregation = final["stages"][0]
+    assert aggregation["status"] == "failed"
+    assert "part-1.csv" in aggregation["error"] and "row 2" in aggregation["error"]
+    assert "part-1.csv" in final["error"]
+    assert [s["status"] for s in final["stages"][1:]] == ["pending"] * 4
+    assert final.get("model") is None
+    client = _mlflow_client(deployment.settings)
+    assert client.search_model_versions(f"tags.correlation_id = '{final['id']}'") == []
+
+
+def test_unknown_recipe_is_refused_with_422(deployment: Deployment) -> None:
+    response = deployment.client.post(
+        "/runs", json={"recipe": "nope", "data": SAMPLE, "params": {}}
+    )
+    assert response.status_code == 422
+    assert "nope" in response.text and "state_identifier" in response.text
+
+
+def test_worker_killed_mid_stage_still_ends_in_success(deployment: Deployment) -> None:
+    run = deployment.run("slow_state_identifier", SAMPLE)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while deployment.stage(run["id"], "train")["status"] != "running":
+        assert time.monotonic() < deadline, "train never started"
+        time.sleep(0.1)
+    killed_pid = deployment.stack.pid("train")
+    deployment.stack.kill("train")  # SIGKILL: no cleanup, the message stays locked
+    assert deployment.stack.restart_dead() == ["train"]
+    assert deployment.stack.pid("train") != killed_pid
+
+    final = deployment.wait(run["id"])
+
+    assert final["status"] == "succeeded", final
+    train = next(s for s in final["stages"] if s["name"] == "train")
+    assert train["status"] == "succeeded"
+    assert final["model"]["name"] == "slow_state_identifier"
