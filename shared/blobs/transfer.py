@@ -1,0 +1,89 @@
+"""Moving whole "directories" of blobs between a blob store and the local file system.
+
+Written only against the ``BlobStore`` port, so they work with every adapter. A ``prefix``
+here names a directory: ``container/dir`` and ``container/dir/`` both mean the blobs whose
+names start with ``container/dir/`` (``container/dir2/x`` is not under ``container/dir``).
+Sequential for now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from shared.blobs.port import BlobStore, validate_blob_name
+from shared.errors import InvalidBlobNameError
+
+
+def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, str]:
+    """Download every blob under ``prefix`` into ``dest_dir`` (created if missing), keeping
+    the paths below the prefix. Returns relative path (``/``-separated) -> etag of the bytes
+    written. Raises InvalidBlobNameError for a blob whose relative path would land outside
+    ``dest_dir``."""
+    directory = _as_directory(prefix)
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest_root = dest.resolve()
+    etags: dict[str, str] = {}
+    for props in store.list_blobs(directory):
+        rel = props.name[len(directory) :]
+        target = _inside(dest_root, rel, props.name)
+        content = store.download_blob(props.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content.data)
+        etags[rel] = content.properties.etag
+    return etags
+
+
+def upload_directory(store: BlobStore, src_dir: Path, prefix: str) -> dict[str, str]:
+    """Upload every file below ``src_dir`` (symlinked directories are not followed) to
+    ``prefix/<relative path>``, overwriting. Returns blob name -> etag. All names are
+    validated before anything is uploaded."""
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise NotADirectoryError(f"not a directory: {src}")
+    directory = _as_directory(prefix)
+    files: list[tuple[str, Path]] = []
+    for dirpath, _dirnames, filenames in os.walk(src):
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            if path.is_file():
+                files.append((directory + path.relative_to(src).as_posix(), path))
+    files.sort()
+    for name, _ in files:
+        validate_blob_name(name)
+    return {name: store.upload_blob(name, path.read_bytes()).etag for name, path in files}
+
+
+def digest_prefix(store: BlobStore, prefix: str) -> str:
+    """A sha256 (hex) over the sorted (path below the prefix, etag) pairs under ``prefix``.
+
+    Changes whenever a blob under the prefix is written, added or deleted; does not depend on
+    the prefix itself or on anything outside it."""
+    directory = _as_directory(prefix)
+    pairs = sorted((p.name[len(directory) :], p.etag) for p in store.list_blobs(directory))
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps(pair).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _as_directory(prefix: str) -> str:
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def _inside(dest_root: Path, rel: str, name: str) -> Path:
+    segments = rel.split("/")
+    if (
+        any(s in ("", ".", "..") for s in segments)
+        or "\\" in rel
+        or "\x00" in rel
+        or os.path.isabs(rel)
+    ):
+        raise InvalidBlobNameError(name, "would be written outside the destination directory")
+    target = dest_root.joinpath(*segments)
+    if not target.resolve().is_relative_to(dest_root):
+        raise InvalidBlobNameError(name, "would be written outside the destination directory")
+    return target
