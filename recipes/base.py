@@ -59,6 +59,9 @@ class TrainResult:
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     input_example: Any = None
+    # Extra keyword arguments for the flavor's ``log_model`` (e.g. sklearn's
+    # ``skops_trusted_types`` for custom transformers, ``code_paths`` for portable loading).
+    log_model_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class MlflowRegistry:
                     name="model",
                     pip_requirements=list(pip_requirements),
                     input_example=result.input_example,
+                    **result.log_model_options,
                 )
             return TrainingRecord(run.info.run_id, info.model_uri, experiment_id)
 
@@ -213,6 +214,11 @@ class MlflowRegistry:
             return str(experiment.experiment_id)
 
 
+_PERMANENT_ERROR_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST")
+# MLflow reports a model it cannot serialize as INTERNAL_ERROR; retrying cannot fix it.
+_PERMANENT_MESSAGES = ("untrusted types", "could not be serialized")
+
+
 @contextmanager
 def _translated(action: str) -> Iterator[None]:
     """Turns MLflow and database failures into this project's retryable/permanent errors."""
@@ -221,7 +227,10 @@ def _translated(action: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"):
+        permanent = exc.error_code in _PERMANENT_ERROR_CODES or any(
+            text in exc.message for text in _PERMANENT_MESSAGES
+        )
+        if permanent:
             raise PermanentError(f"{action}: {exc.message}") from exc
         raise TrackingError(f"{action}: {exc}") from exc
     except OSError as exc:

@@ -62,5 +62,5 @@ recipe = Recipe(
     train=train,
     write_sample_data=write_sample_data,
     quality_gate=QualityGate({"silhouette": (">=", MIN_SILHOUETTE)}),
-    pip_requirements=_pinned("scikit-learn", "pandas", "numpy", "scipy"),
+    pip_requirements=_pinned("scikit-learn", "pandas", "numpy", "scipy", "pydantic"),
 )
