@@ -92,6 +92,9 @@ class MlflowRegistry:
 
         self._mlflow = mlflow
         self.tracking_uri = tracking_uri
+        # Some MLflow 3 calls (resolving a ``models:/<id>`` source when registering) go
+        # through the process-wide tracking URI, not the client's: pin both.
+        mlflow.set_tracking_uri(tracking_uri)
         self._artifact_root = artifact_root
         self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)
 
@@ -106,7 +109,6 @@ class MlflowRegistry:
     ) -> TrainingRecord:
         mlflow = self._mlflow
         with _translated("log training"):
-            mlflow.set_tracking_uri(self.tracking_uri)
             experiment_id = self._ensure_experiment(experiment_name)
             existing = self._client.search_runs(
                 [experiment_id], filter_string=f"tags.correlation_id = '{correlation_id}'"

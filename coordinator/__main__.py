@@ -1,0 +1,30 @@
+"""``python -m coordinator``: the REST API and the background loops in one process.
+
+uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which stops the loops (app lifespan)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from coordinator.api import create_app
+from coordinator.settings import CoordinatorSettings
+
+
+def main() -> None:
+    settings = CoordinatorSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

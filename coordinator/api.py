@@ -1,0 +1,326 @@
+"""The coordinator's REST API.
+
+``create_app`` builds the app; its lifespan builds the coordinator from settings (unless one is
+given) and runs the background loops, and stops them on shutdown (uvicorn turns SIGTERM into
+a shutdown). Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from http import HTTPStatus
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from coordinator.bootstrap import build_coordinator
+from coordinator.domain import (
+    AttemptRecord,
+    InvalidTransition,
+    ModelInfo,
+    Run,
+    RunNotFound,
+    RunStatus,
+    StageState,
+    StageStatus,
+)
+from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest
+from coordinator.settings import CoordinatorSettings
+from shared.messages import Stage
+
+# --- schemas -----------------------------------------------------------------------------
+
+
+class RunCreate(BaseModel):
+    recipe: str = Field(min_length=1, examples=["state_identifier"])
+    data: str = Field(
+        min_length=1,
+        description="blob prefix of the raw data: container/path",
+        examples=["raw/state-identifier/2025-03-01"],
+    )
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"n_clusters": 3}])
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    outcome: str
+    error: str | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+
+    @classmethod
+    def of(cls, record: AttemptRecord) -> AttemptOut:
+        return cls(
+            **record.model_dump(), duration_s=_seconds(record.started_at, record.finished_at)
+        )
+
+
+class StageOut(BaseModel):
+    name: Stage
+    status: StageStatus
+    attempt: int
+    queued_at: datetime | None
+    not_before: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    deadline: datetime | None
+    worker: str | None
+    cached: bool
+    outputs: dict[str, str]
+    metrics: dict[str, float]
+    details: dict[str, Any]
+    error: str | None
+    attempts: list[AttemptOut]
+
+    @classmethod
+    def of(cls, stage: StageState) -> StageOut:
+        return cls(
+            name=stage.stage,
+            status=stage.status,
+            attempt=stage.attempt,
+            queued_at=stage.queued_at,
+            not_before=stage.not_before,
+            started_at=stage.started_at,
+            finished_at=stage.finished_at,
+            duration_s=_seconds(stage.started_at, stage.finished_at),
+            deadline=stage.deadline,
+            worker=stage.worker,
+            cached=stage.cached,
+            outputs=stage.outputs,
+            metrics=stage.metrics,
+            details=stage.details,
+            error=stage.error,
+            attempts=[AttemptOut.of(record) for record in stage.history],
+        )
+
+
+class ModelOut(BaseModel):
+    name: str | None
+    version: str | None
+    champion: bool | None = Field(description="promoted to champion; null until tag reports")
+    reason: str | None
+
+    @classmethod
+    def of(cls, model: ModelInfo | None) -> ModelOut | None:
+        return None if model is None else cls(**model.model_dump())
+
+
+class RunSummary(BaseModel):
+    id: UUID
+    recipe: str
+    data: str
+    trigger: str
+    status: RunStatus
+    stage: Stage | None = Field(description="the stage in flight, or where the run stopped")
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    model: ModelOut | None
+
+    @classmethod
+    def of(cls, run: Run) -> RunSummary:
+        reached = [s for s in run.stages if s.status != "pending"]
+        return cls(
+            id=run.id,
+            recipe=run.recipe,
+            data=run.data,
+            trigger=run.trigger,
+            status=run.status,
+            stage=reached[-1].stage if reached else None,
+            error=run.error,
+            created_at=run.created_at,
+            updated_at=run.updated_at,
+            finished_at=run.finished_at,
+            duration_s=_seconds(run.created_at, run.finished_at),
+            model=ModelOut.of(run.model),
+        )
+
+
+class RunOut(RunSummary):
+    correlation_id: UUID
+    params: dict[str, Any]
+    stages: list[StageOut]
+    outputs: dict[str, str]
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, run: Run) -> RunOut:
+        return cls(
+            **RunSummary.of(run).model_dump(),
+            correlation_id=run.id,
+            params=run.params,
+            stages=[StageOut.of(stage) for stage in run.stages],
+            outputs=run.outputs,
+            metrics=run.metrics,
+        )
+
+
+class RunPage(BaseModel):
+    runs: list[RunSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start and end else None
+
+
+# --- app ---------------------------------------------------------------------------------
+
+
+def get_coordinator(request: Request) -> Coordinator:
+    coordinator: Coordinator = request.app.state.coordinator
+    return coordinator
+
+
+CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
+
+
+def create_app(
+    settings: CoordinatorSettings | None = None,
+    *,
+    coordinator: Coordinator | None = None,
+    run_loops: bool = True,
+) -> FastAPI:
+    """The app for ``settings`` (read from the environment at start-up when None).
+
+    With ``coordinator`` given, the app uses it as is and leaves closing it to the caller;
+    ``run_loops=False`` leaves consuming, relaying and the watchdog to the caller too."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or CoordinatorSettings()
+        running = coordinator or build_coordinator(resolved)
+        loops = BackgroundLoops(running, resolved.loop_intervals) if run_loops else None
+        app.state.coordinator = running
+        app.state.loops = loops
+        if loops:
+            loops.start()
+        try:
+            yield
+        finally:
+            if loops:
+                loops.stop()
+            if coordinator is None:
+                running.close()
+
+    app = FastAPI(
+        title="retrainer coordinator",
+        description="Starts ML retraining runs and follows them through their five stages.",
+        version="1",
+        lifespan=lifespan,
+    )
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.post(
+        "/runs",
+        status_code=HTTPStatus.ACCEPTED,
+        response_model=RunOut,
+        responses={
+            HTTPStatus.UNPROCESSABLE_ENTITY: {
+                "description": "unknown recipe, invalid params or unusable data"
+            }
+        },
+    )
+    def start_run(body: RunCreate, coordinator: CoordinatorDep, response: Response) -> RunOut:
+        run = coordinator.start_run(body.recipe, body.data, body.params, trigger="api")
+        response.headers["Location"] = f"/runs/{run.id}"
+        return RunOut.of(run)
+
+    @app.get("/runs", response_model=RunPage)
+    def list_runs(
+        coordinator: CoordinatorDep,
+        status: RunStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> RunPage:
+        runs, total = coordinator.list_runs(status=status, limit=limit, offset=offset)
+        return RunPage(
+            runs=[RunSummary.of(run) for run in runs], total=total, limit=limit, offset=offset
+        )
+
+    @app.get("/runs/{run_id}", response_model=RunOut, responses={HTTPStatus.NOT_FOUND: {}})
+    def get_run(run_id: UUID, coordinator: CoordinatorDep) -> RunOut:
+        return RunOut.of(coordinator.get_run(run_id))
+
+    @app.post(
+        "/runs/{run_id}/cancel",
+        response_model=RunOut,
+        responses={HTTPStatus.NOT_FOUND: {}, HTTPStatus.CONFLICT: {}},
+    )
+    def cancel_run(run_id: UUID, coordinator: CoordinatorDep) -> RunOut:
+        return RunOut.of(coordinator.cancel_run(run_id))
+
+    @app.post(
+        "/runs/{run_id}/retry",
+        status_code=HTTPStatus.ACCEPTED,
+        response_model=RunOut,
+        responses={HTTPStatus.NOT_FOUND: {}, HTTPStatus.CONFLICT: {}},
+    )
+    def retry_run(run_id: UUID, coordinator: CoordinatorDep) -> RunOut:
+        return RunOut.of(coordinator.retry_run(run_id))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={HTTPStatus.SERVICE_UNAVAILABLE: {"model": Readiness}},
+    )
+    def readyz(request: Request, coordinator: CoordinatorDep) -> JSONResponse:
+        checks = {"database": "ok"}
+        try:
+            coordinator.check_ready()
+        except Exception as exc:
+            checks["database"] = f"{type(exc).__name__}: {exc}"
+        loops: BackgroundLoops | None = request.app.state.loops
+        if loops is not None:
+            # The consumer polls the bus every second or so: its last outcome is the bus's health.
+            checks["bus"] = loops.errors.get("consumer") or loops.errors.get("relay") or "ok"
+            checks["loops"] = "ok" if loops.alive else "a background loop has stopped"
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            Readiness(status="ready" if ready else "not ready", checks=checks).model_dump(),
+            status_code=HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+        )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InvalidRunRequest)
+    def invalid_run_request(_: Request, exc: InvalidRunRequest) -> JSONResponse:
+        # The same shape as FastAPI's own validation errors, so clients parse one format.
+        detail = [
+            {"loc": ["body", *problem.loc], "msg": problem.msg, "type": "invalid_run_request"}
+            for problem in exc.problems
+        ]
+        return JSONResponse({"detail": detail}, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+
+    @app.exception_handler(RunNotFound)
+    def run_not_found(_: Request, exc: RunNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
+
+    @app.exception_handler(InvalidTransition)
+    def invalid_transition(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.CONFLICT)

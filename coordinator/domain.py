@@ -1,0 +1,574 @@
+"""The run state machine: ``decide(run, input, now, policy) -> Decision``, with no I/O.
+
+Everything that happens to a run arrives here as one input: a request from the API
+(``StartRun``, ``CancelRun``, ``RetryRun``), a stage event from a worker (``StageStarted``,
+``StageSucceeded``, ``StageFailed``) or a watchdog tick (``DeadlineExpired``). The answer is the
+run's new state plus the stage commands to publish; the store writes both in one transaction.
+
+Rules worth knowing:
+
+* Only the current attempt of the current stage moves a run, so stale, duplicate and
+  out-of-order events are harmless: they come back as a ``Decision`` with the run unchanged,
+  no commands and a note saying why.
+* One exception: a late ``StageSucceeded`` for an *older* attempt of the current stage is
+  accepted. The work is done and its outputs are as good as the newer attempt's would be (stage
+  outputs are content-addressed and cached), so waiting for the newer attempt only adds latency.
+  The newer attempt is recorded as ``superseded`` and its events are ignored from then on.
+* A ``StageSucceeded`` for the current attempt is accepted even if its ``StageStarted`` never
+  arrived: the bus does not promise order between two messages.
+* Deadlines are computed on the coordinator's clock (``now``), never on a worker's, so clock
+  skew cannot expire a stage early; the timings shown (started/finished) are the worker's.
+* A retry after a failure or a missed deadline waits ``policy.backoff``; a manual ``RetryRun``
+  does not wait and gives the stage a fresh budget of ``policy.max_attempts`` attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, assert_never
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import PermanentError
+from shared.messages import (
+    STAGES,
+    RunStage,
+    Stage,
+    StageEvent,
+    StageFailed,
+    StageStarted,
+    StageSucceeded,
+)
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StageStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
+AttemptOutcome = Literal["succeeded", "failed", "timed_out", "superseded", "cancelled"]
+
+ACTIVE_RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
+FINISHED_RUN_STATUSES: tuple[RunStatus, ...] = ("succeeded", "failed", "cancelled")
+_IN_FLIGHT: tuple[StageStatus, ...] = ("queued", "running")
+
+# Keys the register and tag workers put in their StageSucceeded ``details`` (services/).
+REGISTER_MODEL_NAME = "model_name"
+REGISTER_MODEL_VERSION = "model_version"
+TAG_PROMOTED = "promoted"
+TAG_REASON = "reason"
+
+JsonDict = dict[str, Any]
+
+
+class RunNotFound(PermanentError):
+    def __init__(self, run_id: UUID) -> None:
+        super().__init__(f"run {run_id} not found")
+        self.run_id = run_id
+
+
+class InvalidTransition(PermanentError):
+    """A request that the run's current status does not allow (HTTP 409)."""
+
+    def __init__(self, run_id: UUID, status: RunStatus, action: str) -> None:
+        super().__init__(f"cannot {action} run {run_id}: it is {status}")
+        self.run_id = run_id
+        self.status = status
+        self.action = action
+
+
+# --- state -------------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AttemptRecord(_Frozen):
+    """One finished attempt of a stage, kept for the run's history."""
+
+    attempt: int
+    outcome: AttemptOutcome
+    error: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class StageState(_Frozen):
+    stage: Stage
+    status: StageStatus = "pending"
+    attempt: int = 0
+    # The attempt number at which the current retry budget started: 1, or the attempt a
+    # manual RetryRun queued.
+    budget_start: int = 1
+    queued_at: datetime | None = None
+    not_before: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline: datetime | None = None
+    worker: str | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    details: JsonDict = Field(default_factory=dict)
+    cached: bool = False
+    error: str | None = None
+    history: tuple[AttemptRecord, ...] = ()
+
+    @property
+    def attempts_in_budget(self) -> int:
+        return self.attempt - self.budget_start + 1
+
+    def record(self, outcome: AttemptOutcome) -> AttemptRecord:
+        """The current attempt as history; set ``finished_at`` (and ``error``) first."""
+        return AttemptRecord(
+            attempt=self.attempt,
+            outcome=outcome,
+            error=self.error,
+            queued_at=self.queued_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+
+class ModelInfo(_Frozen):
+    name: str | None
+    version: str | None
+    champion: bool | None
+    reason: str | None
+
+
+class Run(_Frozen):
+    id: UUID
+    recipe: str
+    data: str
+    params: JsonDict
+    trigger: str
+    status: RunStatus
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    stages: tuple[StageState, ...]
+
+    def stage(self, name: Stage) -> StageState:
+        return self.stages[STAGES.index(name)]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
+
+    @property
+    def current_stage(self) -> StageState | None:
+        """The stage with an attempt in flight; None once the run is finished."""
+        return next((s for s in self.stages if s.status in _IN_FLIGHT), None)
+
+    @property
+    def deadline(self) -> datetime | None:
+        current = self.current_stage
+        return current.deadline if current else None
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for stage in self.stages:
+            if stage.status == "succeeded":
+                merged.update(stage.outputs)
+        return merged
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.stage("train").metrics)
+
+    @property
+    def model(self) -> ModelInfo | None:
+        register = self.stage("register")
+        if register.status != "succeeded":
+            return None
+        tag = self.stage("tag")
+        tag_details = tag.details if tag.status == "succeeded" else {}
+        version = register.details.get(REGISTER_MODEL_VERSION)
+        champion = tag_details.get(TAG_PROMOTED)
+        return ModelInfo(
+            name=register.details.get(REGISTER_MODEL_NAME),
+            version=None if version is None else str(version),
+            champion=None if champion is None else bool(champion),
+            reason=tag_details.get(TAG_REASON),
+        )
+
+
+# --- inputs and outputs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartRun:
+    run_id: UUID
+    recipe: str
+    data: str
+    params: Mapping[str, Any]
+    trigger: str = "api"
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    run_id: UUID
+
+
+@dataclass(frozen=True)
+class RetryRun:
+    run_id: UUID
+
+
+@dataclass(frozen=True)
+class DeadlineExpired:
+    run_id: UUID
+    stage: Stage
+    attempt: int
+
+
+CoordinatorInput = (
+    StartRun | CancelRun | RetryRun | DeadlineExpired | StageStarted | StageSucceeded | StageFailed
+)
+
+
+@dataclass(frozen=True)
+class ScheduledCommand:
+    command: RunStage
+    not_before: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    run: Run
+    commands: list[ScheduledCommand] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int = 3
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 60.0
+    # From publishing a command until its StageStarted arrives.
+    queue_timeout_s: float = 300.0
+    # From StageStarted until StageSucceeded/StageFailed.
+    run_timeout_s: float = 900.0
+    run_timeout_overrides_s: Mapping[Stage, float] = field(
+        default_factory=lambda: {"train": 7200.0}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def backoff(self, failed_attempts: int) -> timedelta:
+        """Wait before the next attempt: base, 2*base, 4*base, ... capped at backoff_max_s."""
+        delay = self.backoff_base_s * 2 ** (failed_attempts - 1)
+        return timedelta(seconds=min(delay, self.backoff_max_s))
+
+    def run_timeout(self, stage: Stage) -> float:
+        return self.run_timeout_overrides_s.get(stage, self.run_timeout_s)
+
+
+# --- the state machine -------------------------------------------------------------------
+
+
+def decide(
+    run: Run | None, message: CoordinatorInput, *, now: datetime, policy: Policy
+) -> Decision:
+    """Fold one input into a run. ``run`` is None only for a run that does not exist yet.
+
+    Raises RunNotFound for an input other than StartRun when ``run`` is None, and
+    InvalidTransition for a cancel or retry that the run's status does not allow.
+    """
+    if isinstance(message, StartRun):
+        if run is not None:
+            return _ignore(run, f"run {run.id} already exists")
+        return _start(message, now, policy)
+    if run is None:
+        raise RunNotFound(
+            message.correlation_id if isinstance(message, StageEvent) else message.run_id
+        )
+    match message:
+        case CancelRun():
+            return _cancel(run, now)
+        case RetryRun():
+            return _retry_run(run, now, policy)
+        case DeadlineExpired():
+            return _deadline_expired(run, message, now, policy)
+        case StageStarted():
+            return _stage_started(run, message, now, policy)
+        case StageSucceeded():
+            return _stage_succeeded(run, message, now, policy)
+        case StageFailed():
+            return _stage_failed(run, message, now, policy)
+        case _:
+            assert_never(message)
+
+
+def _start(message: StartRun, now: datetime, policy: Policy) -> Decision:
+    run = Run(
+        id=message.run_id,
+        recipe=message.recipe,
+        data=message.data,
+        params=dict(message.params),
+        trigger=message.trigger,
+        status="queued",
+        created_at=now,
+        updated_at=now,
+        stages=tuple(StageState(stage=stage) for stage in STAGES),
+    )
+    return _queue(run, run.stages[0], now, policy, not_before=None, note="run started")
+
+
+def _cancel(run: Run, now: datetime) -> Decision:
+    if run.is_finished:
+        raise InvalidTransition(run.id, run.status, "cancel")
+    current = run.current_stage
+    if current is not None:
+        current = current.model_copy(update={"error": "cancelled", "finished_at": now})
+        cancelled = current.model_copy(
+            update={
+                "status": "cancelled",
+                "deadline": None,
+                "history": (*current.history, current.record("cancelled")),
+            }
+        )
+        run = _put(run, cancelled)
+    run = run.model_copy(update={"status": "cancelled", "updated_at": now, "finished_at": now})
+    return Decision(run, notes=["run cancelled"])
+
+
+def _retry_run(run: Run, now: datetime, policy: Policy) -> Decision:
+    if run.status not in ("failed", "cancelled"):
+        raise InvalidTransition(run.id, run.status, "retry")
+    # A run stops at the stage that failed or was cancelled: the stages after it are still
+    # pending, so only this one needs a new attempt.
+    stopped = next(s for s in run.stages if s.status in ("failed", "cancelled"))
+    run = run.model_copy(
+        update={"status": "running", "error": None, "finished_at": None, "updated_at": now}
+    )
+    stage = stopped.model_copy(update={"budget_start": stopped.attempt + 1})
+    return _queue(run, stage, now, policy, not_before=None, note=f"run retried at {stage.stage}")
+
+
+def _stage_started(run: Run, event: StageStarted, now: datetime, policy: Policy) -> Decision:
+    stage = _current_attempt(run, event)
+    if stage is None:
+        return _ignore_event(run, event)
+    # A redelivered command starts the attempt again: its clock restarts, its start time stays.
+    stage = stage.model_copy(
+        update={
+            "status": "running",
+            "started_at": stage.started_at or event.occurred_at,
+            "deadline": now + timedelta(seconds=policy.run_timeout(stage.stage)),
+            "worker": event.worker,
+        }
+    )
+    run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
+    return Decision(run, notes=[f"{stage.stage} attempt {stage.attempt} started on {event.worker}"])
+
+
+def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Policy) -> Decision:
+    stage = _current_attempt(run, event) or _late_success(run, event)
+    if stage is None:
+        return _ignore_event(run, event)
+    notes = []
+    history = stage.history
+    late = event.attempt != stage.attempt
+    if late:
+        # ``attempt`` keeps the newest number so that no command id is ever issued twice.
+        history = (*history, stage.model_copy(update={"finished_at": now}).record("superseded"))
+        notes.append(f"{stage.stage} attempt {stage.attempt} superseded by a late success")
+    started_at = (
+        stage.started_at
+        if stage.started_at and not late
+        else event.occurred_at - timedelta(seconds=event.duration_s)
+    )
+    success = AttemptRecord(
+        attempt=event.attempt,
+        outcome="succeeded",
+        queued_at=None if late else stage.queued_at,
+        started_at=started_at,
+        finished_at=event.occurred_at,
+    )
+    stage = stage.model_copy(
+        update={
+            "status": "succeeded",
+            "started_at": started_at,
+            "finished_at": event.occurred_at,
+            "deadline": None,
+            "outputs": dict(event.outputs),
+            "metrics": dict(event.metrics),
+            "details": dict(event.details),
+            "cached": event.cached,
+            "error": None,
+            "history": (*history, success),
+        }
+    )
+    run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
+    notes.append(f"{stage.stage} attempt {event.attempt} succeeded")
+    index = STAGES.index(stage.stage)
+    if index + 1 == len(STAGES):
+        run = run.model_copy(update={"status": "succeeded", "finished_at": now})
+        return Decision(run, notes=[*notes, "run succeeded"])
+    queued = _queue(run, run.stages[index + 1], now, policy, not_before=None, note=None)
+    return Decision(queued.run, queued.commands, [*notes, *queued.notes])
+
+
+def _stage_failed(run: Run, event: StageFailed, now: datetime, policy: Policy) -> Decision:
+    stage = _current_attempt(run, event)
+    if stage is None:
+        return _ignore_event(run, event)
+    stage = stage.model_copy(
+        update={
+            "started_at": stage.started_at or event.occurred_at,
+            "finished_at": event.occurred_at,
+            "error": f"{event.error_type}: {event.error}",
+        }
+    )
+    if not event.retryable:
+        return _fail(run, stage, "failed", f"{stage.stage} failed: {event.error}", now)
+    if stage.attempts_in_budget >= policy.max_attempts:
+        reason = f"{stage.stage} failed after {stage.attempts_in_budget} attempts: {event.error}"
+        return _fail(run, stage, "failed", reason, now)
+    return _retry_attempt(run, stage, "failed", now, policy)
+
+
+def _deadline_expired(
+    run: Run, message: DeadlineExpired, now: datetime, policy: Policy
+) -> Decision:
+    stage = run.current_stage
+    if (
+        stage is None
+        or stage.stage != message.stage
+        or stage.attempt != message.attempt
+        or stage.deadline is None
+        or stage.deadline > now
+    ):
+        return _ignore(run, f"deadline of {message.stage} attempt {message.attempt} is not due")
+    if stage.status == "queued":
+        problem = f"did not start within {policy.queue_timeout_s:g} s"
+    else:
+        problem = f"did not report within {policy.run_timeout(stage.stage):g} s"
+    stage = stage.model_copy(update={"error": f"{stage.stage} {problem}", "finished_at": now})
+    if stage.attempts_in_budget >= policy.max_attempts:
+        reason = f"{stage.stage} {problem} after {stage.attempts_in_budget} attempts"
+        return _fail(run, stage, "timed_out", reason, now)
+    return _retry_attempt(run, stage, "timed_out", now, policy)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _current_attempt(
+    run: Run, event: StageStarted | StageSucceeded | StageFailed
+) -> StageState | None:
+    stage = run.current_stage
+    if stage is None or stage.stage != event.stage or stage.attempt != event.attempt:
+        return None
+    return stage
+
+
+def _late_success(run: Run, event: StageSucceeded) -> StageState | None:
+    stage = run.current_stage
+    if stage is None or stage.stage != event.stage or event.attempt >= stage.attempt:
+        return None
+    return stage
+
+
+def _retry_attempt(
+    run: Run, stage: StageState, outcome: AttemptOutcome, now: datetime, policy: Policy
+) -> Decision:
+    stage = stage.model_copy(update={"history": (*stage.history, stage.record(outcome))})
+    not_before = now + policy.backoff(stage.attempts_in_budget)
+    note = f"{stage.stage} attempt {stage.attempt} {outcome}: {stage.error}; retrying"
+    return _queue(run, stage, now, policy, not_before=not_before, note=note)
+
+
+def _fail(
+    run: Run, stage: StageState, outcome: AttemptOutcome, reason: str, now: datetime
+) -> Decision:
+    stage = stage.model_copy(
+        update={
+            "status": "failed",
+            "deadline": None,
+            "error": reason,
+            "history": (*stage.history, stage.record(outcome)),
+        }
+    )
+    run = _put(run, stage).model_copy(
+        update={"status": "failed", "error": reason, "updated_at": now, "finished_at": now}
+    )
+    return Decision(run, notes=[f"run failed: {reason}"])
+
+
+def _queue(
+    run: Run,
+    stage: StageState,
+    now: datetime,
+    policy: Policy,
+    *,
+    not_before: datetime | None,
+    note: str | None,
+) -> Decision:
+    """Queue the next attempt of ``stage`` and emit its command."""
+    attempt = stage.attempt + 1
+    queued = stage.model_copy(
+        update={
+            "status": "queued",
+            "attempt": attempt,
+            "queued_at": now,
+            "not_before": not_before,
+            "started_at": None,
+            "finished_at": None,
+            "deadline": (not_before or now) + timedelta(seconds=policy.queue_timeout_s),
+            "worker": None,
+            "outputs": {},
+            "metrics": {},
+            "details": {},
+            "cached": False,
+            "error": None,
+        }
+    )
+    run = _put(run, queued).model_copy(update={"updated_at": now})
+    command = RunStage(
+        correlation_id=run.id,
+        traceparent=_traceparent(run.id, queued.stage, attempt),
+        stage=queued.stage,
+        attempt=attempt,
+        recipe=run.recipe,
+        params=dict(run.params),
+        inputs={"data": run.data, **run.outputs},
+    )
+    notes = [note] if note else []
+    notes.append(f"{queued.stage} attempt {attempt} queued")
+    return Decision(run, [ScheduledCommand(command, not_before)], notes)
+
+
+def _put(run: Run, stage: StageState) -> Run:
+    stages = list(run.stages)
+    stages[STAGES.index(stage.stage)] = stage
+    return run.model_copy(update={"stages": tuple(stages)})
+
+
+def _ignore(run: Run, why: str) -> Decision:
+    return Decision(run, notes=[f"ignored: {why}"])
+
+
+def _ignore_event(run: Run, event: StageStarted | StageSucceeded | StageFailed) -> Decision:
+    current = run.current_stage
+    where = (
+        f"run is {run.status}"
+        if run.is_finished or current is None
+        else f"current is {current.stage} attempt {current.attempt} ({current.status})"
+    )
+    return _ignore(run, f"{event.message_type} for {event.stage} attempt {event.attempt}; {where}")
+
+
+def _traceparent(run_id: UUID, stage: Stage, attempt: int) -> str:
+    """W3C traceparent whose trace id is the run id, so telemetry groups by correlation id.
+
+    The span id is derived, not random, so that deciding twice yields the same command."""
+    span_id = hashlib.sha256(f"{run_id}:{stage}:{attempt}".encode()).hexdigest()[:16]
+    return f"00-{run_id.hex}-{span_id}-01"

@@ -1,0 +1,343 @@
+"""The coordinator's glue: requests and bus events in, decisions stored, commands published.
+
+No HTTP here. ``Coordinator`` turns each input into a call of the pure state machine through
+the store's unit of work; ``BackgroundLoops`` runs the three loops that keep runs moving:
+
+* consumer: stage events from ``stage-events/coordinator`` -> ``handle_bus_message``;
+* relay: outbox -> bus, woken at once after every decision that produced commands;
+* watchdog: overdue stages -> ``DeadlineExpired``.
+
+Crash safety comes from the order of steps, not from care at run time: a decision and its
+commands are committed together before anything is published or settled, the relay marks a
+row published only after the bus accepted it (a re-publish is dropped by the bus's duplicate
+detection, command ids being deterministic), and a message is completed only after its
+decision is committed (a redelivery finds its id in the inbox and changes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from pydantic import ValidationError
+
+from coordinator.domain import (
+    CancelRun,
+    CoordinatorInput,
+    Decision,
+    Policy,
+    RetryRun,
+    Run,
+    RunNotFound,
+    RunStatus,
+    StartRun,
+    decide,
+)
+from coordinator.store import OutboxMessage, RunStore
+from recipes.base import Recipe
+from shared.blobs.port import BlobStore, validate_prefix
+from shared.bus.port import MessageBus, ReceivedMessage
+from shared.errors import (
+    InvalidBlobNameError,
+    MalformedMessageError,
+    MessageLockLostError,
+    PermanentError,
+    RetrainerError,
+    UnknownRecipeError,
+)
+from shared.messages import StageFailed, StageStarted, StageSucceeded, decode, utcnow
+from shared.topology import COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC
+
+log = logging.getLogger(__name__)
+
+RecipeLookup = Callable[[str], Recipe]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a request was refused; ``loc`` is the path of the field in the request."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+
+class InvalidRunRequest(PermanentError):
+    """A run request that names an unknown recipe, bad params or unusable data (HTTP 422)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
+        self.problems = problems
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        bus: MessageBus,
+        blobs: BlobStore,
+        store: RunStore,
+        recipes: RecipeLookup,
+        policy: Policy,
+        clock: Callable[[], datetime] = utcnow,
+        relay_batch_size: int = 100,
+    ) -> None:
+        self.bus = bus
+        self.blobs = blobs
+        self.store = store
+        self._recipes = recipes
+        self._policy = policy
+        self._clock = clock
+        self._relay_batch_size = relay_batch_size
+        # Set whenever a decision wrote commands, so the relay publishes them at once.
+        self.outbox_written = threading.Event()
+
+    # --- requests --------------------------------------------------------------------------
+
+    def start_run(
+        self, recipe: str, data: str, params: Mapping[str, Any], *, trigger: str = "api"
+    ) -> Run:
+        """Validate the request and start a run; raises InvalidRunRequest naming each problem."""
+        self._validate(recipe, data, params)
+        run_id = uuid4()
+        return self._apply(run_id, StartRun(run_id, recipe, data, dict(params), trigger))
+
+    def cancel_run(self, run_id: UUID) -> Run:
+        """Raises RunNotFound, or InvalidTransition if the run already finished."""
+        return self._apply(run_id, CancelRun(run_id))
+
+    def retry_run(self, run_id: UUID) -> Run:
+        """Raises RunNotFound, or InvalidTransition unless the run failed or was cancelled."""
+        return self._apply(run_id, RetryRun(run_id))
+
+    def get_run(self, run_id: UUID) -> Run:
+        return self.store.get_run(run_id)
+
+    def list_runs(
+        self, *, status: RunStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Run], int]:
+        """A page of runs, newest first, and how many runs match in all."""
+        runs = self.store.list_runs(status=status, limit=limit, offset=offset)
+        return runs, self.store.count_runs(status=status)
+
+    def close(self) -> None:
+        self.bus.close()
+        self.store.close()
+
+    def check_ready(self) -> None:
+        """Raises if the run store cannot be queried."""
+        self.store.ping()
+
+    def _validate(self, recipe_name: str, data: str, params: Mapping[str, Any]) -> None:
+        problems: list[Problem] = []
+        try:
+            recipe = self._recipes(recipe_name)
+        except UnknownRecipeError as exc:
+            problems.append(Problem(("recipe",), str(exc)))
+        else:
+            try:
+                recipe.parse_params(params)
+            except ValidationError as exc:
+                problems.extend(
+                    Problem(("params", *error["loc"]), error["msg"]) for error in exc.errors()
+                )
+        try:
+            validate_prefix(data)
+        except InvalidBlobNameError as exc:
+            problems.append(Problem(("data",), str(exc)))
+        else:
+            if next(iter(self.blobs.list_blobs(data)), None) is None:
+                problems.append(Problem(("data",), f"no blobs under {data!r}"))
+        if problems:
+            raise InvalidRunRequest(problems)
+
+    def _apply(self, run_id: UUID, message: CoordinatorInput) -> Run:
+        decision = self.store.apply(run_id, self._deciding(message))
+        # Only a bus message carries an inbox id, so the store always decides here.
+        assert decision is not None
+        self._after(decision)
+        return decision.run
+
+    # --- bus events ------------------------------------------------------------------------
+
+    def consume_events(self, *, max_messages: int = 10, max_wait_s: float = 1.0) -> int:
+        """Receive and handle one batch of stage events; returns how many were received."""
+        received = self.bus.receive_messages(
+            EVENTS_TOPIC,
+            COORDINATOR_SUBSCRIPTION,
+            max_message_count=max_messages,
+            max_wait_time=max_wait_s,
+        )
+        for message in received:
+            self.handle_bus_message(message)
+        return len(received)
+
+    def handle_bus_message(self, received: ReceivedMessage) -> None:
+        """Decode, decide, commit, then settle: a crash anywhere redelivers, never loses."""
+        try:
+            event = decode(received.body, received.application_properties)
+        except MalformedMessageError as exc:
+            self._dead_letter(received, "MalformedMessage", str(exc))
+            return
+        if not isinstance(event, StageStarted | StageSucceeded | StageFailed):
+            self._dead_letter(
+                received, "UnexpectedMessage", f"{event.message_type} is not a stage event"
+            )
+            return
+        try:
+            decision = self.store.apply(
+                event.correlation_id,
+                self._deciding(event),
+                inbox_message_id=received.message_id,
+            )
+        except RunNotFound as exc:
+            self._dead_letter(received, "UnknownRun", str(exc))
+            return
+        except Exception:
+            # Anything else (database down, a bug) may pass; the bus redelivers and, after its
+            # max delivery count, dead-letters the message itself.
+            log.exception("could not apply %s; abandoning it", received.message_id)
+            self.bus.abandon_message(received)
+            return
+        try:
+            self.bus.complete_message(received)
+        except MessageLockLostError:
+            log.warning("lock on %s expired; its redelivery will be ignored", received.message_id)
+        if decision is None:
+            log.info("%s was processed before; completed again", received.message_id)
+        else:
+            self._after(decision)
+
+    def _dead_letter(self, received: ReceivedMessage, reason: str, description: str) -> None:
+        log.warning("dead-lettering %s: %s: %s", received.message_id, reason, description)
+        self.bus.dead_letter_message(received, reason=reason, error_description=description)
+
+    # --- watchdog and relay ----------------------------------------------------------------
+
+    def watchdog_tick(self) -> int:
+        """Act on every overdue stage; returns how many deadlines were due."""
+        due = self.store.list_due_deadlines(self._clock())
+        for expired in due:
+            self._apply(expired.run_id, expired)
+        return len(due)
+
+    def relay_outbox(self) -> int:
+        """Publish pending outbox rows, then mark them published; returns how many."""
+        pending = self.store.pending_outbox(self._relay_batch_size)
+        by_topic: dict[str, list[OutboxMessage]] = {}
+        for row in pending:
+            by_topic.setdefault(row.topic, []).append(row)
+        for topic, rows in by_topic.items():
+            self.bus.send_messages(topic, [row.message for row in rows])
+            self.store.mark_published(row.id for row in rows)
+        return len(pending)
+
+    # ---------------------------------------------------------------------------------------
+
+    def _deciding(self, message: CoordinatorInput) -> Callable[[Run | None], Decision]:
+        def fn(run: Run | None) -> Decision:
+            # ``now`` is read inside so that a retry after a conflict decides on fresh time.
+            return decide(run, message, now=self._clock(), policy=self._policy)
+
+        return fn
+
+    def _after(self, decision: Decision) -> None:
+        for note in decision.notes:
+            log.info("run %s: %s", decision.run.id, note)
+        if decision.commands:
+            self.outbox_written.set()
+
+
+@dataclass(frozen=True)
+class LoopIntervals:
+    consumer_wait_s: float = 1.0
+    relay_interval_s: float = 1.0
+    watchdog_interval_s: float = 5.0
+    # Pause after an error so a broken dependency is not hammered.
+    error_backoff_s: float = 2.0
+
+
+class BackgroundLoops:
+    """The consumer, relay and watchdog threads; ``stop`` ends them within about one wait."""
+
+    def __init__(self, coordinator: Coordinator, intervals: LoopIntervals) -> None:
+        self._coordinator = coordinator
+        self._intervals = intervals
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        # Each loop's latest error, cleared by its next success: what /readyz reports.
+        self.errors: dict[str, str] = {}
+
+    def start(self) -> None:
+        self._stop.clear()
+        for name, target in (
+            ("consumer", self._consume),
+            ("relay", self._relay),
+            ("watchdog", self._watchdog),
+        ):
+            thread = threading.Thread(target=target, name=f"coordinator-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        # Wake the relay from its wait; it sees the stop flag and returns.
+        self._coordinator.outbox_written.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("%s did not stop within %.0f s", thread.name, timeout_s)
+        self._threads.clear()
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
+    def _consume(self) -> None:
+        while not self._stop.is_set():
+            self._guarded(
+                "consumer",
+                lambda: self._coordinator.consume_events(
+                    max_wait_s=self._intervals.consumer_wait_s
+                ),
+            )
+
+    def _relay(self) -> None:
+        outbox_written = self._coordinator.outbox_written
+        while not self._stop.is_set():
+            outbox_written.wait(self._intervals.relay_interval_s)
+            # Cleared before publishing: a decision made meanwhile sets it again.
+            outbox_written.clear()
+            if not self._stop.is_set():
+                self._guarded("relay", self._relay_all)
+
+    def _relay_all(self) -> None:
+        while self._coordinator.relay_outbox() and not self._stop.is_set():
+            pass
+
+    def _watchdog(self) -> None:
+        while not self._stop.wait(self._intervals.watchdog_interval_s):
+            self._guarded("watchdog", self._coordinator.watchdog_tick)
+
+    def _guarded(self, loop: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            self.errors[loop] = f"{type(exc).__name__}: {exc}"
+            # An expected outage (bus or database down) needs no stack trace; a bug does.
+            expected = isinstance(exc, RetrainerError)
+            log.log(
+                logging.WARNING if expected else logging.ERROR,
+                "%s failed: %s; retrying in %.1f s",
+                loop,
+                exc,
+                self._intervals.error_backoff_s,
+                exc_info=not expected,
+            )
+            self._stop.wait(self._intervals.error_backoff_s)
+        else:
+            self.errors.pop(loop, None)

@@ -1,0 +1,381 @@
+"""The run store: runs, their outbox and the inbox of processed messages, on SQLite or PostgreSQL.
+
+``apply`` is the unit of work: it loads a run, asks a pure function for a ``Decision`` and
+writes the new state, the decision's commands (outbox) and the processed message's id (inbox)
+in one transaction. Concurrent writers (the API thread, the event consumer, the watchdog, a
+second coordinator) are reconciled optimistically: every update checks the version it read,
+and a loser re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    Uuid,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.schema import CreateSchema
+
+from coordinator.domain import (
+    ACTIVE_RUN_STATUSES,
+    DeadlineExpired,
+    Decision,
+    Run,
+    RunNotFound,
+    RunStatus,
+)
+from shared.bus.port import OutgoingMessage
+from shared.errors import RetryableError
+from shared.messages import encode, utcnow
+from shared.topology import command_topic
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class ConcurrencyConflict(RetryableError):
+    """Other writers kept changing the run while this one tried to apply its decision."""
+
+    def __init__(self, run_id: UUID, tries: int) -> None:
+        super().__init__(f"run {run_id} changed under {tries} consecutive attempts to update it")
+        self.run_id = run_id
+
+
+class StoreUnavailableError(RetryableError):
+    """The database could not be reached or stayed locked."""
+
+
+class _UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on both databases.
+
+    SQLite has no time-zone type; storing naive UTC there keeps its text comparisons right."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value} would be ambiguous in the run store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_Json = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("recipe", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_at", _UtcDateTime, nullable=False),
+    Column("updated_at", _UtcDateTime, nullable=False),
+    # The current stage's deadline, copied out of ``state`` so the watchdog can use an index.
+    Column("deadline", _UtcDateTime, nullable=True),
+    Column("state", _Json, nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_runs_created_at", "created_at"),
+    Index("ix_runs_status_created_at", "status", "created_at"),
+    Index("ix_runs_deadline", "deadline"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("topic", String(200), nullable=False),
+    Column("message_id", String(400), nullable=False),
+    Column("correlation_id", String(100), nullable=True),
+    Column("subject", String(200), nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("application_properties", _Json, nullable=False),
+    Column("scheduled_enqueue_time", _UtcDateTime, nullable=True),
+    Column("created_at", _UtcDateTime, nullable=False),
+    Column("published_at", _UtcDateTime, nullable=True),
+    Index("ix_outbox_unpublished", "published_at", "id"),
+)
+
+processed_messages = Table(
+    "processed_messages",
+    metadata,
+    Column("message_id", String(400), primary_key=True),
+    Column("processed_at", _UtcDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    topic: str
+    message: OutgoingMessage
+
+
+class RunStore:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        schema: str | None = None,
+        max_tries: int = 10,
+    ) -> None:
+        # Every statement names unqualified tables; a schema (tests, shared databases) is
+        # substituted at execution time.
+        self._engine = (
+            engine.execution_options(schema_translate_map={None: schema}) if schema else engine
+        )
+        self._schema = schema
+        self._max_tries = max_tries
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None) -> RunStore:
+        engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _configure_sqlite)
+        return cls(engine, schema=schema)
+
+    def create_tables(self) -> None:
+        with self._engine.begin() as conn:
+            if self._schema:
+                conn.execute(CreateSchema(self._schema, if_not_exists=True))
+            metadata.create_all(conn)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # --- unit of work ----------------------------------------------------------------------
+
+    def apply(
+        self,
+        run_id: UUID,
+        decide: Callable[[Run | None], Decision],
+        *,
+        inbox_message_id: str | None = None,
+    ) -> Decision | None:
+        """Decide on the stored run and save the result, its commands and the inbox marker
+        atomically. Returns None, deciding nothing, if ``inbox_message_id`` was processed
+        before. ``decide`` may run more than once (after a conflict), so it must be pure.
+
+        Raises ConcurrencyConflict when every try lost a race, and whatever ``decide`` raises.
+        """
+        lost_race: Exception | None = None
+        for tries in range(self._max_tries):
+            try:
+                with self._connection() as conn, conn.begin():
+                    return self._apply_once(conn, run_id, decide, inbox_message_id)
+            except (_VersionChanged, IntegrityError) as exc:
+                # IntegrityError: another writer inserted the same run or inbox marker first.
+                lost_race = exc
+            # Random, growing pauses so that writers that collided do not collide again.
+            time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+        raise ConcurrencyConflict(run_id, self._max_tries) from lost_race
+
+    def _apply_once(
+        self,
+        conn: Connection,
+        run_id: UUID,
+        decide: Callable[[Run | None], Decision],
+        inbox_message_id: str | None,
+    ) -> Decision | None:
+        if inbox_message_id is not None and conn.scalar(
+            select(processed_messages.c.message_id).where(
+                processed_messages.c.message_id == inbox_message_id
+            )
+        ):
+            return None
+        row = conn.execute(
+            select(runs.c.state, runs.c.version).where(runs.c.id == run_id)
+        ).one_or_none()
+        current = Run.model_validate(row.state) if row else None
+        decision = decide(current)
+        new = decision.run
+        values: dict[str, Any] = {
+            "status": new.status,
+            "updated_at": new.updated_at,
+            "deadline": new.deadline,
+            "state": new.model_dump(mode="json"),
+        }
+        if row is None:
+            conn.execute(
+                insert(runs).values(
+                    id=new.id, recipe=new.recipe, created_at=new.created_at, version=1, **values
+                )
+            )
+        elif new != current:
+            updated = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.version == row.version)
+                .values(version=row.version + 1, **values)
+            )
+            if updated.rowcount != 1:
+                raise _VersionChanged
+        now = utcnow()
+        if decision.commands:
+            conn.execute(insert(outbox), [_outbox_row(cmd, now) for cmd in _encoded(decision)])
+        if inbox_message_id is not None:
+            conn.execute(
+                insert(processed_messages).values(message_id=inbox_message_id, processed_at=now)
+            )
+        return decision
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def get_run(self, run_id: UUID) -> Run:
+        with self._connection() as conn:
+            state = conn.scalar(select(runs.c.state).where(runs.c.id == run_id))
+        if state is None:
+            raise RunNotFound(run_id)
+        return Run.model_validate(state)
+
+    def list_runs(
+        self, *, status: RunStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Run]:
+        """Newest first."""
+        query = select(runs.c.state).order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        with self._connection() as conn:
+            states = conn.scalars(query.limit(limit).offset(offset)).all()
+        return [Run.model_validate(state) for state in states]
+
+    def count_runs(self, *, status: RunStatus | None = None) -> int:
+        query = select(func.count()).select_from(runs)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        with self._connection() as conn:
+            return int(conn.scalar(query) or 0)
+
+    def list_due_deadlines(self, now: datetime, *, limit: int = 100) -> list[DeadlineExpired]:
+        query = (
+            select(runs.c.state)
+            .where(runs.c.deadline <= now, runs.c.status.in_(ACTIVE_RUN_STATUSES))
+            .order_by(runs.c.deadline)
+            .limit(limit)
+        )
+        with self._connection() as conn:
+            states = conn.scalars(query).all()
+        due = []
+        for state in states:
+            stage = Run.model_validate(state).current_stage
+            if stage is not None:
+                due.append(DeadlineExpired(UUID(state["id"]), stage.stage, stage.attempt))
+        return due
+
+    # --- outbox ----------------------------------------------------------------------------
+
+    def pending_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        """Unpublished commands, oldest first."""
+        query = (
+            select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(limit)
+        )
+        with self._connection() as conn:
+            rows = conn.execute(query).all()
+        return [
+            OutboxMessage(
+                id=row.id,
+                topic=row.topic,
+                message=OutgoingMessage(
+                    body=row.body,
+                    message_id=row.message_id,
+                    correlation_id=row.correlation_id,
+                    subject=row.subject,
+                    application_properties=row.application_properties,
+                    scheduled_enqueue_time=row.scheduled_enqueue_time,
+                ),
+            )
+            for row in rows
+        ]
+
+    def mark_published(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        with self._connection() as conn, conn.begin():
+            conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(published_at=utcnow()))
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailableError(f"run store unavailable: {exc}") from exc
+
+
+class _VersionChanged(Exception):
+    """The run's version changed between reading and writing it."""
+
+
+def _encoded(decision: Decision) -> Sequence[tuple[str, OutgoingMessage]]:
+    return [
+        (
+            command_topic(scheduled.command.stage),
+            encode(scheduled.command, scheduled_enqueue_time=scheduled.not_before),
+        )
+        for scheduled in decision.commands
+    ]
+
+
+def _outbox_row(topic_and_message: tuple[str, OutgoingMessage], now: datetime) -> dict[str, Any]:
+    topic, message = topic_and_message
+    return {
+        "topic": topic,
+        "message_id": message.message_id,
+        "correlation_id": message.correlation_id,
+        "subject": message.subject,
+        "body": message.body,
+        "application_properties": dict(message.application_properties),
+        "scheduled_enqueue_time": message.scheduled_enqueue_time,
+        "created_at": now,
+        "published_at": None,
+    }
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()

@@ -1,0 +1,345 @@
+"""The coordinator service over the real SQLite bus, local blob store and SQLite run store:
+crash safety (a crash between any two steps loses nothing and duplicates nothing), bus
+message handling, the watchdog and scheduled retries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from coordinator import store as store_module
+from coordinator.domain import Policy, Run
+from coordinator.service import Coordinator
+from coordinator.store import RunStore, StoreUnavailableError
+from recipes.registry import get_recipe
+from shared.blobs.local import LocalBlobStore
+from shared.bus.port import OutgoingMessage
+from shared.bus.sqlite import SqliteMessageBus
+from shared.messages import (
+    RunStage,
+    Stage,
+    StageFailed,
+    StageStarted,
+    StageSucceeded,
+    decode,
+    encode,
+    utcnow,
+)
+from shared.topology import (
+    COORDINATOR_SUBSCRIPTION,
+    EVENTS_TOPIC,
+    WORKER_SUBSCRIPTION,
+    build_topology,
+    command_topic,
+)
+
+LOCK_S = 0.3
+
+
+class Crash(Exception):
+    """Stands for the process dying at this point."""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Deployment:
+    """The coordinator's files in one directory; each ``coordinator()`` is a fresh process."""
+
+    def __init__(self, root: Path, policy: Policy, clock: Callable[[], datetime]) -> None:
+        self.root = root
+        self.policy = policy
+        self.clock = clock
+        self.blobs = LocalBlobStore(root / "blobs")
+        self.blobs.upload_blob("raw/set1/part-1.csv", b"timestamp,a\n1,2\n")
+        self.worker_bus = self.bus()
+        self._opened: list[Coordinator] = []
+
+    def bus(self) -> SqliteMessageBus:
+        return SqliteMessageBus(
+            self.root / "bus.sqlite", topology=build_topology(lock_duration_s=LOCK_S)
+        )
+
+    def coordinator(self) -> Coordinator:
+        store = RunStore.from_url(f"sqlite:///{self.root / 'coordinator.sqlite'}")
+        store.create_tables()
+        coordinator = Coordinator(
+            bus=self.bus(),
+            blobs=self.blobs,
+            store=store,
+            recipes=get_recipe,
+            policy=self.policy,
+            clock=self.clock,
+        )
+        self._opened.append(coordinator)
+        return coordinator
+
+    def start(self, coordinator: Coordinator) -> Run:
+        return coordinator.start_run("state_identifier", "raw/set1", {"n_clusters": 3})
+
+    def worker_receives(self, stage: Stage, wait_s: float = 0.2) -> list[RunStage]:
+        received = self.worker_bus.receive_messages(
+            command_topic(stage), WORKER_SUBSCRIPTION, max_message_count=10, max_wait_time=wait_s
+        )
+        for message in received:
+            self.worker_bus.complete_message(message)
+        return [_command(m.body, m.application_properties) for m in received]
+
+    def report(self, *messages: OutgoingMessage) -> None:
+        self.worker_bus.send_messages(EVENTS_TOPIC, messages)
+
+    def dead_letters(self) -> list[tuple[str | None, str | None]]:
+        received = self.worker_bus.receive_messages(
+            EVENTS_TOPIC,
+            COORDINATOR_SUBSCRIPTION,
+            max_message_count=10,
+            max_wait_time=0.2,
+            dead_letter=True,
+        )
+        return [(m.dead_letter_reason, m.dead_letter_error_description) for m in received]
+
+    def close(self) -> None:
+        for coordinator in self._opened:
+            coordinator.close()
+        self.worker_bus.close()
+
+
+def _command(body: bytes, properties: Any) -> RunStage:
+    command = decode(body, properties)
+    assert isinstance(command, RunStage)
+    return command
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(tmp_path, Policy(backoff_base_s=0.3, queue_timeout_s=60), utcnow)
+    yield deployment
+    deployment.close()
+
+
+def succeeded(run_id: UUID, stage: Stage, attempt: int = 1) -> StageSucceeded:
+    return StageSucceeded(
+        correlation_id=run_id, stage=stage, attempt=attempt, outputs={stage: f"out/{stage}"}
+    )
+
+
+# --- crash safety ------------------------------------------------------------------------
+
+
+def test_commands_committed_but_never_relayed_are_published_once_after_a_restart(
+    deployment: Deployment,
+) -> None:
+    run = deployment.start(deployment.coordinator())
+    # The first process dies before its relay ran.
+
+    restarted = deployment.coordinator()
+
+    assert restarted.relay_outbox() == 1
+    assert restarted.relay_outbox() == 0
+    [command] = deployment.worker_receives("aggregation")
+    assert command.correlation_id == run.id
+    assert deployment.worker_receives("aggregation") == []
+
+
+def test_a_crash_between_publishing_and_marking_published_duplicates_nothing(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = deployment.coordinator()
+    run = deployment.start(first)
+
+    def crash(ids: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(first.store, "mark_published", crash)
+    with pytest.raises(Crash):
+        first.relay_outbox()
+
+    restarted = deployment.coordinator()
+    assert restarted.relay_outbox() == 1  # published again ...
+    [command] = deployment.worker_receives("aggregation")  # ... and dropped by the bus
+    assert command.correlation_id == run.id
+    assert restarted.relay_outbox() == 0
+
+
+@pytest.mark.parametrize("kind", ["started", "succeeded"])
+def test_an_event_processed_but_not_completed_is_ignored_when_redelivered(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    first = deployment.coordinator()
+    run = deployment.start(first)
+    event = (
+        StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")
+        if kind == "started"
+        else succeeded(run.id, "aggregation")
+    )
+    deployment.report(encode(event))
+
+    def crash(message: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(first.bus, "complete_message", crash)
+    with pytest.raises(Crash):
+        first.consume_events(max_wait_s=1)
+    after_first = first.get_run(run.id)
+    outbox_after_first = first.store.pending_outbox()
+    assert after_first != run
+
+    restarted = deployment.coordinator()
+    # The event comes back once its lock expires; deciding on it again would, for a start,
+    # move the deadline and, for a success, be ignored by the state machine anyway.
+    assert restarted.consume_events(max_wait_s=LOCK_S * 10) == 1
+
+    assert restarted.get_run(run.id) == after_first
+    assert restarted.store.pending_outbox() == outbox_after_first
+    assert restarted.consume_events(max_wait_s=LOCK_S * 2) == 0
+
+
+def test_a_crash_inside_the_transaction_keeps_neither_the_state_nor_the_commands(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator = deployment.coordinator()
+    run = deployment.start(coordinator)
+    coordinator.relay_outbox()
+    deployment.report(encode(succeeded(run.id, "aggregation")))
+    real_encoded = store_module._encoded
+    crashes: list[object] = []
+
+    def crash_once(decision: Any) -> Any:
+        # Runs after the run row was updated, before the outbox rows are inserted.
+        if not crashes:
+            crashes.append(decision)
+            raise StoreUnavailableError("connection dropped")
+        return real_encoded(decision)
+
+    monkeypatch.setattr(store_module, "_encoded", crash_once)
+
+    assert coordinator.consume_events(max_wait_s=1) == 1
+    assert crashes
+    assert coordinator.get_run(run.id) == run
+    assert coordinator.store.pending_outbox() == []
+
+    # The message was abandoned, so it is delivered again at once and processed in full.
+    assert coordinator.consume_events(max_wait_s=1) == 1
+    assert coordinator.get_run(run.id).stage("split").status == "queued"
+    assert [m.topic for m in coordinator.store.pending_outbox()] == ["stage-split"]
+
+
+# --- handling bus messages ---------------------------------------------------------------
+
+
+def test_malformed_and_unexpected_messages_are_dead_lettered_with_a_reason(
+    deployment: Deployment,
+) -> None:
+    coordinator = deployment.coordinator()
+    run = deployment.start(coordinator)
+    deployment.report(
+        OutgoingMessage(
+            body=b"{not json",
+            message_id="m-1",
+            application_properties={"message_type": "stage_succeeded", "schema_version": 1},
+        ),
+        OutgoingMessage(body=b"{}", message_id="m-2", application_properties={"x": 1}),
+        encode(
+            RunStage(correlation_id=run.id, stage="split", attempt=1, recipe="state_identifier")
+        ),
+        encode(succeeded(uuid4(), "aggregation")),
+    )
+
+    assert coordinator.consume_events(max_wait_s=1) == 4
+
+    reasons = deployment.dead_letters()
+    assert [reason for reason, _ in reasons] == [
+        "MalformedMessage",
+        "MalformedMessage",
+        "UnexpectedMessage",
+        "UnknownRun",
+    ]
+    assert "body is not JSON" in str(reasons[0][1])
+    assert "unknown message_type" in str(reasons[1][1])
+    assert coordinator.get_run(run.id) == run
+
+
+def test_a_retryable_failure_is_retried_after_the_backoff_through_the_bus(
+    deployment: Deployment,
+) -> None:
+    coordinator = deployment.coordinator()
+    run = deployment.start(coordinator)
+    coordinator.relay_outbox()
+    deployment.worker_receives("aggregation")
+    deployment.report(
+        encode(StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")),
+        encode(
+            StageFailed(
+                correlation_id=run.id,
+                stage="aggregation",
+                attempt=1,
+                error="disk hiccup",
+                error_type="OSError",
+                retryable=True,
+            )
+        ),
+    )
+    while coordinator.consume_events(max_wait_s=0.2):
+        pass
+
+    assert coordinator.relay_outbox() == 1
+    # Scheduled 0.3 s ahead: not visible at once, delivered after the backoff.
+    assert deployment.worker_receives("aggregation", wait_s=0) == []
+    [retry] = deployment.worker_receives("aggregation", wait_s=5)
+    assert retry.attempt == 2
+    aggregation = coordinator.get_run(run.id).stage("aggregation")
+    assert [(a.attempt, a.outcome, a.error) for a in aggregation.history] == [
+        (1, "failed", "OSError: disk hiccup")
+    ]
+
+
+# --- watchdog ----------------------------------------------------------------------------
+
+
+def test_watchdog_retries_a_stage_nobody_started_and_then_fails_the_run(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(max_attempts=2, queue_timeout_s=60), clock)
+    try:
+        coordinator = deployment.coordinator()
+        run = deployment.start(coordinator)
+        coordinator.relay_outbox()
+
+        clock.advance(59)
+        assert coordinator.watchdog_tick() == 0
+        clock.advance(1)
+        assert coordinator.watchdog_tick() == 1
+
+        aggregation = coordinator.get_run(run.id).stage("aggregation")
+        assert (aggregation.status, aggregation.attempt) == ("queued", 2)
+        [retry] = coordinator.store.pending_outbox()
+        assert retry.message.message_id == f"{run.id}:aggregation:2"
+        assert retry.message.scheduled_enqueue_time == clock.now + timedelta(seconds=2)
+        assert coordinator.watchdog_tick() == 0
+
+        clock.advance(2 + 60)
+        assert coordinator.watchdog_tick() == 1
+        failed = coordinator.get_run(run.id)
+        assert failed.status == "failed"
+        assert failed.error == "aggregation did not start within 60 s after 2 attempts"
+        assert coordinator.watchdog_tick() == 0
+    finally:
+        deployment.close()

@@ -1,0 +1,265 @@
+"""The run store suite, run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from coordinator.domain import (
+    CancelRun,
+    CoordinatorInput,
+    DeadlineExpired,
+    Decision,
+    Policy,
+    Run,
+    RunNotFound,
+    StartRun,
+    decide,
+)
+from coordinator.store import RunStore
+from shared.messages import StageFailed, StageStarted, StageSucceeded, encode
+
+POSTGRES_URL = os.environ.get(
+    "RETRAINER_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+POLICY = Policy(queue_timeout_s=60.0)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
+    if request.param == "sqlite":
+        sqlite_store = RunStore.from_url(f"sqlite:///{tmp_path / 'runs.sqlite'}")
+        sqlite_store.create_tables()
+        yield sqlite_store
+        sqlite_store.close()
+        return
+    # A schema of its own per test: other suites may share the database.
+    schema = f"retrainer_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    postgres_store = RunStore.from_url(POSTGRES_URL, schema=schema)
+    try:
+        postgres_store.create_tables()
+        yield postgres_store
+    finally:
+        postgres_store.close()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def start(run_id: UUID) -> StartRun:
+    return StartRun(run_id, "state_identifier", "raw/set1", {"n_clusters": 3})
+
+
+def deciding(message: CoordinatorInput, now: datetime = T0) -> Callable[[Run | None], Decision]:
+    def fn(run: Run | None) -> Decision:
+        return decide(run, message, now=now, policy=POLICY)
+
+    return fn
+
+
+def create(store: RunStore, now: datetime = T0) -> Run:
+    run_id = uuid4()
+    decision = store.apply(run_id, deciding(start(run_id), now))
+    assert decision is not None
+    return decision.run
+
+
+def test_apply_saves_the_run_and_its_command_in_the_outbox(store: RunStore) -> None:
+    run_id = uuid4()
+
+    decision = store.apply(run_id, deciding(start(run_id)))
+
+    assert decision is not None
+    assert store.get_run(run_id) == decision.run
+    [pending] = store.pending_outbox()
+    [scheduled] = decision.commands
+    assert pending.topic == "stage-aggregation"
+    assert pending.message == encode(scheduled.command)
+
+
+def test_scheduled_commands_keep_their_enqueue_time(store: RunStore) -> None:
+    run = create(store)
+    store.mark_published(p.id for p in store.pending_outbox())
+    failure = StageFailed(
+        correlation_id=run.id,
+        stage="aggregation",
+        attempt=1,
+        error="disk hiccup",
+        error_type="OSError",
+        retryable=True,
+    )
+
+    decision = store.apply(run.id, deciding(failure, T0 + timedelta(seconds=5)))
+
+    assert decision is not None
+    [pending] = store.pending_outbox()
+    assert pending.message.message_id == f"{run.id}:aggregation:2"
+    assert pending.message.scheduled_enqueue_time == T0 + timedelta(seconds=5 + 2)
+
+
+def test_mark_published_takes_rows_off_the_pending_list(store: RunStore) -> None:
+    first, second = create(store), create(store)
+    pending = store.pending_outbox()
+    assert [p.message.correlation_id for p in pending] == [str(first.id), str(second.id)]
+
+    store.mark_published([pending[0].id])
+
+    assert [p.message.correlation_id for p in store.pending_outbox()] == [str(second.id)]
+    assert store.pending_outbox(limit=0) == []
+
+
+def test_a_processed_message_is_not_applied_twice(store: RunStore) -> None:
+    run = create(store)
+    event = StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")
+    calls = []
+
+    def counting(current: Run | None) -> Decision:
+        calls.append(current)
+        return deciding(event)(current)
+
+    first = store.apply(run.id, counting, inbox_message_id=event.message_id)
+    second = store.apply(run.id, counting, inbox_message_id=event.message_id)
+
+    assert first is not None and first.run.status == "running"
+    assert second is None
+    assert len(calls) == 1
+
+
+def test_an_ignored_event_changes_nothing_but_is_remembered(store: RunStore) -> None:
+    run = create(store)
+    stale = StageSucceeded(correlation_id=run.id, stage="train", attempt=1)
+
+    decision = store.apply(run.id, deciding(stale), inbox_message_id=stale.message_id)
+
+    assert decision is not None and decision.commands == []
+    assert store.get_run(run.id) == run
+    assert store.apply(run.id, deciding(stale), inbox_message_id=stale.message_id) is None
+
+
+def test_a_failing_decision_writes_nothing(store: RunStore) -> None:
+    missing = uuid4()
+    event = StageStarted(correlation_id=missing, stage="aggregation", attempt=1, worker="w")
+
+    with pytest.raises(RunNotFound):
+        store.apply(missing, deciding(event), inbox_message_id=event.message_id)
+
+    with pytest.raises(RunNotFound):
+        store.get_run(missing)
+    assert store.pending_outbox() == []
+    # The inbox marker was rolled back with the rest, so a redelivery is decided again.
+    with pytest.raises(RunNotFound):
+        store.apply(missing, deciding(event), inbox_message_id=event.message_id)
+
+
+def test_a_concurrent_update_is_detected_and_the_decision_taken_again(store: RunStore) -> None:
+    run = create(store)
+    seen: list[str] = []
+
+    def cancel_after_a_rival_starts_the_stage(current: Run | None) -> Decision:
+        assert current is not None
+        seen.append(current.status)
+        if len(seen) == 1:
+            started = StageStarted(
+                correlation_id=run.id, stage="aggregation", attempt=1, worker="w"
+            )
+            store.apply(run.id, deciding(started))
+        return decide(current, CancelRun(run.id), now=T0, policy=POLICY)
+
+    store.apply(run.id, cancel_after_a_rival_starts_the_stage)
+
+    assert seen == ["queued", "running"]
+    final = store.get_run(run.id)
+    assert final.status == "cancelled"
+    assert final.stage("aggregation").worker == "w"
+
+
+def test_concurrent_writers_lose_no_update(store: RunStore) -> None:
+    run = create(store)
+    writers, increments = 4, 10
+    errors: list[BaseException] = []
+
+    def bump(current: Run | None) -> Decision:
+        assert current is not None
+        count = int(current.params.get("count", 0)) + 1
+        return Decision(current.model_copy(update={"params": {**current.params, "count": count}}))
+
+    def writer() -> None:
+        try:
+            for _ in range(increments):
+                store.apply(run.id, bump)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert store.get_run(run.id).params["count"] == writers * increments
+
+
+def test_list_runs_is_newest_first_with_filters_and_paging(store: RunStore) -> None:
+    runs = [create(store, T0 + timedelta(minutes=i)) for i in range(4)]
+    cancelled = store.apply(runs[1].id, deciding(CancelRun(runs[1].id)))
+    assert cancelled is not None
+
+    assert [r.id for r in store.list_runs()] == [r.id for r in reversed(runs)]
+    assert [r.id for r in store.list_runs(limit=2, offset=1)] == [runs[2].id, runs[1].id]
+    assert [r.id for r in store.list_runs(status="cancelled")] == [runs[1].id]
+    assert store.list_runs(status="succeeded") == []
+    assert store.count_runs() == 4
+    assert store.count_runs(status="queued") == 3
+
+
+def test_due_deadlines_name_the_current_attempt_of_active_runs_only(store: RunStore) -> None:
+    due = create(store, T0)
+    later = create(store, T0 + timedelta(seconds=30))
+    finished = create(store, T0)
+    store.apply(finished.id, deciding(CancelRun(finished.id)))
+
+    assert store.list_due_deadlines(T0 + timedelta(seconds=59)) == []
+    assert store.list_due_deadlines(T0 + timedelta(seconds=60)) == [
+        DeadlineExpired(due.id, "aggregation", 1)
+    ]
+    assert {d.run_id for d in store.list_due_deadlines(T0 + timedelta(hours=1))} == {
+        due.id,
+        later.id,
+    }
+
+
+def test_times_come_back_aware_and_in_utc(store: RunStore) -> None:
+    run = create(store, datetime(2025, 3, 1, 13, 0, tzinfo=UTC))
+
+    [pending] = store.pending_outbox()
+
+    assert store.get_run(run.id).created_at == datetime(2025, 3, 1, 13, 0, tzinfo=UTC)
+    assert store.get_run(run.id).created_at.tzinfo is not None
+    assert pending.message.scheduled_enqueue_time is None
+
+
+def test_get_run_of_an_unknown_id_raises_run_not_found(store: RunStore) -> None:
+    with pytest.raises(RunNotFound):
+        store.get_run(uuid4())
+
+
+def test_ping_reaches_the_database(store: RunStore) -> None:
+    store.ping()

@@ -1,0 +1,542 @@
+"""The run state machine, exercised as a pure function: no database, no bus, no clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+
+from coordinator.domain import (
+    CancelRun,
+    DeadlineExpired,
+    Decision,
+    InvalidTransition,
+    Policy,
+    RetryRun,
+    Run,
+    RunNotFound,
+    StartRun,
+    decide,
+)
+from shared.messages import STAGES, Stage, StageFailed, StageStarted, StageSucceeded
+
+RUN_ID = UUID("12345678-1234-5678-1234-567812345678")
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+POLICY = Policy(
+    max_attempts=3,
+    backoff_base_s=2.0,
+    backoff_max_s=5.0,
+    queue_timeout_s=60.0,
+    run_timeout_s=100.0,
+    run_timeout_overrides_s={"train": 1000.0},
+)
+OUTPUTS: dict[Stage, dict[str, str]] = {
+    "aggregation": {"dataset": "datasets/r/aggregated"},
+    "split": {"split": "datasets/r/split"},
+    "train": {"model": "models/r/model"},
+    "register": {},
+    "tag": {},
+}
+DETAILS: dict[Stage, dict[str, object]] = {
+    "register": {"model_name": "state_identifier", "model_version": 7},
+    "tag": {"promoted": True, "reason": "silhouette 0.61 beats champion v6 (0.55)"},
+}
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def start(params: dict[str, object] | None = None) -> Decision:
+    message = StartRun(RUN_ID, "state_identifier", "raw/set1", params or {"n_clusters": 3})
+    return decide(None, message, now=T0, policy=POLICY)
+
+
+def started(stage: Stage, attempt: int = 1, delivery_count: int = 1) -> StageStarted:
+    return StageStarted(
+        correlation_id=RUN_ID,
+        stage=stage,
+        attempt=attempt,
+        worker=f"{stage}-worker",
+        delivery_count=delivery_count,
+        occurred_at=T0,
+    )
+
+
+def succeeded(stage: Stage, attempt: int = 1, occurred_at: datetime = T0) -> StageSucceeded:
+    return StageSucceeded(
+        correlation_id=RUN_ID,
+        stage=stage,
+        attempt=attempt,
+        outputs=OUTPUTS[stage],
+        metrics={"silhouette": 0.61} if stage == "train" else {},
+        details=DETAILS.get(stage, {}),
+        duration_s=1.5,
+        occurred_at=occurred_at,
+    )
+
+
+def failed(stage: Stage, attempt: int = 1, *, retryable: bool) -> StageFailed:
+    return StageFailed(
+        correlation_id=RUN_ID,
+        stage=stage,
+        attempt=attempt,
+        error="raw/bad.csv, row 7: value 'x' is not a number",
+        error_type="DataValidationError",
+        retryable=retryable,
+        occurred_at=T0,
+    )
+
+
+def apply(run: Run, message: object, seconds: float = 0.0) -> Decision:
+    return decide(run, message, now=at(seconds), policy=POLICY)  # type: ignore[arg-type]
+
+
+def run_until(stage: Stage) -> Run:
+    """A run whose earlier stages succeeded and whose ``stage`` attempt 1 is queued."""
+    run = start().run
+    for earlier in STAGES[: STAGES.index(stage)]:
+        run = apply(run, succeeded(earlier)).run
+    return run
+
+
+def assert_ignored(run: Run, message: object, seconds: float = 0.0) -> None:
+    decision = apply(run, message, seconds)
+    assert decision.run == run
+    assert decision.commands == []
+    assert decision.notes and decision.notes[0].startswith("ignored")
+
+
+# --- start and the happy path ------------------------------------------------------------
+
+
+def test_start_queues_aggregation_with_the_raw_data_as_input() -> None:
+    decision = start()
+
+    run = decision.run
+    assert run.id == RUN_ID
+    assert run.status == "queued"
+    assert run.created_at == run.updated_at == T0
+    assert [s.stage for s in run.stages] == list(STAGES)
+    assert [s.status for s in run.stages] == ["queued", "pending", "pending", "pending", "pending"]
+    aggregation = run.stage("aggregation")
+    assert (aggregation.attempt, aggregation.queued_at) == (1, T0)
+    assert aggregation.deadline == at(POLICY.queue_timeout_s)
+    [scheduled] = decision.commands
+    assert scheduled.not_before is None
+    command = scheduled.command
+    assert (command.stage, command.attempt, command.recipe) == (
+        "aggregation",
+        1,
+        "state_identifier",
+    )
+    assert command.correlation_id == RUN_ID
+    assert command.inputs == {"data": "raw/set1"}
+    assert command.params == {"n_clusters": 3}
+    assert command.message_id == f"{RUN_ID}:aggregation:1"
+    assert command.traceparent is not None and RUN_ID.hex in command.traceparent
+
+
+def test_happy_path_chains_every_stage_outputs_into_the_next_inputs() -> None:
+    run = start().run
+    expected_inputs: dict[str, str] = {"data": "raw/set1"}
+    for index, stage in enumerate(STAGES):
+        run = apply(run, started(stage), seconds=index * 10 + 1).run
+        assert run.status == "running"
+        assert run.stage(stage).status == "running"
+        decision = apply(run, succeeded(stage, occurred_at=at(index * 10 + 5)), index * 10 + 6)
+        run = decision.run
+        assert run.stage(stage).status == "succeeded"
+        expected_inputs.update(OUTPUTS[stage])
+        if stage == "tag":
+            assert decision.commands == []
+        else:
+            [scheduled] = decision.commands
+            assert scheduled.command.stage == STAGES[index + 1]
+            assert scheduled.command.attempt == 1
+            assert scheduled.command.inputs == expected_inputs
+            assert scheduled.command.params == {"n_clusters": 3}
+
+    assert run.status == "succeeded"
+    assert run.finished_at == at(46)
+    assert run.error is None
+    assert run.outputs == {
+        "dataset": "datasets/r/aggregated",
+        "split": "datasets/r/split",
+        "model": "models/r/model",
+    }
+    assert run.metrics == {"silhouette": 0.61}
+    assert run.model is not None
+    assert run.model.model_dump() == {
+        "name": "state_identifier",
+        "version": "7",
+        "champion": True,
+        "reason": "silhouette 0.61 beats champion v6 (0.55)",
+    }
+    train = run.stage("train")
+    assert train.finished_at == at(25)
+    assert [(r.attempt, r.outcome) for r in train.history] == [(1, "succeeded")]
+
+
+def test_started_sets_the_stage_run_timeout_on_the_coordinator_clock() -> None:
+    run = run_until("train")
+
+    run = apply(run, started("train"), seconds=30).run
+
+    train = run.stage("train")
+    assert train.status == "running"
+    assert train.started_at == T0
+    assert train.worker == "train-worker"
+    assert train.deadline == at(30 + 1000)
+    assert run.deadline == train.deadline
+
+
+def test_redelivered_start_restarts_the_deadline_but_keeps_the_start_time() -> None:
+    run = apply(run_until("split"), started("split"), seconds=1).run
+
+    run = apply(run, started("split", delivery_count=2), seconds=50).run
+
+    split = run.stage("split")
+    assert split.started_at == T0
+    assert split.deadline == at(50 + 100)
+
+
+def test_success_without_a_start_event_is_accepted_and_dates_the_start_from_the_duration() -> None:
+    run = start().run
+
+    decision = apply(run, succeeded("aggregation", occurred_at=at(10)), seconds=11)
+
+    aggregation = decision.run.stage("aggregation")
+    assert aggregation.status == "succeeded"
+    assert aggregation.started_at == at(10 - 1.5)
+    assert [c.command.stage for c in decision.commands] == ["split"]
+
+
+def test_model_is_absent_until_register_succeeds() -> None:
+    run = run_until("register")
+    assert run.model is None
+
+    run = apply(run, succeeded("register")).run
+
+    assert run.model is not None
+    assert (run.model.name, run.model.version, run.model.champion) == (
+        "state_identifier",
+        "7",
+        None,
+    )
+
+
+def test_the_same_input_gives_the_same_decision() -> None:
+    run = run_until("train")
+    assert apply(run, failed("train", retryable=True)) == apply(
+        run, failed("train", retryable=True)
+    )
+
+
+def test_run_survives_a_json_round_trip() -> None:
+    run = apply(
+        apply(run_until("train"), started("train")).run, failed("train", retryable=True)
+    ).run
+
+    assert Run.model_validate(run.model_dump(mode="json")) == run
+
+
+# --- failures and retries ----------------------------------------------------------------
+
+
+def test_retryable_failure_retries_the_same_stage_with_exponential_backoff() -> None:
+    run = apply(run_until("train"), started("train")).run
+
+    first = apply(run, failed("train", 1, retryable=True), seconds=10)
+    [retry] = first.commands
+    assert (retry.command.stage, retry.command.attempt) == ("train", 2)
+    assert retry.not_before == at(10 + 2)
+    assert retry.command.inputs == {
+        "data": "raw/set1",
+        **OUTPUTS["aggregation"],
+        **OUTPUTS["split"],
+    }
+    train = first.run.stage("train")
+    assert (train.status, train.attempt, train.error) == ("queued", 2, None)
+    assert train.deadline == at(10 + 2 + POLICY.queue_timeout_s)
+    assert first.run.status == "running"
+
+    second = apply(first.run, failed("train", 2, retryable=True), seconds=20)
+    [retry] = second.commands
+    assert retry.command.attempt == 3
+    assert retry.not_before == at(20 + 4)
+
+    history = second.run.stage("train").history
+    assert [(r.attempt, r.outcome) for r in history] == [(1, "failed"), (2, "failed")]
+    assert history[0].error is not None and "row 7" in history[0].error
+    # The worker's time of failure, not the time the coordinator heard of it.
+    assert history[0].finished_at == T0
+
+
+def test_retryable_failure_fails_the_run_once_attempts_are_exhausted() -> None:
+    run = run_until("train")
+    for attempt in (1, 2):
+        run = apply(run, failed("train", attempt, retryable=True)).run
+
+    decision = apply(run, failed("train", 3, retryable=True), seconds=30)
+
+    assert decision.commands == []
+    run = decision.run
+    assert run.status == "failed"
+    assert run.finished_at == at(30)
+    assert (
+        run.error == "train failed after 3 attempts: raw/bad.csv, row 7: value 'x' is not a number"
+    )
+    train = run.stage("train")
+    assert (train.status, train.attempt, train.deadline) == ("failed", 3, None)
+    assert [r.outcome for r in train.history] == ["failed"] * 3
+    assert run.stage("register").status == "pending"
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [POLICY.backoff(n).total_seconds() for n in (1, 2, 3, 4)] == [2.0, 4.0, 5.0, 5.0]
+
+
+def test_permanent_failure_fails_the_run_at_once_with_the_worker_error() -> None:
+    run = apply(start().run, started("aggregation")).run
+
+    decision = apply(run, failed("aggregation", retryable=False), seconds=3)
+
+    assert decision.commands == []
+    assert decision.run.status == "failed"
+    assert decision.run.error == "aggregation failed: raw/bad.csv, row 7: value 'x' is not a number"
+    aggregation = decision.run.stage("aggregation")
+    assert aggregation.status == "failed"
+    assert aggregation.error == decision.run.error
+    assert aggregation.finished_at == T0
+    assert [r.outcome for r in aggregation.history] == ["failed"]
+
+
+# --- deadlines ---------------------------------------------------------------------------
+
+
+def test_queue_deadline_retries_a_stage_nobody_picked_up() -> None:
+    run = run_until("split")
+
+    decision = apply(run, DeadlineExpired(RUN_ID, "split", 1), seconds=POLICY.queue_timeout_s)
+
+    [retry] = decision.commands
+    assert (retry.command.stage, retry.command.attempt) == ("split", 2)
+    assert retry.not_before == at(POLICY.queue_timeout_s + 2)
+    [record] = decision.run.stage("split").history
+    assert (record.outcome, record.error) == ("timed_out", "split did not start within 60 s")
+    assert record.finished_at == at(POLICY.queue_timeout_s)
+
+
+def test_run_deadline_retries_then_fails_naming_the_stage_and_the_timeout() -> None:
+    run = run_until("train")
+    now = 0.0
+    for attempt in (1, 2, 3):
+        run = apply(run, started("train", attempt), seconds=now).run
+        now += 1000
+        decision = apply(run, DeadlineExpired(RUN_ID, "train", attempt), seconds=now)
+        run = decision.run
+        if attempt < 3:
+            assert [c.command.attempt for c in decision.commands] == [attempt + 1]
+
+    assert decision.commands == []
+    assert run.status == "failed"
+    assert run.error == "train did not report within 1000 s after 3 attempts"
+    assert [r.outcome for r in run.stage("train").history] == ["timed_out"] * 3
+
+
+def test_deadline_that_is_not_due_yet_is_ignored() -> None:
+    run = apply(run_until("train"), started("train"), seconds=10).run
+
+    assert_ignored(run, DeadlineExpired(RUN_ID, "train", 1), seconds=10 + 999)
+
+
+def test_deadline_of_an_older_attempt_or_another_stage_is_ignored() -> None:
+    run = apply(run_until("train"), failed("train", 1, retryable=True)).run
+
+    assert_ignored(run, DeadlineExpired(RUN_ID, "train", 1), seconds=10_000)
+    assert_ignored(run, DeadlineExpired(RUN_ID, "split", 1), seconds=10_000)
+
+
+# --- cancel and retry --------------------------------------------------------------------
+
+
+def test_cancel_stops_the_run_and_its_current_stage() -> None:
+    run = apply(run_until("train"), started("train")).run
+
+    decision = apply(run, CancelRun(RUN_ID), seconds=7)
+
+    assert decision.commands == []
+    run = decision.run
+    assert (run.status, run.finished_at, run.deadline) == ("cancelled", at(7), None)
+    train = run.stage("train")
+    assert (train.status, train.finished_at, train.deadline) == ("cancelled", at(7), None)
+    assert [r.outcome for r in train.history] == ["cancelled"]
+    assert run.stage("split").status == "succeeded"
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_cancel_of_a_finished_run_is_refused(status: str) -> None:
+    run = finished_run(status)
+
+    with pytest.raises(InvalidTransition, match=f"cannot cancel run {RUN_ID}: it is {status}"):
+        apply(run, CancelRun(RUN_ID))
+
+
+def test_events_after_cancel_are_ignored() -> None:
+    run = apply(apply(run_until("train"), started("train")).run, CancelRun(RUN_ID)).run
+
+    assert_ignored(run, succeeded("train"))
+    assert_ignored(run, failed("train", retryable=True))
+    assert_ignored(run, DeadlineExpired(RUN_ID, "train", 1), seconds=10_000)
+
+
+def test_retry_of_a_failed_run_requeues_the_failed_stage_and_keeps_its_history() -> None:
+    run = run_until("train")
+    for attempt in (1, 2, 3):
+        run = apply(run, failed("train", attempt, retryable=True)).run
+    assert run.status == "failed"
+
+    decision = apply(run, RetryRun(RUN_ID), seconds=100)
+
+    [scheduled] = decision.commands
+    assert scheduled.not_before is None
+    assert (scheduled.command.stage, scheduled.command.attempt) == ("train", 4)
+    assert scheduled.command.inputs == {
+        "data": "raw/set1",
+        **OUTPUTS["aggregation"],
+        **OUTPUTS["split"],
+    }
+    run = decision.run
+    assert (run.status, run.error, run.finished_at) == ("running", None, None)
+    train = run.stage("train")
+    assert (train.status, train.attempt, train.error) == ("queued", 4, None)
+    assert len(train.history) == 3
+    assert [s.status for s in run.stages] == [
+        "succeeded",
+        "succeeded",
+        "queued",
+        "pending",
+        "pending",
+    ]
+
+
+def test_retry_gives_the_stage_a_fresh_attempt_budget() -> None:
+    run = run_until("train")
+    for attempt in (1, 2, 3):
+        run = apply(run, failed("train", attempt, retryable=True)).run
+    run = apply(run, RetryRun(RUN_ID)).run
+
+    decision = apply(run, failed("train", 4, retryable=True))
+
+    assert [c.command.attempt for c in decision.commands] == [5]
+    run = apply(decision.run, failed("train", 5, retryable=True)).run
+    run = apply(run, failed("train", 6, retryable=True)).run
+    assert run.status == "failed"
+    assert run.error is not None and run.error.startswith("train failed after 3 attempts")
+
+
+def test_retry_of_a_cancelled_run_requeues_the_cancelled_stage() -> None:
+    run = apply(run_until("split"), CancelRun(RUN_ID)).run
+
+    decision = apply(run, RetryRun(RUN_ID))
+
+    assert [(c.command.stage, c.command.attempt) for c in decision.commands] == [("split", 2)]
+    assert decision.run.status == "running"
+    assert decision.run.stage("split").status == "queued"
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
+def test_retry_is_refused_unless_the_run_failed_or_was_cancelled(status: str) -> None:
+    run = {
+        "queued": start().run,
+        "running": apply(start().run, started("aggregation")).run,
+        "succeeded": finished_run("succeeded"),
+    }[status]
+
+    with pytest.raises(InvalidTransition, match=f"cannot retry run {RUN_ID}: it is {status}"):
+        apply(run, RetryRun(RUN_ID))
+
+
+# --- stale, duplicate and unknown inputs -------------------------------------------------
+
+
+def test_duplicate_success_is_ignored() -> None:
+    run = apply(start().run, succeeded("aggregation")).run
+
+    assert_ignored(run, succeeded("aggregation"))
+
+
+def test_duplicate_start_run_is_ignored() -> None:
+    run = start().run
+
+    assert_ignored(run, StartRun(RUN_ID, "other", "raw/other", {}))
+
+
+def test_events_of_a_stale_attempt_are_ignored() -> None:
+    run = apply(run_until("train"), failed("train", 1, retryable=True)).run
+
+    assert_ignored(run, started("train", 1))
+    assert_ignored(run, failed("train", 1, retryable=True))
+
+
+def test_events_of_an_attempt_not_yet_issued_are_ignored() -> None:
+    run = run_until("train")
+
+    assert_ignored(run, succeeded("train", 2))
+    assert_ignored(run, started("train", 2))
+
+
+def test_events_of_a_stage_that_is_not_current_are_ignored() -> None:
+    run = run_until("train")
+
+    assert_ignored(run, succeeded("tag"))
+    assert_ignored(run, started("register"))
+    assert_ignored(run, failed("aggregation", retryable=False))
+
+
+def test_events_of_a_finished_run_are_ignored() -> None:
+    run = finished_run("succeeded")
+
+    assert_ignored(run, succeeded("tag"))
+    assert_ignored(run, started("tag", 2))
+
+
+def test_late_success_of_an_older_attempt_of_the_current_stage_is_accepted() -> None:
+    run = apply(run_until("train"), started("train")).run
+    run = apply(run, DeadlineExpired(RUN_ID, "train", 1), seconds=1000).run
+    assert run.stage("train").attempt == 2
+
+    decision = apply(run, succeeded("train", 1, occurred_at=at(1001)), seconds=1002)
+
+    assert [(c.command.stage, c.command.attempt) for c in decision.commands] == [("register", 1)]
+    train = decision.run.stage("train")
+    assert (train.status, train.attempt, train.outputs) == ("succeeded", 2, OUTPUTS["train"])
+    assert [(r.attempt, r.outcome) for r in train.history] == [
+        (1, "timed_out"),
+        (2, "superseded"),
+        (1, "succeeded"),
+    ]
+    assert_ignored(decision.run, succeeded("train", 2))
+
+
+def test_an_event_for_a_run_that_does_not_exist_raises_run_not_found() -> None:
+    with pytest.raises(RunNotFound):
+        decide(None, succeeded("aggregation"), now=T0, policy=POLICY)
+    with pytest.raises(RunNotFound):
+        decide(None, CancelRun(RUN_ID), now=T0, policy=POLICY)
+
+
+def test_policy_refuses_zero_attempts() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        Policy(max_attempts=0)
+
+
+def finished_run(status: str) -> Run:
+    if status == "succeeded":
+        run = run_until("tag")
+        return apply(run, succeeded("tag")).run
+    if status == "failed":
+        return apply(start().run, failed("aggregation", retryable=False)).run
+    return apply(start().run, CancelRun(RUN_ID)).run
