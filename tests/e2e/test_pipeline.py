@@ -104,7 +104,7 @@ def test_run_succeeds_and_champion_predicts_on_raw_windows(deployment: Deploymen
 
     client = _mlflow_client(deployment.settings)
     version = client.get_model_version_by_alias("state_identifier", "champion")
-    assert version.version == str(final["model"]["version"])
+    assert str(version.version) == str(final["model"]["version"])
     assert version.tags["correlation_id"] == run["id"]
     assert version.tags["best_model"] == "true"
     assert version.tags["code_version"] == "e2e-test"
