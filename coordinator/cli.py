@@ -11,6 +11,7 @@ retrainer runs list | show RUN_ID   what the coordinator knows
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -230,13 +231,11 @@ def _show_champion_prediction(settings: CommonSettings, recipe_name: str, prefix
     model = mlflow.pyfunc.load_model(f"models:/{recipe_name}@{CHAMPION_ALIAS}")
     store = create_blob_store(settings)
     first = next(iter(store.list_blobs(prefix + "/")))
-    import io
-
     raw = pd.read_csv(io.BytesIO(store.download_blob(first.name).data)).head(600)
-    labels = model.predict(raw)
+    labels = [int(label) for label in model.predict(raw.drop(columns=["timestamp"]))]
     print(
-        f"champion {recipe_name}@{CHAMPION_ALIAS} loaded with mlflow.pyfunc; "
-        f"{len(raw)} raw rows of {first.name} -> states {list(labels)[:20]}"
+        f"champion {recipe_name}@{CHAMPION_ALIAS} loaded with mlflow.pyfunc: "
+        f"{len(raw)} raw rows of {first.name} -> {len(labels)} windows, states {labels}"
     )
 
 

@@ -18,9 +18,11 @@ class WorkerSettings(CommonSettings):
 
 
 def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
-    from recipes.registry import get_recipe
+    from recipes.registry import get_recipe, list_recipes
 
     modules = tuple(settings.recipe_modules)
+    # Import every recipe (and its ML libraries) now, not on the first message.
+    list_recipes(modules)
     return Worker(
         spec,
         bus=create_bus(settings),
