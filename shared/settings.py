@@ -29,6 +29,8 @@ class CommonSettings(BaseSettings):
     bus_sqlite_path: Path | None = None
     bus_lock_duration_s: float = 60.0
     bus_max_delivery_count: int = 10
+    # A stage hop costs about half this on the embedded bus (bench/bench_bus_hop.py).
+    bus_poll_interval_s: float = 0.02
 
     blob: Literal["local"] = "local"
     blob_local_root: Path | None = None
@@ -67,7 +69,11 @@ def create_bus(settings: CommonSettings) -> MessageBus:
     if settings.bus == "sqlite":
         from shared.bus.sqlite import SqliteMessageBus
 
-        return SqliteMessageBus(settings.resolved_bus_sqlite_path, topology=topology)
+        return SqliteMessageBus(
+            settings.resolved_bus_sqlite_path,
+            topology=topology,
+            poll_interval_s=settings.bus_poll_interval_s,
+        )
     raise AssertionError(f"unhandled bus adapter {settings.bus!r}")
 
 

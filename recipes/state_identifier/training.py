@@ -131,7 +131,10 @@ def train(split_dir: Path, out_dir: Path, params: RecipeParams) -> TrainResult:
 
     sensor_columns = [c for c in data.columns if c != p.timestamp_column]
     example_rows = min(len(data), 2 * p.window_size)
-    input_example = data[sensor_columns].iloc[:example_rows].reset_index(drop=True)
+    # Doubles in the signature: served batches may carry NaNs or whole-number readings.
+    input_example = (
+        data[sensor_columns].iloc[:example_rows].reset_index(drop=True).astype("float64")
+    )
     return TrainResult(
         model=model,
         flavor="sklearn",
