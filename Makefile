@@ -1,13 +1,13 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Everything is installed from uv.lock into .venv; uv itself comes from PyPI if missing.
 UV_VERSION := 0.13.9
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 
 .PHONY: demo test lint install clean
 
 $(UV):
-	python3 -m pip install --quiet --user "uv==$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	python3 -m pip install --quiet --target .tools "uv==$(UV_VERSION)"
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --all-extras
@@ -27,4 +27,4 @@ test: lint
 	$(VENV)/bin/pytest
 
 clean:
-	rm -rf .retrainer .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .retrainer .tools .pytest_cache .mypy_cache .ruff_cache
