@@ -49,11 +49,19 @@ def _checked(response: httpx.Response) -> Any:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
+        if isinstance(detail, list):
+            detail = "; ".join(_problem(item) for item in detail)
         raise CliError(
             f"{response.request.method} {response.request.url.path}: "
             f"HTTP {response.status_code}: {detail}"
         )
     return response.json()
+
+
+def _problem(item: dict[str, Any]) -> str:
+    # FastAPI locations start with "body"/"query"; the rest names the field.
+    where = ".".join(str(part) for part in item.get("loc", [])[1:]) or "request"
+    return f"{where}: {item.get('msg')}"
 
 
 def start_run(
@@ -91,7 +99,8 @@ def watch_run(
 
 
 def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> str:
-    done = sum(1 for s in run["stages"] if s["status"] == "succeeded")
+    position = [s["name"] for s in run["stages"]].index(stage["name"])
+    done = position + (stage["status"] == "succeeded")
     bar = "#" * done + "." * (len(STAGES) - done)
     text = f"[{bar}] {elapsed:6.1f}s  {stage['name']:<12} {stage['status']}"
     if stage["attempt"] > 1:
@@ -186,8 +195,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.start()
     url = f"http://127.0.0.1:{args.port}"
     stack.wait_ready(url)
-    print(f"retrainer is up: {url} (API docs at {url}/docs); logs in {stack.log_dir}")
-    print("Ctrl-C stops it.")
+    print(f"retrainer is up: {url} (API docs at {url}/docs); logs in {stack.log_dir}", flush=True)
+    print("Ctrl-C stops it.", flush=True)
     while not stopping:
         stack.restart_dead()
         time.sleep(0.5)
