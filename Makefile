@@ -13,7 +13,12 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --all-extras
 	touch $@
 
-install: $(VENV)/.installed
+# Azurite (the Azure Storage emulator) for the blob adapter's tests, from package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
 
 demo: install
 	$(VENV)/bin/retrainer demo
