@@ -14,6 +14,8 @@ class WorkerSettings(CommonSettings):
     max_concurrency: int = 1
     receive_wait_s: float = 1.0
     work_dir: Path | None = None
+    # Touched after every receive; the container healthcheck reads its age.
+    health_file: Path | None = None
     log_level: str = "INFO"
 
 
@@ -32,6 +34,7 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
         max_concurrency=settings.max_concurrency,
         receive_wait_s=settings.receive_wait_s,
         work_dir=settings.work_dir,
+        health_file=settings.health_file,
     )
 
 

@@ -88,6 +88,8 @@ def create_blob_store(settings: CommonSettings) -> BlobStore:
 def create_registry(settings: CommonSettings) -> ModelRegistry:
     from shared.tracking import MlflowRegistry
 
+    uri = settings.resolved_mlflow_tracking_uri
+    remote = uri.startswith(("http://", "https://", "databricks", "azureml://"))
     return MlflowRegistry(
-        settings.resolved_mlflow_tracking_uri, artifact_root=settings.resolved_mlflow_artifact_root
+        uri, artifact_root=None if remote else settings.resolved_mlflow_artifact_root
     )

@@ -87,7 +87,9 @@ class ModelRegistry(Protocol):
 
 
 class MlflowRegistry:
-    def __init__(self, tracking_uri: str, *, artifact_root: Path) -> None:
+    def __init__(self, tracking_uri: str, *, artifact_root: Path | None) -> None:
+        """``artifact_root`` places new experiments' artifacts for a local (SQLite/file)
+        store; with a tracking server (None) the server decides (``--serve-artifacts``)."""
         import mlflow
 
         self._mlflow = mlflow
@@ -201,12 +203,11 @@ class MlflowRegistry:
         experiment = self._client.get_experiment_by_name(name)
         if experiment is not None:
             return str(experiment.experiment_id)
+        location = (
+            None if self._artifact_root is None else (self._artifact_root / name).resolve().as_uri()
+        )
         try:
-            return str(
-                self._client.create_experiment(
-                    name, artifact_location=(self._artifact_root / name).resolve().as_uri()
-                )
-            )
+            return str(self._client.create_experiment(name, artifact_location=location))
         except MlflowException as exc:
             # Another worker created it between our lookup and create.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":

@@ -102,6 +102,7 @@ class Worker:
         max_concurrency: int = 1,
         receive_wait_s: float = 1.0,
         work_dir: Path | None = None,
+        health_file: Path | None = None,
         name: str | None = None,
     ) -> None:
         self.spec = spec
@@ -112,6 +113,7 @@ class Worker:
         self._max_concurrency = max_concurrency
         self._receive_wait_s = receive_wait_s
         self._work_dir = work_dir
+        self._health_file = health_file
         self.name = name or f"{spec.stage}@{socket.gethostname()}"
         self._stopping = threading.Event()
 
@@ -157,9 +159,14 @@ class Worker:
         messages = self._bus.receive_messages(
             self.topic, WORKER_SUBSCRIPTION, max_wait_time=self._receive_wait_s
         )
+        self._beat()
         for message in messages:
             self._process(message)
         return bool(messages)
+
+    def _beat(self) -> None:
+        if self._health_file is not None:
+            self._health_file.touch()
 
     # -- one message -----------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class Worker:
                 delivery_count=message.delivery_count,
             )
         )
-        with _LockRenewer(self._bus, message, self._lock_duration_s):
+        with _LockRenewer(self._bus, message, self._lock_duration_s, on_renewed=self._beat):
             started = time.monotonic()
             try:
                 event: StageSucceeded | StageFailed = self._run_stage(command)
@@ -307,8 +314,16 @@ class Worker:
 class _LockRenewer:
     """Keeps a message's peek-lock alive while a long stage runs."""
 
-    def __init__(self, bus: MessageBus, message: ReceivedMessage, lock_duration_s: float) -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        message: ReceivedMessage,
+        lock_duration_s: float,
+        *,
+        on_renewed: Callable[[], None],
+    ) -> None:
         self._bus = bus
+        self._on_renewed = on_renewed
         self._message = message
         self._interval = max(lock_duration_s / 3, 0.05)
         self._done = threading.Event()
@@ -325,6 +340,7 @@ class _LockRenewer:
         while not self._done.wait(self._interval):
             try:
                 self._bus.renew_message_lock(self._message)
+                self._on_renewed()
             except MessageLockLostError:
                 log.warning("lock lost on %s; another worker may redo it", self._message.message_id)
                 return

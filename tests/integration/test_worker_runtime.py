@@ -247,3 +247,30 @@ def test_lock_is_renewed_while_a_long_stage_runs(
 
     assert stolen == []
     assert isinstance(events(bus)[-1], StageSucceeded)
+
+
+def test_health_file_is_touched_by_every_receive(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    from shared.healthcheck import main as healthcheck
+
+    health = tmp_path / "alive"
+    worker = Worker(
+        aggregation_spec(),
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.05,
+        health_file=health,
+    )
+    assert healthcheck([str(health), "60"]) == 1, "no file yet: unhealthy"
+
+    assert not worker.process_next()
+
+    assert healthcheck([str(health), "60"]) == 0
+    old = time.time() - 120
+    import os
+
+    os.utime(health, (old, old))
+    assert healthcheck([str(health), "60"]) == 1, "stale: unhealthy"
