@@ -31,6 +31,7 @@ from coordinator.domain import (
 )
 from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest
 from coordinator.settings import CoordinatorSettings
+from coordinator.webhook import WebhookConfig, add_event_routes
 from shared.messages import Stage
 
 # --- schemas -----------------------------------------------------------------------------
@@ -149,6 +150,9 @@ class RunSummary(BaseModel):
 class RunOut(RunSummary):
     correlation_id: UUID
     params: dict[str, Any]
+    trigger_details: dict[str, Any] = Field(
+        description="for trigger 'blob': the rule, the number of events, the first and last blob"
+    )
     stages: list[StageOut]
     outputs: dict[str, str]
     metrics: dict[str, float]
@@ -159,6 +163,7 @@ class RunOut(RunSummary):
             **RunSummary.of(run).model_dump(),
             correlation_id=run.id,
             params=run.params,
+            trigger_details=run.trigger_details,
             stages=[StageOut.of(stage) for stage in run.stages],
             outputs=run.outputs,
             metrics=run.metrics,
@@ -210,6 +215,11 @@ def create_app(
         loops = BackgroundLoops(running, resolved.loop_intervals) if run_loops else None
         app.state.coordinator = running
         app.state.loops = loops
+        secret = resolved.trigger_webhook_secret
+        app.state.webhook = WebhookConfig(
+            secret=secret.get_secret_value() if secret else None,
+            max_bytes=resolved.trigger_webhook_max_bytes,
+        )
         if loops:
             loops.start()
         try:
@@ -228,6 +238,7 @@ def create_app(
     )
     _add_error_handlers(app)
     _add_routes(app)
+    add_event_routes(app)
     return app
 
 
@@ -298,7 +309,12 @@ def _add_routes(app: FastAPI) -> None:
         loops: BackgroundLoops | None = request.app.state.loops
         if loops is not None:
             # The consumer polls the bus every second or so: its last outcome is the bus's health.
-            checks["bus"] = loops.errors.get("consumer") or loops.errors.get("relay") or "ok"
+            checks["bus"] = (
+                loops.errors.get("consumer")
+                or loops.errors.get("relay")
+                or loops.errors.get("blob-events")
+                or "ok"
+            )
             checks["loops"] = "ok" if loops.alive else "a background loop has stopped"
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse(

@@ -26,4 +26,5 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         store=store,
         recipes=partial(get_recipe, extra_modules=extra_modules),
         policy=settings.policy,
+        triggers=settings.trigger_policy,
     )

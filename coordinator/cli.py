@@ -3,6 +3,7 @@
 retrainer demo                      the whole thing on embedded defaults, one command
 retrainer up                        coordinator + five workers as supervised processes
 retrainer sample-data RECIPE        upload a generated sample data set to the blob store
+retrainer upload PATH PREFIX        upload a file or directory (a trigger rule may start a run)
 retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
 retrainer watch RUN_ID              follow a run stage by stage
 retrainer runs list | show RUN_ID   what the coordinator knows
@@ -144,11 +145,14 @@ def describe_run(run: dict[str, Any]) -> str:
 
 
 def upload_sample_data(settings: CommonSettings, recipe_name: str, prefix: str, seed: int) -> int:
-    """Generate a recipe's sample data and upload it under ``prefix``; skipped if present."""
+    """Generate a recipe's sample data and upload it under ``prefix``; skipped if present.
+
+    Without blob events: whoever uploads sample data starts its run (``retrainer demo``), so a
+    trigger rule must not start a second one."""
     from recipes.registry import get_recipe
     from shared.blobs.transfer import upload_directory
 
-    store = create_blob_store(settings)
+    store = create_blob_store(settings.model_copy(update={"blob_events": False}))
     existing = list(store.list_blobs(prefix.rstrip("/") + "/"))
     if existing:
         return len(existing)
@@ -256,6 +260,31 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    from shared.blobs.transfer import upload_directory
+    from shared.triggers import covered, load_trigger_rules
+
+    settings = CommonSettings()
+    source = Path(args.path)
+    prefix = args.prefix.rstrip("/")
+    store = create_blob_store(settings)
+    if source.is_dir():
+        names = list(upload_directory(store, source, prefix))
+    elif source.is_file():
+        names = [store.upload_blob(f"{prefix}/{source.name}", source.read_bytes()).name]
+    else:
+        raise CliError(f"no such file or directory: {source}")
+    print(f"{len(names)} blob(s) under {prefix}/")
+    rules = load_trigger_rules(settings.trigger_rules, settings.trigger_rules_file)
+    if not any(covered(name, rules) for name in names):
+        print(f"no trigger rule covers them; start a run with: retrainer run RECIPE {prefix}")
+    elif settings.blob == "local" and not settings.blob_events:
+        print("a trigger rule covers them, but blob events are off (RETRAINER_BLOB_EVENTS)")
+    else:
+        print("a trigger rule covers them: the coordinator starts a run (see: retrainer runs list)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     params = dict(_parse_param(p) for p in args.param)
     with _client(args) as client:
@@ -331,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--prefix")
     sample.add_argument("--seed", type=int, default=7)
     sample.set_defaults(func=cmd_sample_data)
+
+    upload = commands.add_parser(
+        "upload", help="upload a file or a directory; a trigger rule may start a run"
+    )
+    upload.add_argument("path", help="a file, or a directory uploaded with its tree")
+    upload.add_argument("prefix", help="blob prefix to upload under, e.g. datasets/x/2025-06-01")
+    upload.set_defaults(func=cmd_upload)
 
     run = commands.add_parser("run", help="start a run")
     run.add_argument("recipe")

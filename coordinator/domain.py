@@ -144,6 +144,8 @@ class Run(_Frozen):
     data: str
     params: JsonDict
     trigger: str
+    # What started the run beyond ``trigger``, e.g. the blob events of a blob trigger.
+    trigger_details: JsonDict = Field(default_factory=dict)
     status: RunStatus
     error: str | None = None
     created_at: datetime
@@ -207,6 +209,7 @@ class StartRun:
     data: str
     params: Mapping[str, Any]
     trigger: str = "api"
+    trigger_details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,7 @@ def _start(message: StartRun, now: datetime, policy: Policy) -> Decision:
         data=message.data,
         params=dict(message.params),
         trigger=message.trigger,
+        trigger_details=dict(message.trigger_details),
         status="queued",
         created_at=now,
         updated_at=now,

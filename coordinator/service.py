@@ -1,11 +1,19 @@
 """The coordinator's glue: requests and bus events in, decisions stored, commands published.
 
 No HTTP here. ``Coordinator`` turns each input into a call of the pure state machine through
-the store's unit of work; ``BackgroundLoops`` runs the three loops that keep runs moving:
+the store's unit of work; ``BackgroundLoops`` runs the five loops that keep runs moving:
 
 * consumer: stage events from ``stage-events/coordinator`` -> ``handle_bus_message``;
 * relay: outbox -> bus, woken at once after every decision that produced commands;
-* watchdog: overdue stages -> ``DeadlineExpired``.
+* watchdog: overdue stages -> ``DeadlineExpired``;
+* blob-events: ``Microsoft.Storage.BlobCreated`` events from ``blob-events/coordinator`` ->
+  ``handle_blob_event_message`` (the webhook in ``coordinator/webhook.py`` is the other way in);
+* triggers: pending bursts of uploads whose quiet window has passed -> runs.
+
+Blob triggers: each event is routed by the trigger rules (``shared/triggers.py``) and recorded
+with its duplicate check and its pending burst in one transaction (``receive_blob_events``);
+``fire_due_triggers`` later removes a due burst and starts its run in one transaction. So a
+redelivered event or a crash between the two steps starts no second run and loses none.
 
 Crash safety comes from the order of steps, not from care at run time: a decision and its
 commands are committed together before anything is published or settled, the relay marks a
@@ -18,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -38,11 +47,12 @@ from coordinator.domain import (
     StartRun,
     decide,
 )
-from coordinator.store import OutboxMessage, RunStore
+from coordinator.store import OutboxMessage, PendingBurst, RunStore, TriggerHit
 from recipes.base import Recipe
 from shared.blobs.port import BlobStore, validate_prefix
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.errors import (
+    ConfigurationError,
     InvalidBlobNameError,
     MalformedMessageError,
     MessageLockLostError,
@@ -50,8 +60,17 @@ from shared.errors import (
     RetrainerError,
     UnknownRecipeError,
 )
+from shared.events import (
+    BlobCreated,
+    IgnoredEvent,
+    MalformedEventError,
+    ParsedEvent,
+    SubscriptionValidation,
+    decode_events,
+)
 from shared.messages import StageFailed, StageStarted, StageSucceeded, decode, utcnow
-from shared.topology import COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC
+from shared.topology import BLOB_EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC
+from shared.triggers import NoMatch, TriggerRule, route
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +93,28 @@ class InvalidRunRequest(PermanentError):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class TriggerPolicy:
+    rules: tuple[TriggerRule, ...] = ()
+    # A burst of uploads starts its run once no upload arrived for this long...
+    debounce_s: float = 5.0
+    # ... or this long after its first upload, however many keep arriving.
+    debounce_max_s: float = 300.0
+    # Seen event ids and (blob, etag) pairs are forgotten after this long.
+    dedup_retention_s: float = 7 * 24 * 3600.0
+
+
+@dataclass
+class TriggerReport:
+    """What became of one delivery of blob events."""
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    validations: list[SubscriptionValidation] = field(default_factory=list)
+
+
 class Coordinator:
     def __init__(
         self,
@@ -83,6 +124,7 @@ class Coordinator:
         store: RunStore,
         recipes: RecipeLookup,
         policy: Policy,
+        triggers: TriggerPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         relay_batch_size: int = 100,
     ) -> None:
@@ -91,10 +133,15 @@ class Coordinator:
         self.store = store
         self._recipes = recipes
         self._policy = policy
+        self._triggers = triggers or TriggerPolicy()
         self._clock = clock
         self._relay_batch_size = relay_batch_size
         # Set whenever a decision wrote commands, so the relay publishes them at once.
         self.outbox_written = threading.Event()
+        # Set when a blob event made a burst due at once (a marker), to wake the trigger loop.
+        self.trigger_due = threading.Event()
+        self._pruned_at: float | None = None
+        self._check_trigger_rules()
 
     # --- requests --------------------------------------------------------------------------
 
@@ -216,6 +263,159 @@ class Coordinator:
         log.warning("dead-lettering %s: %s: %s", received.message_id, reason, description)
         self.bus.dead_letter_message(received, reason=reason, error_description=description)
 
+    # --- blob triggers ---------------------------------------------------------------------
+
+    def receive_blob_events(self, events: Sequence[ParsedEvent]) -> TriggerReport:
+        """Route, de-duplicate and record parsed blob events; starts no run by itself
+        (``fire_due_triggers`` does). Raises if the store cannot record them."""
+        report = TriggerReport(received=len(events))
+        hits: list[TriggerHit] = []
+        for event in events:
+            if isinstance(event, SubscriptionValidation):
+                report.validations.append(event)
+            elif isinstance(event, IgnoredEvent):
+                report.ignored += 1
+                log.info(
+                    "ignoring %s event %s (%s): %s",
+                    event.event_type,
+                    event.event_id,
+                    event.subject,
+                    event.reason,
+                )
+            else:
+                hit = self._hit(event)
+                if hit is None:
+                    report.ignored += 1
+                else:
+                    hits.append(hit)
+        if not hits:
+            return report
+        fresh = self.store.record_trigger_hits(hits, self._clock())
+        for hit, new in zip(hits, fresh, strict=True):
+            if new:
+                report.accepted += 1
+                log.info(
+                    "blob %s (event %s) counts towards a %s run on %s",
+                    hit.blob_name,
+                    hit.event_id,
+                    hit.recipe,
+                    hit.data,
+                )
+                if hit.quiet_s == 0:
+                    self.trigger_due.set()
+            else:
+                report.duplicates += 1
+                log.info("blob event %s (%s) seen before; ignored", hit.event_id, hit.blob_name)
+        return report
+
+    def _hit(self, event: BlobCreated) -> TriggerHit | None:
+        routed = route(event, self._triggers.rules)
+        if isinstance(routed, NoMatch):
+            log.info(
+                "ignoring blob %s (event %s): %s", event.blob_name, event.event_id, routed.reason
+            )
+            return None
+        rule = routed.rule
+        quiet = self._triggers.debounce_s if rule.debounce_s is None else rule.debounce_s
+        return TriggerHit(
+            event_id=event.event_id,
+            blob_name=event.blob_name,
+            etag=event.etag,
+            recipe=rule.recipe,
+            data=routed.data,
+            params=dict(rule.params),
+            quiet_s=0.0 if routed.immediate else quiet,
+            max_wait_s=max(quiet, self._triggers.debounce_max_s),
+            rule=rule.describe(),
+        )
+
+    def fire_due_triggers(self) -> list[Run]:
+        """Start the run of every burst whose quiet window has passed; returns those runs."""
+        started = []
+        for burst in self.store.pending_bursts(due_by=self._clock()):
+            run = self._fire(burst)
+            if run is not None:
+                started.append(run)
+        return started
+
+    def _fire(self, burst: PendingBurst) -> Run | None:
+        try:
+            self._validate(burst.recipe, burst.data, burst.params)
+        except InvalidRunRequest as exc:
+            if self.store.drop_burst(burst):
+                log.warning(
+                    "dropping the %s run on %s that %d blob event(s) asked for: %s",
+                    burst.recipe,
+                    burst.data,
+                    burst.details.get("events", 0),
+                    exc,
+                )
+            return None
+        run_id = uuid4()
+        start = StartRun(
+            run_id, burst.recipe, burst.data, burst.params, "blob", trigger_details=burst.details
+        )
+        decision = self.store.fire_burst(burst, run_id, self._deciding(start))
+        if decision is None:
+            # Another upload extended the burst, or another coordinator started it.
+            return None
+        self._after(decision)
+        return decision.run
+
+    def consume_blob_events(self, *, max_messages: int = 10, max_wait_s: float = 1.0) -> int:
+        """Receive and handle one batch from ``blob-events``; returns how many were received."""
+        received = self.bus.receive_messages(
+            BLOB_EVENTS_TOPIC,
+            COORDINATOR_SUBSCRIPTION,
+            max_message_count=max_messages,
+            max_wait_time=max_wait_s,
+        )
+        for message in received:
+            self.handle_blob_event_message(message)
+        return len(received)
+
+    def handle_blob_event_message(self, received: ReceivedMessage) -> None:
+        """One message of Event Grid -> Service Bus: one event (or an array), either schema."""
+        try:
+            events = decode_events(received.body)
+        except MalformedEventError as exc:
+            self._dead_letter(received, "MalformedEvent", str(exc))
+            return
+        try:
+            self.receive_blob_events(events)
+        except Exception:
+            log.exception("could not record blob events of %s; abandoning it", received.message_id)
+            self.bus.abandon_message(received)
+            return
+        try:
+            self.bus.complete_message(received)
+        except MessageLockLostError:
+            # Its redelivery finds the events seen and changes nothing.
+            log.warning("lock on %s expired; its redelivery will be ignored", received.message_id)
+
+    def trigger_tick(self) -> int:
+        """Fire due bursts; now and then forget old seen events. Returns the runs started."""
+        started = len(self.fire_due_triggers())
+        if self._pruned_at is None or time.monotonic() - self._pruned_at > 3600:
+            self._pruned_at = time.monotonic()
+            horizon = self._clock() - timedelta(seconds=self._triggers.dedup_retention_s)
+            pruned = self.store.prune_trigger_events(horizon)
+            if pruned:
+                log.info("forgot %d blob events seen before %s", pruned, horizon)
+        return started
+
+    def _check_trigger_rules(self) -> None:
+        """Fail at start-up, not at the first upload, on a rule that names an unknown recipe
+        or params the recipe refuses."""
+        for index, rule in enumerate(self._triggers.rules):
+            try:
+                recipe = self._recipes(rule.recipe)
+                recipe.parse_params(rule.params)
+            except (UnknownRecipeError, ValidationError) as exc:
+                raise ConfigurationError(
+                    f"trigger rule {index} ({rule.describe()}): {exc}"
+                ) from exc
+
     # --- watchdog and relay ----------------------------------------------------------------
 
     def watchdog_tick(self) -> int:
@@ -257,12 +457,15 @@ class LoopIntervals:
     consumer_wait_s: float = 1.0
     relay_interval_s: float = 1.0
     watchdog_interval_s: float = 5.0
+    # How often pending bursts of uploads are checked for a passed quiet window.
+    trigger_interval_s: float = 0.5
     # Pause after an error so a broken dependency is not hammered.
     error_backoff_s: float = 2.0
 
 
 class BackgroundLoops:
-    """The consumer, relay and watchdog threads; ``stop`` ends them within about one wait."""
+    """The consumer, relay, watchdog, blob-events and triggers threads; ``stop`` ends them
+    within about one wait."""
 
     def __init__(self, coordinator: Coordinator, intervals: LoopIntervals) -> None:
         self._coordinator = coordinator
@@ -278,6 +481,8 @@ class BackgroundLoops:
             ("consumer", self._consume),
             ("relay", self._relay),
             ("watchdog", self._watchdog),
+            ("blob-events", self._consume_blob_events),
+            ("triggers", self._fire_triggers),
         ):
             thread = threading.Thread(target=target, name=f"coordinator-{name}", daemon=True)
             thread.start()
@@ -285,8 +490,9 @@ class BackgroundLoops:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
-        # Wake the relay from its wait; it sees the stop flag and returns.
+        # Wake the relay and the triggers loop from their waits; they see the stop flag.
         self._coordinator.outbox_written.set()
+        self._coordinator.trigger_due.set()
         for thread in self._threads:
             thread.join(timeout_s)
             if thread.is_alive():
@@ -322,6 +528,23 @@ class BackgroundLoops:
     def _watchdog(self) -> None:
         while not self._stop.wait(self._intervals.watchdog_interval_s):
             self._guarded("watchdog", self._coordinator.watchdog_tick)
+
+    def _consume_blob_events(self) -> None:
+        while not self._stop.is_set():
+            self._guarded(
+                "blob-events",
+                lambda: self._coordinator.consume_blob_events(
+                    max_wait_s=self._intervals.consumer_wait_s
+                ),
+            )
+
+    def _fire_triggers(self) -> None:
+        trigger_due = self._coordinator.trigger_due
+        while not self._stop.is_set():
+            trigger_due.wait(self._intervals.trigger_interval_s)
+            trigger_due.clear()
+            if not self._stop.is_set():
+                self._guarded("triggers", self._coordinator.trigger_tick)
 
     def _guarded(self, loop: str, step: Callable[[], object]) -> None:
         try:

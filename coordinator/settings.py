@@ -1,15 +1,19 @@
-"""The coordinator's settings: the common ones plus its database, HTTP address, retry policy
-and loop intervals, all from ``RETRAINER_*`` environment variables or ``.env``."""
+"""The coordinator's settings: the common ones plus its database, HTTP address, retry policy,
+loop intervals and blob triggers, all from ``RETRAINER_*`` environment variables or ``.env``.
+
+The trigger rules themselves (``RETRAINER_TRIGGER_RULES``, ``RETRAINER_TRIGGER_RULES_FILE``)
+are common settings: the local blob store's event publisher reads them too."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from coordinator.domain import Policy
-from coordinator.service import LoopIntervals
+from coordinator.service import LoopIntervals, TriggerPolicy
 from shared.settings import CommonSettings
+from shared.triggers import load_trigger_rules
 
 
 class CoordinatorSettings(CommonSettings):
@@ -33,6 +37,20 @@ class CoordinatorSettings(CommonSettings):
     relay_interval_s: float = Field(default=1.0, gt=0)
     watchdog_interval_s: float = Field(default=5.0, gt=0)
 
+    # Blob triggers: a burst of uploads for one run starts it once quiet for debounce_s, at
+    # the latest debounce_max_s after its first upload.
+    trigger_debounce_s: float = Field(default=5.0, ge=0)
+    trigger_debounce_max_s: float = Field(default=300.0, gt=0)
+    trigger_interval_s: float = Field(default=0.5, gt=0)
+    # How long seen event ids / (blob, etag) pairs are kept for duplicate detection (Event
+    # Grid retries for up to 24 h).
+    trigger_dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # POST /events/blob: the shared secret, as ?code=... or an aeg-sas-key header; None
+    # accepts every caller (the API binds to 127.0.0.1 by default).
+    trigger_webhook_secret: SecretStr | None = None
+    # Event Grid batches are at most 1 MB.
+    trigger_webhook_max_bytes: int = Field(default=1024 * 1024, gt=0)
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.state_dir / 'coordinator.sqlite').resolve()}"
@@ -54,4 +72,15 @@ class CoordinatorSettings(CommonSettings):
             consumer_wait_s=self.consumer_wait_s,
             relay_interval_s=self.relay_interval_s,
             watchdog_interval_s=self.watchdog_interval_s,
+            trigger_interval_s=self.trigger_interval_s,
+        )
+
+    @property
+    def trigger_policy(self) -> TriggerPolicy:
+        """Raises ConfigurationError for an unreadable rules file."""
+        return TriggerPolicy(
+            rules=load_trigger_rules(self.trigger_rules, self.trigger_rules_file),
+            debounce_s=self.trigger_debounce_s,
+            debounce_max_s=self.trigger_debounce_max_s,
+            dedup_retention_s=self.trigger_dedup_retention_s,
         )

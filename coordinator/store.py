@@ -1,4 +1,6 @@
-"""The run store: runs, their outbox and the inbox of processed messages, on SQLite or PostgreSQL.
+"""The run store: runs, their outbox and the inbox of processed messages, on SQLite or PostgreSQL;
+and the blob triggers' state: the blob events seen (duplicate detection) and the pending
+bursts of uploads waiting for their quiet window.
 
 ``apply`` is the unit of work: it loads a run, asks a pure function for a ``Decision`` and
 writes the new state, the decision's commands (outbox) and the processed message's id (inbox)
@@ -9,12 +11,14 @@ and a loser re-reads and decides again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -30,9 +34,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     Uuid,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -71,6 +77,10 @@ class ConcurrencyConflict(RetryableError):
 
 class StoreUnavailableError(RetryableError):
     """The database could not be reached or stayed locked."""
+
+
+class TriggerConflict(RetryableError):
+    """Other writers kept changing the same pending bursts while this one recorded events."""
 
 
 class _UtcDateTime(TypeDecorator[datetime]):
@@ -138,6 +148,65 @@ processed_messages = Table(
     Column("message_id", String(400), primary_key=True),
     Column("processed_at", _UtcDateTime, nullable=False),
 )
+
+
+# Blob events already counted: one row for the event id and one for the (blob, etag) pair, so
+# neither a redelivered event nor a second event about the same write counts twice.
+trigger_events_seen = Table(
+    "trigger_events_seen",
+    metadata,
+    # sha256 of the event id or of the blob name and etag (either can be long).
+    Column("key", String(64), primary_key=True),
+    Column("description", Text, nullable=False),
+    Column("seen_at", _UtcDateTime, nullable=False),
+    Index("ix_trigger_events_seen_seen_at", "seen_at"),
+)
+
+# Uploads that will start one run together once ``due_at`` has passed.
+trigger_bursts = Table(
+    "trigger_bursts",
+    metadata,
+    # sha256 of (recipe, data, params): the run the burst will start.
+    Column("key", String(64), primary_key=True),
+    Column("recipe", String(200), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("params", _Json, nullable=False),
+    Column("due_at", _UtcDateTime, nullable=False),
+    # The latest due_at may move to however many uploads keep arriving.
+    Column("fire_by", _UtcDateTime, nullable=False),
+    Column("details", _Json, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", _UtcDateTime, nullable=False),
+    Index("ix_trigger_bursts_due_at", "due_at"),
+)
+
+
+@dataclass(frozen=True)
+class TriggerHit:
+    """One blob event that counts towards the run (recipe, data, params)."""
+
+    event_id: str
+    blob_name: str
+    etag: str
+    recipe: str
+    data: str
+    params: dict[str, Any]
+    # Start once no other hit for the same run arrived for this long; 0: at once (a marker).
+    quiet_s: float
+    # ... but no later than this after the burst's first hit.
+    max_wait_s: float
+    rule: str = ""
+
+
+@dataclass(frozen=True)
+class PendingBurst:
+    key: str
+    recipe: str
+    data: str
+    params: dict[str, Any]
+    due_at: datetime
+    details: dict[str, Any]
+    version: int
 
 
 @dataclass(frozen=True)
@@ -258,6 +327,132 @@ class RunStore:
             )
         return decision
 
+    # --- blob triggers ---------------------------------------------------------------------
+
+    def record_trigger_hits(self, hits: Sequence[TriggerHit], now: datetime) -> list[bool]:
+        """Count each hit towards its pending burst unless its event id or its (blob, etag)
+        was seen before; all in one transaction. Returns, per hit, whether it was new."""
+        lost_race: Exception | None = None
+        for tries in range(self._max_tries):
+            try:
+                with self._connection() as conn, conn.begin():
+                    return [self._record_hit(conn, hit, now) for hit in hits]
+            except (_VersionChanged, IntegrityError) as exc:
+                # Another writer recorded the same event or burst first: decide again.
+                lost_race = exc
+            time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+        raise TriggerConflict(
+            f"pending bursts changed under {self._max_tries} attempts to record blob events"
+        ) from lost_race
+
+    def _record_hit(self, conn: Connection, hit: TriggerHit, now: datetime) -> bool:
+        seen = {
+            _digest("event", hit.event_id): f"event {hit.event_id}",
+            _digest("blob", hit.blob_name, hit.etag): f"blob {hit.blob_name} etag {hit.etag}",
+        }
+        if conn.scalar(
+            select(func.count())
+            .select_from(trigger_events_seen)
+            .where(trigger_events_seen.c.key.in_(list(seen)))
+        ):
+            return False
+        conn.execute(
+            insert(trigger_events_seen),
+            [{"key": key, "description": text, "seen_at": now} for key, text in seen.items()],
+        )
+        key = _digest("burst", hit.recipe, hit.data, json.dumps(hit.params, sort_keys=True))
+        this = {"blob": hit.blob_name, "event_id": hit.event_id, "received_at": now.isoformat()}
+        row = conn.execute(select(trigger_bursts).where(trigger_bursts.c.key == key)).one_or_none()
+        if row is None:
+            fire_by = now + timedelta(seconds=hit.max_wait_s)
+            details = {"rule": hit.rule, "events": 1, "first": this, "last": this}
+            conn.execute(
+                insert(trigger_bursts).values(
+                    key=key,
+                    recipe=hit.recipe,
+                    data=hit.data,
+                    params=hit.params,
+                    due_at=min(now + timedelta(seconds=hit.quiet_s), fire_by),
+                    fire_by=fire_by,
+                    details=details,
+                    version=1,
+                    created_at=now,
+                )
+            )
+            return True
+        details = {**row.details, "events": row.details["events"] + 1, "last": this}
+        updated = conn.execute(
+            update(trigger_bursts)
+            .where(trigger_bursts.c.key == key, trigger_bursts.c.version == row.version)
+            .values(
+                due_at=min(now + timedelta(seconds=hit.quiet_s), row.fire_by),
+                details=details,
+                version=row.version + 1,
+            )
+        )
+        if updated.rowcount != 1:
+            raise _VersionChanged
+        return True
+
+    def pending_bursts(
+        self, *, due_by: datetime | None = None, limit: int = 100
+    ) -> list[PendingBurst]:
+        """Pending bursts, soonest first; only those due at ``due_by`` if given."""
+        query = select(trigger_bursts).order_by(trigger_bursts.c.due_at).limit(limit)
+        if due_by is not None:
+            query = query.where(trigger_bursts.c.due_at <= due_by)
+        with self._connection() as conn:
+            rows = conn.execute(query).all()
+        return [
+            PendingBurst(
+                key=row.key,
+                recipe=row.recipe,
+                data=row.data,
+                params=row.params,
+                due_at=row.due_at,
+                details=row.details,
+                version=row.version,
+            )
+            for row in rows
+        ]
+
+    def fire_burst(
+        self, burst: PendingBurst, run_id: UUID, decide: Callable[[Run | None], Decision]
+    ) -> Decision | None:
+        """Remove the burst and start its run in one transaction. Returns None, starting
+        nothing, if the burst changed (another upload arrived) or is gone (fired elsewhere)."""
+        for tries in range(self._max_tries):
+            try:
+                with self._connection() as conn, conn.begin():
+                    if not self._delete_burst(conn, burst):
+                        return None
+                    return self._apply_once(conn, run_id, decide, None)
+            except (_VersionChanged, IntegrityError):
+                time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+        raise ConcurrencyConflict(run_id, self._max_tries)
+
+    def drop_burst(self, burst: PendingBurst) -> bool:
+        """Forget a burst that cannot start a run; False if it changed or is gone."""
+        with self._connection() as conn, conn.begin():
+            return self._delete_burst(conn, burst)
+
+    def prune_trigger_events(self, seen_before: datetime) -> int:
+        """Forget blob events seen before ``seen_before``; returns how many rows went."""
+        with self._connection() as conn, conn.begin():
+            result = conn.execute(
+                delete(trigger_events_seen).where(trigger_events_seen.c.seen_at < seen_before)
+            )
+        return int(result.rowcount or 0)
+
+    @staticmethod
+    def _delete_burst(conn: Connection, burst: PendingBurst) -> bool:
+        deleted = conn.execute(
+            delete(trigger_bursts).where(
+                trigger_bursts.c.key == burst.key, trigger_bursts.c.version == burst.version
+            )
+        )
+        return bool(deleted.rowcount == 1)
+
     # --- queries ---------------------------------------------------------------------------
 
     def get_run(self, run_id: UUID) -> Run:
@@ -344,6 +539,10 @@ class RunStore:
 
 class _VersionChanged(Exception):
     """The run's version changed between reading and writing it."""
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def _encoded(decision: Decision) -> Sequence[tuple[str, OutgoingMessage]]:

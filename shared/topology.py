@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from shared.messages import STAGES, Stage
 
 EVENTS_TOPIC = "stage-events"
+# Microsoft.Storage.BlobCreated events (Event Grid -> Service Bus, or the local blob store).
+BLOB_EVENTS_TOPIC = "blob-events"
 COORDINATOR_SUBSCRIPTION = "coordinator"
 WORKER_SUBSCRIPTION = "worker"
 
@@ -35,4 +37,5 @@ def build_topology(*, lock_duration_s: float = 60.0, max_delivery_count: int = 1
 
     topology: Topology = {command_topic(stage): sub(WORKER_SUBSCRIPTION) for stage in STAGES}
     topology[EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
+    topology[BLOB_EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
     return topology

@@ -29,6 +29,10 @@ fixed files that are never deleted, which avoids the delete-vs-lock races of per
 files; two blobs sharing a stripe merely serialize. ``flock`` needs a local file system
 (POSIX; not NFS).
 
+Events: ``on_blob_created`` (optional) is called with the new properties after every successful
+write, once the lock is released; ``shared.events.BlobEventPublisher`` turns that into the
+``Microsoft.Storage.BlobCreated`` events Event Grid sends for Azure Storage.
+
 Local limits that Azure does not have: a blob cannot also be a "directory" of other blobs
 (``c/a`` and ``c/a/b``) -> InvalidBlobNameError; a path segment is at most 255 bytes; on a
 case-insensitive file system names differing only in case are the same blob.
@@ -40,10 +44,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +61,8 @@ from shared.errors import (
     BlobNotFoundError,
     InvalidBlobNameError,
 )
+
+log = logging.getLogger(__name__)
 
 INTERNAL_DIR = ".blobstore"
 _MAX_SEGMENT_BYTES = 255
@@ -72,8 +79,14 @@ class _Target:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path | str) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        on_blob_created: Callable[[BlobProperties], None] | None = None,
+    ) -> None:
         self._root = Path(root)
+        self._on_blob_created = on_blob_created
 
     def __repr__(self) -> str:
         return f"LocalBlobStore({str(self._root)!r})"
@@ -99,7 +112,9 @@ class LocalBlobStore:
                 raise BlobExistsError(name)
             if if_match is not None and (current is None or current.etag != if_match):
                 raise BlobConditionFailedError(name, if_match)
-            return self._write(target, data)
+            written = self._write(target, data)
+        self._created(written)
+        return written
 
     def download_blob(self, name: str) -> BlobContent:
         target = self._target(name)
@@ -163,7 +178,8 @@ class LocalBlobStore:
     def _write(self, target: _Target, data: bytes) -> BlobProperties:
         """The one write path: every blob content that lands in the store goes through here.
 
-        The caller holds the target's exclusive lock and has checked the preconditions."""
+        The caller holds the target's exclusive lock and has checked the preconditions; it
+        calls ``_created`` with the result once it has released the lock."""
         tmp_dir = self._internal("tmp")
         tmp_dir.mkdir(parents=True, exist_ok=True)
         data_tmp = self._write_temp(tmp_dir, data)
@@ -188,6 +204,19 @@ class LocalBlobStore:
                         leftover.unlink()
             raise
         return BlobProperties(target.name, etag, st.st_size, _modified(st))
+
+    def _created(self, props: BlobProperties) -> None:
+        """Tell ``on_blob_created`` (e.g. the blob-event publisher) about a write.
+
+        The write has happened whatever the hook does, so a failing hook is logged, not
+        raised: the caller must not retry a write that succeeded (as with Event Grid, the
+        event is not part of the write)."""
+        if self._on_blob_created is None:
+            return
+        try:
+            self._on_blob_created(props)
+        except Exception:
+            log.exception("on_blob_created failed for %s (etag %s)", props.name, props.etag)
 
     @staticmethod
     def _write_temp(tmp_dir: Path, data: bytes) -> Path:

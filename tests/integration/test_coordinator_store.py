@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -25,7 +26,7 @@ from coordinator.domain import (
     StartRun,
     decide,
 )
-from coordinator.store import RunStore
+from coordinator.store import PendingBurst, RunStore, TriggerHit
 from shared.messages import StageFailed, StageStarted, StageSucceeded, encode
 
 POSTGRES_URL = os.environ.get(
@@ -263,3 +264,149 @@ def test_get_run_of_an_unknown_id_raises_run_not_found(store: RunStore) -> None:
 
 def test_ping_reaches_the_database(store: RunStore) -> None:
     store.ping()
+
+
+# --- blob triggers -----------------------------------------------------------------------
+
+
+def hit(
+    event_id: str, blob: str = "datasets/d/2025/a.csv", etag: str = "e1", **kw: Any
+) -> TriggerHit:
+    fields: dict[str, Any] = {
+        "recipe": "state_identifier",
+        "data": "datasets/d/2025",
+        "params": {"n_clusters": 3},
+        "quiet_s": 5.0,
+        "max_wait_s": 60.0,
+        "rule": "datasets/d/* -> state_identifier (debounce)",
+        **kw,
+    }
+    return TriggerHit(event_id=event_id, blob_name=blob, etag=etag, **fields)
+
+
+def start_burst(burst: PendingBurst, now: datetime = T0) -> Callable[[Run | None], Decision]:
+    def fn(run: Run | None) -> Decision:
+        assert run is None
+        message = StartRun(uuid4(), burst.recipe, burst.data, burst.params, "blob", burst.details)
+        return decide(run, message, now=now, policy=POLICY)
+
+    return fn
+
+
+def test_a_seen_event_id_or_blob_etag_pair_does_not_count_again(store: RunStore) -> None:
+    assert store.record_trigger_hits([hit("e-1")], T0) == [True]
+
+    again = [
+        hit("e-1"),  # the same event redelivered
+        hit("e-2"),  # another event about the same write (blob and etag)
+        hit("e-3", etag="e2"),  # a new write of the same blob
+        hit("e-3", etag="e2"),  # ... twice in one batch
+    ]
+    assert store.record_trigger_hits(again, T0) == [False, False, True, False]
+    [burst] = store.pending_bursts()
+    assert burst.details["events"] == 2
+
+
+def test_each_hit_extends_the_quiet_window_up_to_the_max_wait(store: RunStore) -> None:
+    store.record_trigger_hits([hit("a", "datasets/d/2025/a.csv")], T0)
+    store.record_trigger_hits([hit("b", "datasets/d/2025/b.csv")], T0 + timedelta(seconds=3))
+    [burst] = store.pending_bursts()
+    assert burst.due_at == T0 + timedelta(seconds=8)
+    assert burst.details["first"]["blob"] == "datasets/d/2025/a.csv"
+    assert burst.details["last"]["blob"] == "datasets/d/2025/b.csv"
+    assert burst.details["rule"] == "datasets/d/* -> state_identifier (debounce)"
+
+    store.record_trigger_hits([hit("c", "datasets/d/2025/c.csv")], T0 + timedelta(seconds=58))
+    [burst] = store.pending_bursts()
+    assert burst.due_at == T0 + timedelta(seconds=60)  # capped: first hit + max_wait_s
+    assert store.pending_bursts(due_by=T0 + timedelta(seconds=59)) == []
+    assert store.pending_bursts(due_by=T0 + timedelta(seconds=60)) == [burst]
+
+
+def test_different_runs_have_different_bursts_and_a_marker_is_due_at_once(
+    store: RunStore,
+) -> None:
+    store.record_trigger_hits(
+        [
+            hit("a", "datasets/d/2025/a.csv"),
+            hit("b", "datasets/d/2026/b.csv", data="datasets/d/2026"),
+            hit("c", "datasets/d/2025/c.csv", params={"n_clusters": 4}),
+            hit("m", "labels/x/_READY", data="labels/x", quiet_s=0.0),
+        ],
+        T0,
+    )
+
+    bursts = store.pending_bursts()
+    assert len(bursts) == 4
+    assert [b.data for b in store.pending_bursts(due_by=T0)] == ["labels/x"]
+
+
+def test_firing_a_burst_starts_its_run_and_removes_it_in_one_transaction(
+    store: RunStore,
+) -> None:
+    store.record_trigger_hits([hit("a"), hit("b", "datasets/d/2025/b.csv")], T0)
+    [burst] = store.pending_bursts()
+    run_id = uuid4()
+
+    decision = store.fire_burst(burst, run_id, start_burst(burst))
+
+    assert decision is not None
+    assert store.pending_bursts() == []
+    run = store.get_run(decision.run.id)
+    assert (run.trigger, run.data, run.params) == ("blob", "datasets/d/2025", {"n_clusters": 3})
+    assert run.trigger_details["events"] == 2
+    [pending] = store.pending_outbox()
+    assert pending.topic == "stage-aggregation"
+    # Fired already (here, or by another coordinator): nothing more starts.
+    assert store.fire_burst(burst, uuid4(), start_burst(burst)) is None
+    assert store.count_runs() == 1
+
+
+def test_a_burst_that_changed_since_it_was_read_is_not_fired(store: RunStore) -> None:
+    store.record_trigger_hits([hit("a")], T0)
+    [stale] = store.pending_bursts()
+    store.record_trigger_hits([hit("b", "datasets/d/2025/b.csv")], T0 + timedelta(seconds=4))
+
+    assert store.fire_burst(stale, uuid4(), start_burst(stale)) is None
+    assert store.drop_burst(stale) is False
+    assert store.count_runs() == 0
+    [current] = store.pending_bursts()
+    assert current.details["events"] == 2
+    assert store.drop_burst(current) is True
+    assert store.pending_bursts() == []
+
+
+def test_old_seen_events_are_pruned(store: RunStore) -> None:
+    store.record_trigger_hits([hit("old")], T0)
+    store.record_trigger_hits([hit("new", etag="e2")], T0 + timedelta(days=2))
+
+    assert store.prune_trigger_events(T0 + timedelta(days=1)) == 2  # its id and its blob+etag
+
+    assert store.record_trigger_hits([hit("old")], T0 + timedelta(days=3)) == [True]
+    assert store.record_trigger_hits([hit("new", etag="e2")], T0 + timedelta(days=3)) == [False]
+
+
+def test_concurrent_deliveries_of_one_event_count_it_once(store: RunStore) -> None:
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def deliver(i: int) -> None:
+        try:
+            barrier.wait()
+            results.extend(
+                store.record_trigger_hits([hit("same"), hit(f"own-{i}", etag=f"{i}")], T0)
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sorted(results) == [False] * 3 + [True] * 5
+    [burst] = store.pending_bursts()
+    assert burst.details["events"] == 5

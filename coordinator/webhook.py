@@ -1,0 +1,167 @@
+"""``/events/blob``: the Event Grid webhook for ``Microsoft.Storage.BlobCreated`` events.
+
+* ``OPTIONS`` answers the CloudEvents 1.0 abuse-protection handshake: ``WebHook-Request-Origin``
+  in, ``WebHook-Allowed-Origin`` out. It needs no key: it grants nothing, and Event Grid may
+  not send custom delivery headers with it.
+* ``POST`` takes an Event Grid-schema array, a CloudEvent or a CloudEvents batch. An Event Grid
+  ``SubscriptionValidationEvent`` is answered with ``{"validationResponse": code}``. Anything
+  else is recorded (``Coordinator.receive_blob_events``) and the runs that are due start.
+
+Checks, in order: the key (401) when ``trigger_webhook_secret`` is set, the content type (415),
+the size (413, refused from ``Content-Length`` or after reading at most the limit), JSON and the
+events themselves (400 naming the problem; nothing of the body is recorded). Events that no rule
+covers, and event types other than BlobCreated, are answered 200 and ignored with a log line.
+Event Grid does not retry a 400 or 413; it retries 401, 5xx and timeouts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from uuid import UUID
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from coordinator.service import Coordinator
+from shared.errors import RetryableError
+from shared.events import MalformedEventError, decode_events
+
+log = logging.getLogger(__name__)
+
+PATH = "/events/blob"
+KEY_HEADER = "aeg-sas-key"
+KEY_QUERY = "code"
+JSON_TYPES = frozenset(
+    {"application/json", "application/cloudevents+json", "application/cloudevents-batch+json"}
+)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    secret: str | None = None
+    max_bytes: int = 1024 * 1024
+
+
+class BlobEventsOut(BaseModel):
+    received: int
+    accepted: int
+    duplicates: int
+    ignored: int
+    runs_started: list[UUID]
+
+
+class ValidationOut(BaseModel):
+    validationResponse: str  # Event Grid's name for it
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def add_event_routes(app: FastAPI) -> None:
+    @app.options(PATH, status_code=HTTPStatus.OK, responses={HTTPStatus.BAD_REQUEST: {}})
+    def abuse_protection_handshake(request: Request) -> Response:
+        origin = request.headers.get("webhook-request-origin")
+        if not origin:
+            return _problem(HTTPStatus.BAD_REQUEST, "WebHook-Request-Origin header is missing")
+        log.info("CloudEvents webhook handshake from %s", origin)
+        return Response(
+            status_code=HTTPStatus.OK,
+            headers={
+                "WebHook-Allowed-Origin": origin,
+                "WebHook-Allowed-Rate": "*",
+                "Allow": "OPTIONS, POST",
+            },
+        )
+
+    @app.post(
+        PATH,
+        response_model=BlobEventsOut | ValidationOut,
+        responses={
+            HTTPStatus.BAD_REQUEST: {"description": "not JSON, or a malformed event"},
+            HTTPStatus.UNAUTHORIZED: {"description": "missing or wrong key"},
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE: {},
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE: {},
+        },
+    )
+    async def blob_events(request: Request) -> Response:
+        config: WebhookConfig = request.app.state.webhook
+        if config.secret is not None and not _key_ok(request, config.secret):
+            return _problem(
+                HTTPStatus.UNAUTHORIZED,
+                f"missing or wrong key: pass it as ?{KEY_QUERY}=... or in the {KEY_HEADER} header",
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type and content_type not in JSON_TYPES:
+            return _problem(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"content type {content_type!r} is not one of {', '.join(sorted(JSON_TYPES))}",
+            )
+        try:
+            body = await _read_at_most(request, config.max_bytes)
+        except _TooLarge:
+            return _problem(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body larger than {config.max_bytes} bytes",
+            )
+        try:
+            events = decode_events(body)
+        except MalformedEventError as exc:
+            log.warning("refusing blob events: %s", exc)
+            return _problem(HTTPStatus.BAD_REQUEST, str(exc))
+        coordinator: Coordinator = request.app.state.coordinator
+        try:
+            report = await run_in_threadpool(coordinator.receive_blob_events, events)
+        except RetryableError as exc:
+            # Event Grid retries a 503: nothing was recorded.
+            return _problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        if report.validations:
+            validation = report.validations[0]
+            log.info(
+                "Event Grid subscription validation %s answered (url %s)",
+                validation.event_id,
+                validation.validation_url,
+            )
+            return JSONResponse({"validationResponse": validation.validation_code})
+        runs_started: list[UUID] = []
+        if report.accepted:
+            try:
+                runs = await run_in_threadpool(coordinator.fire_due_triggers)
+                runs_started = [run.id for run in runs]
+            except Exception:
+                # The events are recorded: the triggers loop starts their runs.
+                log.exception("could not start due runs now; the triggers loop will")
+        out = BlobEventsOut(
+            received=report.received,
+            accepted=report.accepted,
+            duplicates=report.duplicates,
+            ignored=report.ignored,
+            runs_started=runs_started,
+        )
+        return JSONResponse(out.model_dump(mode="json"))
+
+
+def _key_ok(request: Request, secret: str) -> bool:
+    given = request.query_params.get(KEY_QUERY) or request.headers.get(KEY_HEADER)
+    return given is not None and hmac.compare_digest(given.encode(), secret.encode())
+
+
+async def _read_at_most(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _problem(status: HTTPStatus, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
