@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 Compute = Literal["cpu", "gpu"]
-ModelFlavor = Literal["sklearn"]
+ModelFlavor = Literal["sklearn", "tensorflow"]
 Comparison = Literal[">=", ">", "<=", "<"]
 
 _COMPARATORS: dict[str, Callable[[float, float], bool]] = {
