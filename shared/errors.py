@@ -35,6 +35,10 @@ class BusUnavailableError(RetryableError):
     """The message bus could not be reached or was busy."""
 
 
+class BlobStoreUnavailableError(RetryableError):
+    """The blob store could not be reached, timed out or was busy (HTTP 408, 429, 5xx)."""
+
+
 class BlobNotFoundError(PermanentError):
     def __init__(self, name: str) -> None:
         super().__init__(f"blob not found: {name!r}")

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.errors import ConfigurationError
 from shared.topology import build_topology
+from shared.triggers import TriggerRule
 
 if TYPE_CHECKING:
     from shared.blobs.port import BlobStore
@@ -25,15 +27,22 @@ class CommonSettings(BaseSettings):
 
     state_dir: Path = Path(".retrainer")
 
-    bus: Literal["sqlite"] = "sqlite"
+    bus: Literal["sqlite", "servicebus"] = "sqlite"
     bus_sqlite_path: Path | None = None
+    # servicebus: a connection string, or a namespace reached with DefaultAzureCredential.
+    servicebus_connection_string: str | None = None
+    servicebus_namespace: str | None = None
     bus_lock_duration_s: float = 60.0
     bus_max_delivery_count: int = 10
     # A stage hop costs about half this on the embedded bus (bench/bench_bus_hop.py).
     bus_poll_interval_s: float = 0.02
 
-    blob: Literal["local"] = "local"
+    blob: Literal["local", "azure"] = "local"
     blob_local_root: Path | None = None
+    # azure: a connection string, or an account URL reached with DefaultAzureCredential.
+    blob_connection_string: str | None = None
+    blob_account_url: str | None = None
+    blob_max_concurrency: int = 32
 
     mlflow_tracking_uri: str | None = None
     mlflow_artifact_root: Path | None = None
@@ -43,6 +52,14 @@ class CommonSettings(BaseSettings):
 
     # Modules imported for their recipes in addition to the ``retrainer.recipes`` entry points.
     recipe_modules: list[str] = []
+
+    # Blob-upload triggers (shared/triggers.py): a JSON list of rules and/or a file holding
+    # one; neither set: the built-in rules; "[]" turns them off.
+    trigger_rules: list[TriggerRule] | None = None
+    trigger_rules_file: Path | None = None
+    # The local blob store sends a BlobCreated event to the blob-events topic for every write
+    # of a blob that a trigger rule covers, as Event Grid does for Azure Storage.
+    blob_events: bool = True
 
     @property
     def resolved_bus_sqlite_path(self) -> Path:
@@ -74,14 +91,45 @@ def create_bus(settings: CommonSettings) -> MessageBus:
             topology=topology,
             poll_interval_s=settings.bus_poll_interval_s,
         )
+    if settings.bus == "servicebus":
+        from shared.bus.servicebus import ServiceBusMessageBus
+
+        if settings.servicebus_connection_string:
+            return ServiceBusMessageBus.from_connection_string(
+                settings.servicebus_connection_string, topology=topology
+            )
+        if settings.servicebus_namespace:
+            return ServiceBusMessageBus(settings.servicebus_namespace, topology=topology)
+        raise ConfigurationError(
+            "RETRAINER_BUS=servicebus needs RETRAINER_SERVICEBUS_CONNECTION_STRING or"
+            " RETRAINER_SERVICEBUS_NAMESPACE"
+        )
     raise AssertionError(f"unhandled bus adapter {settings.bus!r}")
 
 
 def create_blob_store(settings: CommonSettings) -> BlobStore:
     if settings.blob == "local":
         from shared.blobs.local import LocalBlobStore
+        from shared.triggers import blob_event_hook
 
-        return LocalBlobStore(settings.resolved_blob_local_root)
+        return LocalBlobStore(
+            settings.resolved_blob_local_root, on_blob_created=blob_event_hook(settings)
+        )
+    if settings.blob == "azure":
+        from shared.blobs.azure import AzureBlobStore
+
+        if settings.blob_connection_string:
+            return AzureBlobStore.from_connection_string(
+                settings.blob_connection_string, max_concurrency=settings.blob_max_concurrency
+            )
+        if settings.blob_account_url:
+            return AzureBlobStore(
+                settings.blob_account_url, max_concurrency=settings.blob_max_concurrency
+            )
+        raise ConfigurationError(
+            "RETRAINER_BLOB=azure needs RETRAINER_BLOB_CONNECTION_STRING or"
+            " RETRAINER_BLOB_ACCOUNT_URL"
+        )
     raise AssertionError(f"unhandled blob adapter {settings.blob!r}")
 
 

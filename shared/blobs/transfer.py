@@ -3,7 +3,9 @@
 Written only against the ``BlobStore`` port, so they work with every adapter. A ``prefix``
 here names a directory: ``container/dir`` and ``container/dir/`` both mean the blobs whose
 names start with ``container/dir/`` (``container/dir2/x`` is not under ``container/dir``).
-Sequential for now.
+
+A store that also implements ``BulkBlobTransfer`` (the Azure adapter does) moves the blobs
+with bounded concurrency; any other store is served one blob at a time.
 """
 
 from __future__ import annotations
@@ -11,10 +13,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from shared.blobs.port import BlobStore, validate_blob_name
+from shared.blobs.port import BlobContent, BlobProperties, BlobStore, validate_blob_name
 from shared.errors import InvalidBlobNameError
+
+
+@runtime_checkable
+class BulkBlobTransfer(Protocol):
+    """Optional fast path of a ``BlobStore``: many blobs at once, a bounded number in flight.
+
+    Both keep memory bounded by the concurrency, not by the number of blobs."""
+
+    def download_many(self, names: Iterable[str]) -> Iterator[BlobContent]:
+        """The contents of ``names``, yielded as they arrive (any order), each with
+        ``properties.name`` as asked. Validates every name before the first download;
+        raises the first error (BlobNotFoundError, ...); closing the iterator early
+        abandons the rest."""
+        ...
+
+    def upload_many(self, items: Iterable[tuple[str, bytes]]) -> dict[str, BlobProperties]:
+        """Upload ``(name, data)`` pairs, overwriting, taking items lazily as slots free up.
+        Returns name -> properties in the order of ``items``; raises the first error."""
+        ...
 
 
 def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, str]:
@@ -26,15 +49,23 @@ def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, 
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     dest_root = dest.resolve()
-    etags: dict[str, str] = {}
+    # Every destination is checked before anything is downloaded.
+    targets: dict[str, tuple[str, Path]] = {}
     for props in store.list_blobs(directory):
         rel = props.name[len(directory) :]
-        target = _inside(dest_root, rel, props.name)
-        content = store.download_blob(props.name)
+        targets[props.name] = (rel, _inside(dest_root, rel, props.name))
+    contents: Iterable[tuple[str, BlobContent]]
+    if isinstance(store, BulkBlobTransfer):
+        contents = ((c.properties.name, c) for c in store.download_many(list(targets)))
+    else:
+        contents = ((name, store.download_blob(name)) for name in targets)
+    etags: dict[str, str] = {}
+    for name, content in contents:
+        rel, target = targets[name]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content.data)
         etags[rel] = content.properties.etag
-    return etags
+    return {rel: etags[rel] for rel, _ in targets.values()}  # in listing order
 
 
 def upload_directory(store: BlobStore, src_dir: Path, prefix: str) -> dict[str, str]:
@@ -54,6 +85,10 @@ def upload_directory(store: BlobStore, src_dir: Path, prefix: str) -> dict[str, 
     files.sort()
     for name, _ in files:
         validate_blob_name(name)
+    if isinstance(store, BulkBlobTransfer):
+        # A generator: each file is read only when its upload can start.
+        uploaded = store.upload_many((name, path.read_bytes()) for name, path in files)
+        return {name: uploaded[name].etag for name, _ in files}
     return {name: store.upload_blob(name, path.read_bytes()).etag for name, path in files}
 
 
