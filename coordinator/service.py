@@ -213,14 +213,23 @@ class Coordinator:
 
     def consume_events(self, *, max_messages: int = 10, max_wait_s: float = 1.0) -> int:
         """Receive and handle one batch of stage events; returns how many were received."""
+        return self._consume(EVENTS_TOPIC, self.handle_bus_message, max_messages, max_wait_s)
+
+    def _consume(
+        self,
+        topic: str,
+        handle: Callable[[ReceivedMessage], None],
+        max_messages: int,
+        max_wait_s: float,
+    ) -> int:
         received = self.bus.receive_messages(
-            EVENTS_TOPIC,
+            topic,
             COORDINATOR_SUBSCRIPTION,
             max_message_count=max_messages,
             max_wait_time=max_wait_s,
         )
         for message in received:
-            self.handle_bus_message(message)
+            handle(message)
         return len(received)
 
     def handle_bus_message(self, received: ReceivedMessage) -> None:
@@ -364,15 +373,9 @@ class Coordinator:
 
     def consume_blob_events(self, *, max_messages: int = 10, max_wait_s: float = 1.0) -> int:
         """Receive and handle one batch from ``blob-events``; returns how many were received."""
-        received = self.bus.receive_messages(
-            BLOB_EVENTS_TOPIC,
-            COORDINATOR_SUBSCRIPTION,
-            max_message_count=max_messages,
-            max_wait_time=max_wait_s,
+        return self._consume(
+            BLOB_EVENTS_TOPIC, self.handle_blob_event_message, max_messages, max_wait_s
         )
-        for message in received:
-            self.handle_blob_event_message(message)
-        return len(received)
 
     def handle_blob_event_message(self, received: ReceivedMessage) -> None:
         """One message of Event Grid -> Service Bus: one event (or an array), either schema."""

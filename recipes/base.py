@@ -21,6 +21,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,18 @@ _COMPARATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     "<": operator.lt,
 }
+
+
+def pinned(*distributions: str) -> tuple[str, ...]:
+    """``name==version`` of each installed distribution (a model's requirements should be what
+    it was trained with); the bare name for one that is not installed."""
+    requirements = []
+    for name in distributions:
+        try:
+            requirements.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            requirements.append(name)
+    return tuple(requirements)
 
 
 class RecipeParams(BaseModel):

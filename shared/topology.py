@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import ConfigurationError
 from shared.messages import STAGES, Stage
 
 EVENTS_TOPIC = "stage-events"
@@ -39,3 +40,22 @@ def build_topology(*, lock_duration_s: float = 60.0, max_delivery_count: int = 1
     topology[EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
     topology[BLOB_EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
     return topology
+
+
+def require_topic(topology: Topology, topic: str) -> None:
+    """Adapters refuse undeclared entities up front, the same way whatever the backend."""
+    if topic not in topology:
+        raise ConfigurationError(
+            f"topic {topic!r} is not declared in the bus topology "
+            f"(declared: {', '.join(sorted(topology))})"
+        )
+
+
+def require_subscription(topology: Topology, topic: str, subscription: str) -> None:
+    require_topic(topology, topic)
+    names = [spec.name for spec in topology[topic]]
+    if subscription not in names:
+        raise ConfigurationError(
+            f"subscription {subscription!r} is not declared on topic {topic!r} "
+            f"(declared: {', '.join(sorted(names))})"
+        )

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from recipes.base import RecipeParams, TrainResult
+from recipes.base import RecipeParams, TrainResult, pinned
 from recipes.image_classification.dataset import (
     TRAIN_FILE,
     VALIDATION_FILE,
@@ -436,11 +436,8 @@ def pinned_requirements() -> tuple[str, ...]:
     model loads identically. Pillow is not needed: the model takes pixel arrays.
     """
     tensorflow_version = _version("tensorflow", "tensorflow-cpu")
-    requirements = [f"tensorflow=={tensorflow_version}" if tensorflow_version else "tensorflow"]
-    for name in ("keras", "numpy"):
-        version = _version(name)
-        requirements.append(f"{name}=={version}" if version else name)
-    return tuple(requirements)
+    tensorflow = f"tensorflow=={tensorflow_version}" if tensorflow_version else "tensorflow"
+    return (tensorflow, *pinned("keras", "numpy"))
 
 
 def _version(*distributions: str) -> str | None:

@@ -13,9 +13,7 @@ Saving the model in MLflow's default skops format needs ``SKOPS_TRUSTED_TYPES`` 
 
 from __future__ import annotations
 
-from importlib import metadata
-
-from recipes.base import QualityGate, Recipe
+from recipes.base import QualityGate, Recipe, pinned
 from recipes.state_identifier.aggregate import aggregate
 from recipes.state_identifier.params import StateIdentifierParams
 from recipes.state_identifier.sample_data import write_sample_data
@@ -36,16 +34,6 @@ __all__ = [
 MIN_SILHOUETTE = 0.2
 
 
-def _pinned(*distributions: str) -> tuple[str, ...]:
-    requirements = []
-    for name in distributions:
-        try:
-            requirements.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            requirements.append(name)
-    return tuple(requirements)
-
-
 recipe = Recipe(
     name="state_identifier",
     version="1.0.0",
@@ -62,5 +50,5 @@ recipe = Recipe(
     train=train,
     write_sample_data=write_sample_data,
     quality_gate=QualityGate({"silhouette": (">=", MIN_SILHOUETTE)}),
-    pip_requirements=_pinned("scikit-learn", "pandas", "numpy", "scipy", "pydantic"),
+    pip_requirements=pinned("scikit-learn", "pandas", "numpy", "scipy", "pydantic"),
 )

@@ -52,7 +52,7 @@ from shared.errors import (
     MessageLockLostError,
     PermanentError,
 )
-from shared.topology import Topology
+from shared.topology import Topology, require_subscription, require_topic
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -150,7 +150,7 @@ class ServiceBusMessageBus:
     # -- MessageBus ------------------------------------------------------------------------
 
     def send_messages(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
-        self._require_topic(topic)
+        require_topic(self._topology, topic)
         outgoing = [_to_sdk(message) for message in messages]
         if not outgoing:
             return
@@ -179,7 +179,7 @@ class ServiceBusMessageBus:
         max_wait_time: float = 5.0,
         dead_letter: bool = False,
     ) -> list[ReceivedMessage]:
-        self._require_subscription(topic, subscription)
+        require_subscription(self._topology, topic, subscription)
         if max_message_count < 1:
             raise ValueError(f"max_message_count must be at least 1, got {max_message_count}")
         receiver = self._checkout_receiver(topic, subscription, dead_letter)
@@ -340,22 +340,6 @@ class ServiceBusMessageBus:
     def _require_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-
-    def _require_topic(self, topic: str) -> None:
-        if topic not in self._topology:
-            raise ConfigurationError(
-                f"topic {topic!r} is not declared in the bus topology "
-                f"(declared: {', '.join(sorted(self._topology))})"
-            )
-
-    def _require_subscription(self, topic: str, subscription: str) -> None:
-        self._require_topic(topic)
-        names = [spec.name for spec in self._topology[topic]]
-        if subscription not in names:
-            raise ConfigurationError(
-                f"subscription {subscription!r} is not declared on topic {topic!r} "
-                f"(declared: {', '.join(sorted(names))})"
-            )
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:

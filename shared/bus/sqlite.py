@@ -27,7 +27,7 @@ from pathlib import Path
 
 from shared.bus.port import OutgoingMessage, ReceivedMessage
 from shared.errors import BusUnavailableError, ConfigurationError, MessageLockLostError
-from shared.topology import Topology
+from shared.topology import Topology, require_subscription, require_topic
 
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 
@@ -121,7 +121,7 @@ class SqliteMessageBus:
     # -- MessageBus ------------------------------------------------------------------------
 
     def send_messages(self, topic: str, messages: Sequence[OutgoingMessage]) -> None:
-        self._require_topic(topic)
+        require_topic(self._topology, topic)
         for message in messages:
             when = message.scheduled_enqueue_time
             if when is not None and when.tzinfo is None:
@@ -155,7 +155,7 @@ class SqliteMessageBus:
         max_wait_time: float = 5.0,
         dead_letter: bool = False,
     ) -> list[ReceivedMessage]:
-        self._require_subscription(topic, subscription)
+        require_subscription(self._topology, topic, subscription)
         if max_message_count < 1:
             raise ValueError(f"max_message_count must be at least 1, got {max_message_count}")
         deadline = time.monotonic() + max_wait_time
@@ -262,22 +262,6 @@ class SqliteMessageBus:
         # SQLite quietly keeps its old mode where WAL is impossible (some network file systems).
         if mode != "wal":
             raise ConfigurationError(f"bus database {self._path} cannot use WAL mode ({mode})")
-
-    def _require_topic(self, topic: str) -> None:
-        if topic not in self._topology:
-            raise ConfigurationError(
-                f"topic {topic!r} is not declared in the bus topology "
-                f"(declared: {', '.join(sorted(self._topology))})"
-            )
-
-    def _require_subscription(self, topic: str, subscription: str) -> None:
-        self._require_topic(topic)
-        names = [spec.name for spec in self._topology[topic]]
-        if subscription not in names:
-            raise ConfigurationError(
-                f"subscription {subscription!r} is not declared on topic {topic!r} "
-                f"(declared: {', '.join(sorted(names))})"
-            )
 
     @staticmethod
     def _subscription_settings(
