@@ -1,0 +1,260 @@
+"""Azure ML training compute: the train entry point as an Azure ML command job.
+
+``build_command_job`` turns a ``TrainingJob`` into an ``azure.ai.ml`` ``Command`` that runs
+``python -m services.train.entrypoint`` from ``code_dir`` (uploaded as a snapshot) in a
+registered environment on a compute cluster, with the split folder mounted as the ``split``
+input and the ``model`` output written to ``job.output_uri``. The job is named after the
+recipe and correlation id, so submitting the same ``TrainingJob`` twice (a redelivered message)
+finds the first job instead of starting a second one.
+
+Completion is reported by Azure ML's ``Microsoft.MachineLearningServices.RunStatusChanged``
+Event Grid events (``parse_run_status_changed``); ``get_job_status`` is the polling fallback.
+azure-ai-ml is imported by this module only; ``azure-identity`` only in ``from_workspace``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from azure.ai.ml import Input, Output, command
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.exceptions import MlException
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from shared.compute.port import (
+    PARAMS_BASE64_PREFIX,
+    ComputeRequestError,
+    ComputeUnavailableError,
+    JobHandle,
+    JobNotFoundError,
+    JobState,
+    JobStatus,
+    MalformedComputeEventError,
+    TrainingJob,
+)
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import Command
+    from azure.core.credentials import TokenCredential
+
+BACKEND = "azureml"
+RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
+
+COMMAND = (
+    "python -m services.train.entrypoint"
+    " --recipe ${{inputs.recipe}}"
+    " --split ${{inputs.split}}"
+    " --output ${{outputs.model}}"
+    " --params-json ${{inputs.params}}"
+    " --correlation-id ${{inputs.correlation_id}}"
+)
+
+# Azure ML job/run statuses (azure.ai.ml.entities.Job.status, RunStatusChanged runStatus).
+STATUS_MAP: dict[str, JobState] = {
+    "NotStarted": "queued",
+    "Queued": "queued",
+    "Preparing": "queued",
+    "Provisioning": "queued",
+    "Starting": "queued",
+    "Running": "running",
+    "Finalizing": "running",
+    "Completed": "succeeded",
+    "Failed": "failed",
+    "NotResponding": "failed",
+    "Canceled": "cancelled",
+    "CancelRequested": "cancelled",
+}
+
+_SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.:@/-]+$")
+_NAME_UNSAFE = re.compile(r"[^a-z0-9_-]+")
+
+
+def encode_params(params: Mapping[str, Any]) -> str:
+    raw = json.dumps(dict(params), sort_keys=True, separators=(",", ":")).encode()
+    return PARAMS_BASE64_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def job_name_for(job: TrainingJob) -> str:
+    """A deterministic Azure ML job name (lowercase letters, digits, '-', '_'; <= 255)."""
+    name = _NAME_UNSAFE.sub("-", f"retrainer-{job.recipe}-{job.correlation_id}".lower())
+    return name.strip("-_")[:255]
+
+
+def map_status(azure_status: str | None, message: str = "") -> JobStatus:
+    state = STATUS_MAP.get(azure_status or "")
+    if state is None:
+        # Paused, Unknown, a status added later: not final, keep following it.
+        return JobStatus("running", f"Azure ML status {azure_status!r}")
+    return JobStatus(state, message or f"Azure ML status {azure_status}")
+
+
+class AzureMLTrainingCompute:
+    def __init__(
+        self,
+        ml_client: MLClient,
+        *,
+        compute_name: str,
+        environment: str,
+        code_dir: str,
+        instance_type: str | None = None,
+    ) -> None:
+        self._ml_client = ml_client
+        self._compute_name = compute_name
+        self._environment = environment
+        self._code_dir = code_dir
+        self._instance_type = instance_type
+
+    @classmethod
+    def from_workspace(
+        cls,
+        subscription_id: str,
+        resource_group: str,
+        workspace: str,
+        *,
+        credential: TokenCredential | None = None,
+        compute_name: str,
+        environment: str,
+        code_dir: str,
+        instance_type: str | None = None,
+    ) -> AzureMLTrainingCompute:
+        from azure.ai.ml import MLClient
+
+        if credential is None:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        client = MLClient(credential, subscription_id, resource_group, workspace)
+        return cls(
+            client,
+            compute_name=compute_name,
+            environment=environment,
+            code_dir=code_dir,
+            instance_type=instance_type,
+        )
+
+    def build_command_job(self, job: TrainingJob) -> Command:
+        for label, value in (("recipe", job.recipe), ("correlation_id", job.correlation_id)):
+            if not _SHELL_SAFE.match(value):
+                raise ComputeRequestError(f"{label} {value!r} is not safe on a command line")
+        tags = {**dict(job.tags), "correlation_id": job.correlation_id, "recipe": job.recipe}
+        return command(
+            name=job_name_for(job),
+            display_name=f"{job.recipe} {job.correlation_id}",
+            description=f"retrainer: train {job.recipe} for run {job.correlation_id}",
+            experiment_name=job.experiment_name,
+            code=self._code_dir,
+            command=COMMAND,
+            inputs={
+                "recipe": job.recipe,
+                "correlation_id": job.correlation_id,
+                "params": encode_params(job.params),
+                "split": Input(type=AssetTypes.URI_FOLDER, path=job.input_uri),
+            },
+            outputs={"model": Output(type=AssetTypes.URI_FOLDER, path=job.output_uri)},
+            environment=self._environment,
+            compute=self._compute_name,
+            instance_type=self._instance_type,
+            tags=tags,
+        )
+
+    def begin_training(self, job: TrainingJob) -> JobHandle:
+        command_job = self.build_command_job(job)
+        name = str(command_job.name)
+        with _translated(name):
+            try:
+                existing = self._ml_client.jobs.get(name)
+            except ResourceNotFoundError:
+                existing = None
+            if existing is None:
+                created = self._ml_client.jobs.create_or_update(command_job)
+                name = str(created.name or name)
+        return JobHandle(job_id=name, backend=BACKEND)
+
+    def get_job_status(self, handle: JobHandle) -> JobStatus:
+        with _translated(handle.job_id):
+            azure_job = self._ml_client.jobs.get(handle.job_id)
+        status = getattr(azure_job, "status", None)
+        message = ""
+        if STATUS_MAP.get(status or "") == "failed":
+            message = f"Azure ML job {handle.job_id} {status}; see {azure_job.studio_url}"
+        return map_status(status, message)
+
+    def cancel_job(self, handle: JobHandle) -> None:
+        with _translated(handle.job_id):
+            self._ml_client.jobs.begin_cancel(handle.job_id)
+
+
+@contextmanager
+def _translated(job_id: str) -> Iterator[None]:
+    """azure-core / azure-ai-ml exceptions -> the port's errors, decided by type and status."""
+    try:
+        yield
+    except ResourceNotFoundError:
+        raise JobNotFoundError(job_id) from None
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise ComputeUnavailableError(f"Azure ML unreachable: {exc}") from exc
+    except HttpResponseError as exc:
+        code = exc.status_code or 0
+        if code in (408, 429) or code >= 500:
+            raise ComputeUnavailableError(f"Azure ML busy (HTTP {code}): {exc.message}") from exc
+        raise ComputeRequestError(
+            f"Azure ML rejected the request (HTTP {code}): {exc.message}"
+        ) from exc
+    except MlException as exc:
+        raise ComputeRequestError(f"invalid Azure ML job: {exc}") from exc
+    except AzureError as exc:
+        raise ComputeUnavailableError(f"Azure ML call failed: {exc}") from exc
+
+
+def _field(obj: Mapping[str, Any], key: str, what: str) -> Any:
+    value = obj.get(key)
+    if value in (None, ""):
+        raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} event without {what}")
+    return value
+
+
+def parse_run_status_changed(event: Mapping[str, Any]) -> tuple[str, JobStatus] | None:
+    """(job name, status) from a RunStatusChanged event; None for any other event type.
+
+    Accepts the Event Grid schema (``eventType``) and CloudEvents 1.0 (``type``); ``data``
+    carries ``runId`` (the command job's name), ``runStatus`` and ``experimentName``.
+    """
+    if not isinstance(event, Mapping):
+        raise MalformedComputeEventError(f"event is not an object: {type(event).__name__}")
+    event_type = event.get("eventType", event.get("type"))
+    if event_type != RUN_STATUS_CHANGED:
+        return None
+    data = _field(event, "data", "data")
+    if not isinstance(data, Mapping):
+        raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} event data is not an object")
+    run_id = _field(data, "runId", "data.runId")
+    run_status = _field(data, "runStatus", "data.runStatus")
+    if not isinstance(run_id, str) or not isinstance(run_status, str):
+        raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} runId/runStatus must be strings")
+    experiment = data.get("experimentName") or ""
+    return run_id, map_status(run_status, f"Azure ML status {run_status} ({experiment})".strip())
+
+
+__all__ = [
+    "BACKEND",
+    "COMMAND",
+    "RUN_STATUS_CHANGED",
+    "STATUS_MAP",
+    "AzureMLTrainingCompute",
+    "encode_params",
+    "job_name_for",
+    "map_status",
+    "parse_run_status_changed",
+]
