@@ -181,3 +181,28 @@ def test_worker_killed_mid_stage_still_ends_in_success(deployment: Deployment) -
     train = next(s for s in final["stages"] if s["name"] == "train")
     assert train["status"] == "succeeded"
     assert final["model"]["name"] == "slow_state_identifier"
+
+
+def test_image_classification_runs_through_the_stack(deployment: Deployment) -> None:
+    prefix = "datasets/image-classification/sample"
+    upload_sample_data(deployment.settings, "image_classification", prefix, seed=5)
+    # Offline: no ImageNet weights; a tiny MobileNet so CPU training takes seconds.
+    params = {"weights": "none", "image_size": 32, "alpha": 0.25, "epochs": 1}
+
+    final = deployment.wait(deployment.run("image_classification", prefix, params)["id"])
+
+    assert final["status"] == "succeeded", final
+    assert {"accuracy", "precision_macro", "recall_macro", "f1_macro"} <= set(final["metrics"])
+    assert final["model"]["name"] == "image_classification"
+    client = _mlflow_client(deployment.settings)
+    version = client.get_model_version("image_classification", str(final["model"]["version"]))
+    artifacts = [a.path for a in client.list_artifacts(version.run_id)]
+    assert any(path.endswith(".png") for path in artifacts), artifacts
+
+    import mlflow.pyfunc
+    import numpy as np
+
+    model = mlflow.pyfunc.load_model(f"models:/image_classification/{version.version}")
+    probabilities = np.asarray(model.predict(np.zeros((2, 32, 32, 3), dtype="float32")))
+    assert probabilities.shape == (2, 3)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
