@@ -37,23 +37,13 @@ from shared.topology import (
     build_topology,
     command_topic,
 )
+from tests.clock import Clock
 
 LOCK_S = 0.3
 
 
 class Crash(Exception):
     """Stands for the process dying at this point."""
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Deployment:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
 from shared.errors import ConfigurationError
 from shared.events import BlobEventPublisher, blob_created_event, blob_event_message, parse_events
-from shared.messages import RunStage, decode, utcnow
+from shared.messages import RunStage, decode
 from shared.settings import create_blob_store
 from shared.topology import (
     BLOB_EVENTS_TOPIC,
@@ -33,6 +32,7 @@ from shared.topology import (
     command_topic,
 )
 from shared.triggers import TriggerRule, covered
+from tests.clock import Clock
 
 DEBOUNCE_S = 5.0
 MAX_WAIT_S = 60.0
@@ -47,17 +47,6 @@ RULES = (
     ),
 )
 CSV = b"timestamp,a\n1,2\n"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Deployment:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.events import blob_created_event
-from shared.messages import utcnow
 from shared.topology import build_topology
 from shared.triggers import TriggerRule
+from tests.clock import Clock
 
 SECRET = "s3cret-key"
 MAX_BYTES = 8 * 1024
@@ -32,14 +32,6 @@ RULES = (
     TriggerRule(container="datasets", prefix="state-identifier/", recipe="state_identifier"),
     TriggerRule(container="labels", prefix="state/", recipe="state_identifier", marker="_READY"),
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @dataclass
