@@ -507,13 +507,7 @@ class BackgroundLoops:
         return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     def _consume(self) -> None:
-        while not self._stop.is_set():
-            self._guarded(
-                "consumer",
-                lambda: self._coordinator.consume_events(
-                    max_wait_s=self._intervals.consumer_wait_s
-                ),
-            )
+        self._receive_until_stopped("consumer", self._coordinator.consume_events)
 
     def _relay(self) -> None:
         outbox_written = self._coordinator.outbox_written
@@ -533,13 +527,12 @@ class BackgroundLoops:
             self._guarded("watchdog", self._coordinator.watchdog_tick)
 
     def _consume_blob_events(self) -> None:
+        self._receive_until_stopped("blob-events", self._coordinator.consume_blob_events)
+
+    def _receive_until_stopped(self, loop: str, consume: Callable[..., int]) -> None:
+        wait_s = self._intervals.consumer_wait_s
         while not self._stop.is_set():
-            self._guarded(
-                "blob-events",
-                lambda: self._coordinator.consume_blob_events(
-                    max_wait_s=self._intervals.consumer_wait_s
-                ),
-            )
+            self._guarded(loop, lambda: consume(max_wait_s=wait_s))
 
     def _fire_triggers(self) -> None:
         trigger_due = self._coordinator.trigger_due

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recipes.base import DatasetSummary, QualityGate, Recipe, RecipeParams, TrainResult
 from shared.errors import DataValidationError
@@ -66,3 +68,26 @@ echo_recipe = Recipe(
     write_sample_data=_sample,
     quality_gate=QualityGate({"score": (">=", 0.0)}),
 )
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A recipe run stage by stage on its own sample data, with every directory kept."""
+
+    raw_dir: Path
+    dataset_dir: Path
+    split_dir: Path
+    out_dir: Path
+    aggregated: DatasetSummary
+    split: DatasetSummary
+    result: TrainResult
+
+
+def train_on_sample(recipe: Recipe, root: Path, *, seed: int, params: dict[str, Any]) -> Trained:
+    raw, dataset, split_dir, out = (root / n for n in ("raw", "dataset", "split", "out"))
+    recipe.write_sample_data(raw, seed)
+    parsed = recipe.parse_params(params)
+    aggregated = recipe.aggregate(raw, dataset, parsed)
+    split = recipe.split(dataset, split_dir, parsed)
+    result = recipe.train(split_dir, out, parsed)
+    return Trained(raw, dataset, split_dir, out, aggregated, split, result)

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pydantic
 import pytest
 from PIL import Image
 
-from recipes.base import DatasetSummary, Recipe, TrainResult
+from recipes.base import DatasetSummary, Recipe
 from recipes.image_classification import ImageClassificationParams, build_model, recipe
 from recipes.image_classification.dataset import read_examples
 from recipes.image_classification.sample_data import IMAGES_PER_LABEL, LABELS, main
@@ -29,6 +28,7 @@ from recipes.image_classification.training import (
     weights_file_name,
 )
 from shared.errors import ConfigurationError, DataValidationError
+from tests.recipe_fixtures import Trained, train_on_sample
 
 # Keras 3.15 converts tensors with np.array(x), which numpy 2.4 reports on every call.
 pytestmark = pytest.mark.filterwarnings(
@@ -41,27 +41,10 @@ PARAMS = ImageClassificationParams(**TINY)  # type: ignore[arg-type]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass(frozen=True)
-class Trained:
-    raw_dir: Path
-    dataset_dir: Path
-    split_dir: Path
-    out_dir: Path
-    aggregated: DatasetSummary
-    split: DatasetSummary
-    result: TrainResult
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("image_classification")
-    raw, dataset, split_dir, out = (root / n for n in ("raw", "dataset", "split", "out"))
-    recipe.write_sample_data(raw, 0)
-    params = recipe.parse_params(TINY)
-    aggregated = recipe.aggregate(raw, dataset, params)
-    split = recipe.split(dataset, split_dir, params)
-    result = recipe.train(split_dir, out, params)
-    return Trained(raw, dataset, split_dir, out, aggregated, split, result)
+    return train_on_sample(recipe, root, seed=0, params=TINY)
 
 
 def _png(colour: tuple[int, ...] = (200, 30, 30), mode: str = "RGB", size: int = 12) -> bytes:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.pipeline import Pipeline
 
-from recipes.base import DatasetSummary, Recipe, TrainResult
+from recipes.base import DatasetSummary, Recipe
 from recipes.state_identifier import StateIdentifierParams, recipe
 from recipes.state_identifier.metrics import dunn_index, silhouette
 from recipes.state_identifier.sample_data import (
@@ -32,32 +31,16 @@ from recipes.state_identifier.transformers import (
     count_windows,
 )
 from shared.errors import DataValidationError
+from tests.recipe_fixtures import Trained, train_on_sample
 
 SEED = 0
 PARAMS = StateIdentifierParams()
 
 
-@dataclass(frozen=True)
-class Trained:
-    raw_dir: Path
-    dataset_dir: Path
-    split_dir: Path
-    out_dir: Path
-    aggregated: DatasetSummary
-    split: DatasetSummary
-    result: TrainResult
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("state_identifier")
-    raw, dataset, split_dir, out = (root / n for n in ("raw", "dataset", "split", "out"))
-    recipe.write_sample_data(raw, SEED)
-    params = recipe.parse_params({})
-    aggregated = recipe.aggregate(raw, dataset, params)
-    split = recipe.split(dataset, split_dir, params)
-    result = recipe.train(split_dir, out, params)
-    return Trained(raw, dataset, split_dir, out, aggregated, split, result)
+    return train_on_sample(recipe, root, seed=SEED, params={})
 
 
 def _aggregate_files(tmp_path: Path, files: dict[str, str | bytes]) -> DatasetSummary:
