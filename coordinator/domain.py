@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.errors import PermanentError
 from shared.messages import (
     STAGES,
+    CancelStage,
     RunStage,
     Stage,
     StageEvent,
@@ -236,7 +237,7 @@ CoordinatorInput = (
 
 @dataclass(frozen=True)
 class ScheduledCommand:
-    command: RunStage
+    command: RunStage | CancelStage
     not_before: datetime | None = None
 
 
@@ -329,6 +330,16 @@ def _cancel(run: Run, now: datetime) -> Decision:
     if run.is_finished:
         raise InvalidTransition(run.id, run.status, "cancel")
     current = run.current_stage
+    commands: list[ScheduledCommand] = []
+    if current is not None and current.status in _IN_FLIGHT:
+        # Work handed to outside compute (an Azure ML job) must be stopped explicitly.
+        stop = CancelStage(
+            correlation_id=run.id,
+            traceparent=_traceparent(run.id, current.stage, current.attempt),
+            stage=current.stage,
+            attempt=current.attempt,
+        )
+        commands.append(ScheduledCommand(stop))
     if current is not None:
         current = current.model_copy(update={"error": "cancelled", "finished_at": now})
         cancelled = current.model_copy(
@@ -340,7 +351,7 @@ def _cancel(run: Run, now: datetime) -> Decision:
         )
         run = _put(run, cancelled)
     run = run.model_copy(update={"status": "cancelled", "updated_at": now, "finished_at": now})
-    return Decision(run, notes=["run cancelled"])
+    return Decision(run, commands, notes=["run cancelled"])
 
 
 def _retry_run(run: Run, now: datetime, policy: Policy) -> Decision:

@@ -61,8 +61,8 @@ from coordinator.domain import (
 )
 from shared.bus.port import OutgoingMessage
 from shared.errors import RetryableError
-from shared.messages import encode, utcnow
-from shared.topology import command_topic
+from shared.messages import CancelStage, encode, utcnow
+from shared.topology import CONTROL_TOPIC, command_topic
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -548,7 +548,9 @@ def _digest(*parts: str) -> str:
 def _encoded(decision: Decision) -> Sequence[tuple[str, OutgoingMessage]]:
     return [
         (
-            command_topic(scheduled.command.stage),
+            CONTROL_TOPIC
+            if isinstance(scheduled.command, CancelStage)
+            else command_topic(scheduled.command.stage),
             encode(scheduled.command, scheduled_enqueue_time=scheduled.not_before),
         )
         for scheduled in decision.commands

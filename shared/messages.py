@@ -69,6 +69,24 @@ class RunStage(Command):
         return f"{self.correlation_id}:{self.stage}:{self.attempt}"
 
 
+class CancelStage(Command):
+    """The run was cancelled while this stage attempt was queued or running.
+
+    Work a stage handed to outside compute (an Azure ML job, a training subprocess) is stopped;
+    a stage running in a worker's own process just finishes and its event is ignored.
+    """
+
+    message_type: ClassVar[str] = "cancel_stage"
+
+    stage: Stage
+    attempt: int = Field(ge=1)
+    reason: str = "run cancelled"
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.correlation_id}:{self.stage}:{self.attempt}:cancel"
+
+
 class StageEvent(Event):
     stage: Stage
     attempt: int = Field(ge=1)
@@ -113,7 +131,8 @@ class StageFailed(StageEvent):
 
 
 MESSAGE_CLASSES: dict[str, type[Message]] = {
-    cls.message_type: cls for cls in (RunStage, StageStarted, StageSucceeded, StageFailed)
+    cls.message_type: cls
+    for cls in (RunStage, CancelStage, StageStarted, StageSucceeded, StageFailed)
 }
 
 # (message_type, from_version) -> function turning that version's body into the next one.

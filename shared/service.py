@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from shared.settings import CommonSettings, create_blob_store, create_bus
 from shared.worker import StageSpec, Worker
@@ -17,6 +18,9 @@ class WorkerSettings(CommonSettings):
     # Touched after every receive; the container healthcheck reads its age.
     health_file: Path | None = None
     log_level: str = "INFO"
+
+
+SettingsT = TypeVar("SettingsT", bound=WorkerSettings)
 
 
 def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
@@ -38,8 +42,10 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
     )
 
 
-def run_stage_service(build_spec: Callable[[WorkerSettings], StageSpec]) -> None:
-    settings = WorkerSettings()
+def run_stage_service(
+    build_spec: Callable[[SettingsT], StageSpec], settings_type: type[SettingsT]
+) -> None:
+    settings = settings_type()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigurationError
@@ -44,7 +45,11 @@ class CommonSettings(BaseSettings):
     blob_account_url: str | None = None
     blob_max_concurrency: int = 32
 
-    mlflow_tracking_uri: str | None = None
+    # MLFLOW_TRACKING_URI too: Azure ML sets it in its jobs to the workspace's MLflow.
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RETRAINER_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+    )
     mlflow_artifact_root: Path | None = None
 
     # Recorded on every model version as lineage (e.g. the image tag or git commit).

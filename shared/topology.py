@@ -14,8 +14,14 @@ from shared.messages import STAGES, Stage
 EVENTS_TOPIC = "stage-events"
 # Microsoft.Storage.BlobCreated events (Event Grid -> Service Bus, or the local blob store).
 BLOB_EVENTS_TOPIC = "blob-events"
+# CancelStage commands from the coordinator (subscription "train": only training hands work
+# to outside compute that must be stopped).
+CONTROL_TOPIC = "run-control"
+# Azure ML's Microsoft.MachineLearningServices.RunStatusChanged events (Event Grid -> Service Bus).
+COMPUTE_EVENTS_TOPIC = "compute-events"
 COORDINATOR_SUBSCRIPTION = "coordinator"
 WORKER_SUBSCRIPTION = "worker"
+TRAIN_SUBSCRIPTION = "train"
 
 
 def command_topic(stage: Stage) -> str:
@@ -39,6 +45,8 @@ def build_topology(*, lock_duration_s: float = 60.0, max_delivery_count: int = 1
     topology: Topology = {command_topic(stage): sub(WORKER_SUBSCRIPTION) for stage in STAGES}
     topology[EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
     topology[BLOB_EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
+    topology[CONTROL_TOPIC] = sub(TRAIN_SUBSCRIPTION)
+    topology[COMPUTE_EVENTS_TOPIC] = sub(TRAIN_SUBSCRIPTION)
     return topology
 
 

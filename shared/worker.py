@@ -63,12 +63,31 @@ class StageContext:
     input_dirs: Mapping[str, Path]
     output_dir: Path
     blob_store: BlobStore
+    # Where the worker uploads ``output_dir`` (and the manifest) when the handler returns.
+    output_prefix: str
+
+    def input_prefix(self, name: str) -> str:
+        """The blob prefix of input ``name`` (what ``input_dirs[name]`` is downloaded from)."""
+        return _as_prefix(self.command.inputs[name])
+
+    def download_input(self, name: str) -> Path:
+        """Fetch input ``name`` into ``input_dirs[name]`` (for ``download_inputs=False``)."""
+        download_prefix(self.blob_store, self.input_prefix(name), self.input_dirs[name])
+        return self.input_dirs[name]
 
 
 @dataclass(frozen=True)
 class StageResult:
+    """What a handler returns.
+
+    ``deferred``: the work was handed to something that finishes later (an Azure ML job); the
+    worker uploads nothing and publishes no ``StageSucceeded``, and whoever follows the work
+    writes the manifest under ``output_prefix`` and publishes the stage's outcome.
+    """
+
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    deferred: bool = False
 
 
 StageHandler = Callable[[StageContext], StageResult]
@@ -81,6 +100,9 @@ class StageSpec:
     ``inputs`` are keys of the command's ``inputs``; each is downloaded to its own directory.
     A cacheable stage's output is stored under a content hash of (stage, recipe version,
     params, input digests), so a retry or re-run with unchanged inputs skips the work.
+    ``download_inputs=False`` leaves fetching to the handler (``StageContext.download_input``),
+    for one that may hand the blob prefixes to remote compute instead. ``background`` loops
+    run in their own threads beside the receive loops until the worker stops (the event).
     """
 
     stage: Stage
@@ -88,6 +110,8 @@ class StageSpec:
     output: str
     handler: StageHandler
     cacheable: bool = True
+    download_inputs: bool = True
+    background: tuple[Callable[[threading.Event], None], ...] = ()
 
 
 class Worker:
@@ -128,6 +152,10 @@ class Worker:
         threads = [
             threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
             for i in range(self._max_concurrency)
+        ]
+        threads += [
+            threading.Thread(target=loop, args=(self._stopping,), name=f"{self.name}-bg{i}")
+            for i, loop in enumerate(self.spec.background)
         ]
         for thread in threads:
             thread.start()
@@ -197,7 +225,7 @@ class Worker:
         with _LockRenewer(self._bus, message, self._lock_duration_s, on_renewed=self._beat):
             started = time.monotonic()
             try:
-                event: StageSucceeded | StageFailed = self._run_stage(command)
+                event: StageSucceeded | StageFailed | None = self._run_stage(command)
             except Exception as exc:
                 retryable = not isinstance(exc, PermanentError | ValidationError)
                 log.log(
@@ -219,15 +247,18 @@ class Worker:
                     retryable=retryable,
                 )
             else:
-                event = event.model_copy(update={"duration_s": time.monotonic() - started})
-        self._publish(event)
+                if event is not None:
+                    event = event.model_copy(update={"duration_s": time.monotonic() - started})
+        if event is not None:
+            self._publish(event)
         try:
             self._bus.complete_message(message)
         except MessageLockLostError:
             # The event is out and de-duplicated by message id; a redelivery hits the cache.
             log.warning("lock lost before completing %s", message.message_id)
 
-    def _run_stage(self, command: RunStage) -> StageSucceeded:
+    def _run_stage(self, command: RunStage) -> StageSucceeded | None:
+        """The stage's success event, or None when the handler deferred the work."""
         recipe = self._recipe_lookup(command.recipe)
         params = recipe.parse_params(command.params)
         missing = [name for name in self.spec.inputs if name not in command.inputs]
@@ -248,17 +279,26 @@ class Worker:
             input_dirs = {}
             for name in self.spec.inputs:
                 input_dirs[name] = root / "inputs" / name
-                download_prefix(self._blobs, _as_prefix(command.inputs[name]), input_dirs[name])
+                if self.spec.download_inputs:
+                    download_prefix(self._blobs, _as_prefix(command.inputs[name]), input_dirs[name])
             output_dir = root / "outputs"
             output_dir.mkdir()
             result = self.spec.handler(
-                StageContext(command, recipe, params, input_dirs, output_dir, self._blobs)
+                StageContext(
+                    command, recipe, params, input_dirs, output_dir, self._blobs, output_prefix
+                )
             )
+            if result.deferred:
+                log.info(
+                    "%s deferred for run %s: %s",
+                    command.stage,
+                    command.correlation_id,
+                    result.details,
+                )
+                return None
             upload_directory(self._blobs, output_dir, output_prefix)
-        manifest = {"metrics": result.metrics, "details": result.details}
-        # Written last: its presence means the whole output is there.
-        self._blobs.upload_blob(
-            f"{output_prefix}/{MANIFEST}", json.dumps(manifest, sort_keys=True).encode()
+        manifest = write_manifest(
+            self._blobs, output_prefix, metrics=result.metrics, details=result.details
         )
         return self._succeeded(command, output_prefix, manifest, cached=False)
 
@@ -296,16 +336,7 @@ class Worker:
     def _succeeded(
         self, command: RunStage, output_prefix: str, manifest: Mapping[str, Any], *, cached: bool
     ) -> StageSucceeded:
-        return StageSucceeded(
-            correlation_id=command.correlation_id,
-            traceparent=command.traceparent,
-            stage=command.stage,
-            attempt=command.attempt,
-            outputs={self.spec.output: output_prefix},
-            metrics=manifest.get("metrics", {}),
-            details=manifest.get("details", {}),
-            cached=cached,
-        )
+        return succeeded_event(command, self.spec.output, output_prefix, manifest, cached=cached)
 
     def _publish(self, event: StageStarted | StageSucceeded | StageFailed) -> None:
         self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
@@ -346,6 +377,41 @@ class _LockRenewer:
                 return
             except Exception:
                 log.exception("renewing the lock on %s failed", self._message.message_id)
+
+
+def write_manifest(
+    blob_store: BlobStore,
+    output_prefix: str,
+    *,
+    metrics: Mapping[str, float],
+    details: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Mark ``output_prefix`` complete; written after everything else under it."""
+    manifest = {"metrics": dict(metrics), "details": dict(details)}
+    blob_store.upload_blob(
+        f"{output_prefix}/{MANIFEST}", json.dumps(manifest, sort_keys=True).encode()
+    )
+    return manifest
+
+
+def succeeded_event(
+    command: RunStage,
+    output_name: str,
+    output_prefix: str,
+    manifest: Mapping[str, Any],
+    *,
+    cached: bool = False,
+) -> StageSucceeded:
+    return StageSucceeded(
+        correlation_id=command.correlation_id,
+        traceparent=command.traceparent,
+        stage=command.stage,
+        attempt=command.attempt,
+        outputs={output_name: output_prefix},
+        metrics=manifest.get("metrics", {}),
+        details=manifest.get("details", {}),
+        cached=cached,
+    )
 
 
 def _as_prefix(name: str) -> str:

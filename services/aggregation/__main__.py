@@ -1,5 +1,5 @@
 from services.aggregation import build_spec
-from shared.service import run_stage_service
+from shared.service import WorkerSettings, run_stage_service
 
 if __name__ == "__main__":
-    run_stage_service(build_spec)
+    run_stage_service(build_spec, WorkerSettings)

@@ -1,51 +1,226 @@
-"""Train: fit and evaluate the recipe on the split, log one MLflow run per pipeline run."""
+"""Train: fit and evaluate the recipe on the split, log one MLflow run per pipeline run.
+
+Where a recipe trains follows its ``compute`` (cpu|gpu) through ``TrainSettings``: in the
+worker's process, in a child process of the worker (timeout, cancellation), or as an Azure ML
+job that the worker submits without waiting for (``services/train/jobs.py`` finishes it).
+Every way writes the same ``training.json`` that the register stage reads.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shared.settings import CommonSettings, create_registry
+from services.train.jobs import (
+    MODEL_OUTPUT,
+    TRAINING_RECORD,
+    TrainingJobs,
+    failure_of,
+    training_record,
+)
+from services.train.settings import TrainSettings
+from shared.blobs.port import validate_prefix
+from shared.compute.port import ERROR_FILE, RESULT_FILE, TrainingCompute, TrainingJob
+from shared.errors import ConfigurationError
+from shared.settings import create_blob_store, create_bus, create_registry
 from shared.tracking import ModelRegistry
-from shared.worker import StageContext, StageHandler, StageResult, StageSpec
+from shared.worker import ARTIFACTS_CONTAINER, StageContext, StageHandler, StageResult, StageSpec
 
-TRAINING_RECORD = "training.json"
+if TYPE_CHECKING:
+    from shared.compute.azureml import AzureMLTrainingCompute
+
+__all__ = ["TRAINING_RECORD", "build_spec", "make_handler"]
+
+# How often a worker waiting on a local training subprocess looks at it.
+SUBPROCESS_POLL_S = 0.2
 
 
-def make_handler(registry: ModelRegistry) -> StageHandler:
+def experiment_name(recipe: str) -> str:
+    return f"retrainer-{recipe}"
+
+
+def make_handler(
+    settings: TrainSettings,
+    *,
+    registry: ModelRegistry | None,
+    jobs: TrainingJobs,
+    subprocess_compute: TrainingCompute | None,
+    azureml_compute: TrainingCompute | None,
+) -> StageHandler:
     def train(ctx: StageContext) -> StageResult:
+        mode = settings.compute_for(ctx.recipe.compute)
+        if mode == "in_process":
+            return in_process(ctx)
+        if mode == "subprocess":
+            return in_subprocess(ctx)
+        return on_azureml(ctx)
+
+    def in_process(ctx: StageContext) -> StageResult:
+        if registry is None:
+            raise ConfigurationError("in_process training needs the MLflow registry")
         artifacts_dir = ctx.output_dir / "artifacts"
         artifacts_dir.mkdir()
-        result = ctx.recipe.train(ctx.input_dirs["split"], artifacts_dir, ctx.params)
+        result = ctx.recipe.train(ctx.download_input("split"), artifacts_dir, ctx.params)
         record = registry.log_training(
-            experiment_name=f"retrainer-{ctx.recipe.name}",
+            experiment_name=experiment_name(ctx.recipe.name),
             correlation_id=str(ctx.command.correlation_id),
             result=result,
             pip_requirements=ctx.recipe.pip_requirements,
-            tags={
-                "recipe": ctx.recipe.name,
-                "recipe_version": ctx.recipe.version,
-                "split": ctx.command.inputs["split"],
+            tags=_run_tags(ctx),
+        )
+        return _done(
+            ctx,
+            {
+                "mlflow_run_id": record.run_id,
+                "model_uri": record.model_uri,
+                "experiment_id": record.experiment_id,
+                "metrics": result.metrics,
             },
         )
-        training = {
-            "mlflow_run_id": record.run_id,
-            "model_uri": record.model_uri,
-            "experiment_id": record.experiment_id,
-            "metrics": result.metrics,
-        }
-        (ctx.output_dir / TRAINING_RECORD).write_text(json.dumps(training, indent=2))
-        return StageResult(
-            metrics=result.metrics,
-            details={"mlflow_run_id": record.run_id, "model_uri": record.model_uri},
+
+    def in_subprocess(ctx: StageContext) -> StageResult:
+        if subprocess_compute is None:
+            raise ConfigurationError("subprocess training compute is not configured")
+        job = _training_job(ctx, str(ctx.download_input("split")), str(ctx.output_dir))
+        handle = subprocess_compute.begin_training(job)
+        with jobs.waiting_on(ctx.command, handle):
+            status = subprocess_compute.get_job_status(handle)
+            while not status.is_terminal:
+                time.sleep(SUBPROCESS_POLL_S)
+                status = subprocess_compute.get_job_status(handle)
+        if status.state != "succeeded":
+            raise failure_of(status, _read_json(ctx.output_dir / ERROR_FILE))
+        result = _read_json(ctx.output_dir / RESULT_FILE)
+        if result is None:
+            raise failure_of(status, {"error": f"no {RESULT_FILE} written", "retryable": True})
+        return _done(ctx, training_record(result))
+
+    def on_azureml(ctx: StageContext) -> StageResult:
+        if azureml_compute is None:
+            raise ConfigurationError("Azure ML training compute is not configured")
+        compute = azureml_compute
+        job = _training_job(
+            ctx,
+            _datastore_uri(settings.azureml_datastore, ctx.input_prefix("split")),
+            _datastore_uri(settings.azureml_datastore, ctx.output_prefix + "/"),
         )
+        return jobs.submit(ctx.command, ctx.output_prefix, lambda: compute.begin_training(job))
 
     return train
 
 
-def build_spec(settings: CommonSettings) -> StageSpec:
+def _run_tags(ctx: StageContext) -> dict[str, str]:
+    return {
+        "recipe": ctx.recipe.name,
+        "recipe_version": ctx.recipe.version,
+        "split": ctx.command.inputs["split"],
+    }
+
+
+def _training_job(ctx: StageContext, input_uri: str, output_uri: str) -> TrainingJob:
+    return TrainingJob(
+        correlation_id=str(ctx.command.correlation_id),
+        recipe=ctx.recipe.name,
+        params=ctx.params.model_dump(mode="json"),
+        input_uri=input_uri,
+        output_uri=output_uri,
+        experiment_name=experiment_name(ctx.recipe.name),
+        attempt=ctx.command.attempt,
+        tags=_run_tags(ctx),
+    )
+
+
+def _done(ctx: StageContext, training: dict[str, object]) -> StageResult:
+    (ctx.output_dir / TRAINING_RECORD).write_text(json.dumps(training, indent=2))
+    metrics = training["metrics"]
+    assert isinstance(metrics, dict)
+    return StageResult(
+        metrics=metrics,
+        details={"mlflow_run_id": training["mlflow_run_id"], "model_uri": training["model_uri"]},
+    )
+
+
+def _read_json(path: Path) -> dict[str, object] | None:
+    try:
+        content: dict[str, object] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return content
+
+
+def _datastore_uri(datastore: str, blob_prefix: str) -> str:
+    """``artifacts/cache/split/<sha>/`` -> ``azureml://datastores/<ds>/paths/cache/split/<sha>/``."""
+    container, path = validate_prefix(blob_prefix)
+    if container != ARTIFACTS_CONTAINER:
+        raise ConfigurationError(
+            f"{blob_prefix!r} is not in the {ARTIFACTS_CONTAINER!r} container that the Azure ML"
+            f" datastore {datastore!r} maps"
+        )
+    return f"azureml://datastores/{datastore}/paths/{path}"
+
+
+def build_spec(settings: TrainSettings) -> StageSpec:
+    modes = {settings.compute_cpu, settings.compute_gpu}
+    subprocess_compute = None
+    if "subprocess" in modes:
+        from shared.compute.local import LocalTrainingCompute
+
+        subprocess_compute = LocalTrainingCompute(
+            settings.state_dir / "training-jobs",
+            timeout_s=settings.training_timeout_s,
+            recipe_modules=tuple(settings.recipe_modules),
+        )
+    azureml_compute = None
+    if "azureml" in modes:
+        azureml_compute = _azureml_compute(settings)
+    jobs = TrainingJobs(
+        bus=create_bus(settings),
+        blob_store=create_blob_store(settings),
+        remote=azureml_compute,
+        local=subprocess_compute,
+        poll_interval_s=settings.training_poll_interval_s,
+        receive_wait_s=settings.training_receive_wait_s,
+    )
+    handler = make_handler(
+        settings,
+        registry=create_registry(settings) if "in_process" in modes else None,
+        jobs=jobs,
+        subprocess_compute=subprocess_compute,
+        azureml_compute=azureml_compute,
+    )
     return StageSpec(
         stage="train",
         inputs=("split",),
-        output="model",
-        handler=make_handler(create_registry(settings)),
+        output=MODEL_OUTPUT,
+        handler=handler,
+        # Azure ML reads the split from blob storage itself: fetch it only to train here.
+        download_inputs=False,
+        background=(jobs.run,),
+    )
+
+
+def _azureml_compute(settings: TrainSettings) -> AzureMLTrainingCompute:
+    from shared.compute.azureml import AzureMLTrainingCompute
+
+    workspace = (
+        settings.azureml_subscription_id,
+        settings.azureml_resource_group,
+        settings.azureml_workspace,
+    )
+    if not all(workspace):
+        raise ConfigurationError(
+            "azureml training compute needs RETRAINER_AZUREML_SUBSCRIPTION_ID,"
+            " RETRAINER_AZUREML_RESOURCE_GROUP and RETRAINER_AZUREML_WORKSPACE"
+        )
+    subscription_id, resource_group, workspace_name = (str(part) for part in workspace)
+    return AzureMLTrainingCompute.from_workspace(
+        subscription_id,
+        resource_group,
+        workspace_name,
+        compute_name=settings.azureml_compute,
+        environment=settings.azureml_environment,
+        code_dir=str(settings.azureml_code_dir),
+        instance_type=settings.azureml_instance_type,
     )

@@ -2,14 +2,19 @@
 
     python -m services.train.entrypoint --recipe NAME --split DIR --output DIR \\
         [--params-json '{...}' | base64:...] [--correlation-id ID] [--recipe-module MODULE ...]
+        [--mlflow --experiment NAME [--tag KEY=VALUE ...]]
 
 Runs ``recipe.train(split, output/artifacts, params)`` and writes ``output/result.json``
-(recipe, metrics, params, artifacts relative to ``output``). It does not log to MLflow: where
-that happens (the worker after the job, or the job itself with Azure ML's tracking URI) is
-the caller's choice.
+(recipe, metrics, params, artifacts relative to ``output``). With ``--mlflow`` it also logs
+the run and the model to MLflow (``RETRAINER_MLFLOW_TRACKING_URI``, or ``MLFLOW_TRACKING_URI``
+as Azure ML sets it in a job) exactly as the train worker does in-process, and adds
+``mlflow_run_id``, ``model_uri`` and ``experiment_id`` to result.json: the model object lives
+only in this process, so this is where it must be logged.
 
-Exit codes: 0 done; 2 bad input that a retry cannot fix (unknown recipe, invalid params,
-``DataValidationError``, missing split folder), message on stderr; 1 anything else.
+On failure it writes ``output/error.json`` (``error``, ``error_type``, ``retryable``) for whoever
+follows the job. Exit codes: 0 done; 2 bad input that a retry cannot fix (unknown recipe,
+invalid params, ``DataValidationError``, missing split folder), message on stderr; 1 anything
+else.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.compute.port import ARTIFACTS_DIR, PARAMS_BASE64_PREFIX, RESULT_FILE
+from shared.compute.port import ARTIFACTS_DIR, ERROR_FILE, PARAMS_BASE64_PREFIX, RESULT_FILE
 from shared.errors import PermanentError
 
 EXIT_OK = 0
@@ -56,7 +61,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help="also load recipes from this module (repeatable)",
     )
+    parser.add_argument("--mlflow", action="store_true", help="log the run and model to MLflow")
+    parser.add_argument("--experiment", default="", help="MLflow experiment (with --mlflow)")
+    parser.add_argument(
+        "--tag", action="append", default=[], help="MLflow run tag KEY=VALUE (repeatable)"
+    )
     return parser.parse_args(argv)
+
+
+def _parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--tag must be KEY=VALUE, got {pair!r}")
+        tags[key] = value
+    return tags
 
 
 def _load_params(text: str) -> dict[str, Any]:
@@ -82,6 +102,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         params = recipe.parse_params(raw_params)
     except ValidationError as exc:
         raise BadInputError(f"invalid params for recipe {recipe.name!r}: {exc}") from None
+    tags = _parse_tags(args.tag)
+    if args.mlflow and not args.experiment:
+        raise BadInputError("--mlflow needs --experiment")
     split_dir: Path = args.split
     if not split_dir.is_dir():
         raise BadInputError(f"split folder does not exist: {split_dir}")
@@ -106,10 +129,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": {**params.model_dump(mode="json"), **result.params},
         "artifacts": [relative(path) for path in result.artifacts],
     }
-    partial = output_dir / (RESULT_FILE + ".partial")
-    partial.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(partial, output_dir / RESULT_FILE)
+    if args.mlflow:
+        from shared.settings import CommonSettings, create_registry
+
+        logged = create_registry(CommonSettings()).log_training(
+            experiment_name=args.experiment,
+            correlation_id=args.correlation_id,
+            result=result,
+            pip_requirements=recipe.pip_requirements,
+            tags={"recipe": recipe.name, "recipe_version": recipe.version, **tags},
+        )
+        record.update(
+            mlflow_run_id=logged.run_id,
+            model_uri=logged.model_uri,
+            experiment_id=logged.experiment_id,
+        )
+    _write_json(output_dir / RESULT_FILE, record)
     return record
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content, indent=2, default=str))
+    os.replace(partial, path)
+
+
+def _report_failure(output_dir: Path, exc: BaseException, *, retryable: bool) -> None:
+    try:
+        _write_json(
+            output_dir / ERROR_FILE,
+            {
+                "error": str(exc) or type(exc).__name__,
+                "error_type": type(exc).__name__,
+                "retryable": retryable,
+            },
+        )
+    except OSError:
+        log.exception("could not write %s", ERROR_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,10 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = run(args)
     except PermanentError as exc:
         print(f"bad input: {exc}", file=sys.stderr)
+        _report_failure(args.output, exc, retryable=False)
         return EXIT_BAD_INPUT
     except Exception as exc:
         traceback.print_exc()
         print(f"training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _report_failure(args.output, exc, retryable=True)
         return EXIT_FAILED
     log.info("trained %s: %s", record["recipe"], record["metrics"])
     return EXIT_OK

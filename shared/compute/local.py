@@ -1,7 +1,7 @@
 """Local training compute: the train entry point as a subprocess on this machine.
 
-``begin_training`` starts ``python -m services.train.entrypoint`` in its own process group and
-returns at once; ``get_job_status`` polls it. The job's stdout/stderr go to
+``begin_training`` starts ``python -m services.train.entrypoint --mlflow`` in its own process
+group and returns at once; ``get_job_status`` polls it. The job's stdout/stderr go to
 ``<work_dir>/<job_id>/{stdout,stderr}.log``; a failed job's status message is the tail of its
 stderr. A job running past ``timeout_s`` is killed (its whole process group) on the next
 ``get_job_status`` and reported failed.
@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -55,12 +56,16 @@ class LocalTrainingCompute:
         timeout_s: float = 3600.0,
         kill_grace_s: float = 5.0,
         recipe_modules: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env`` is added to this process's environment for the job (e.g. the
+        ``RETRAINER_MLFLOW_*`` settings the entry point logs with)."""
         self._work_dir = Path(work_dir)
         self._python = python
         self._timeout_s = timeout_s
         self._kill_grace_s = kill_grace_s
         self._recipe_modules = recipe_modules
+        self._env = dict(env or {})
         self._jobs: dict[str, _LocalJob] = {}
         self._lock = threading.Lock()
 
@@ -79,7 +84,12 @@ class LocalTrainingCompute:
             json.dumps(dict(job.params)),
             "--correlation-id",
             job.correlation_id,
+            "--mlflow",
+            "--experiment",
+            job.experiment_name,
         ]
+        for key, value in sorted(job.tags.items()):
+            args += ["--tag", f"{key}={value}"]
         for module in self._recipe_modules:
             args += ["--recipe-module", module]
         return args
@@ -101,7 +111,7 @@ class LocalTrainingCompute:
                 indent=2,
             )
         )
-        env = dict(os.environ)
+        env = {**os.environ, **self._env}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )

@@ -23,6 +23,8 @@ TERMINAL_STATES: frozenset[JobState] = frozenset({"succeeded", "failed", "cancel
 
 # What the entry point writes under the job's output folder.
 RESULT_FILE = "result.json"
+# Written instead when the job fails: {"error", "error_type", "retryable"}.
+ERROR_FILE = "error.json"
 ARTIFACTS_DIR = "artifacts"
 # ``--params-json`` may be this prefix + URL-safe base64 of the JSON (shell-safe).
 PARAMS_BASE64_PREFIX = "base64:"
@@ -44,6 +46,8 @@ class TrainingJob:
     input_uri: str
     output_uri: str
     experiment_name: str
+    # The stage attempt: a retry is a new job, a redelivery of the same attempt is not.
+    attempt: int = 1
     tags: Mapping[str, str] = field(default_factory=dict)
 
 

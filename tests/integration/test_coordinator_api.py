@@ -22,6 +22,7 @@ from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import (
     STAGES,
+    CancelStage,
     RunStage,
     Stage,
     StageStarted,
@@ -29,7 +30,14 @@ from shared.messages import (
     decode,
     encode,
 )
-from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, build_topology, command_topic
+from shared.topology import (
+    CONTROL_TOPIC,
+    EVENTS_TOPIC,
+    TRAIN_SUBSCRIPTION,
+    WORKER_SUBSCRIPTION,
+    build_topology,
+    command_topic,
+)
 
 STAGE_OUTPUTS: dict[Stage, dict[str, str]] = {
     "aggregation": {"dataset": "artifacts/cache/aggregation/abc"},
@@ -287,6 +295,16 @@ def test_cancel_then_retry_requeues_the_stage_with_a_new_attempt(stack: Stack) -
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["stages"][0]["status"] == "cancelled"
     assert stack.client.post(f"/runs/{run_id}/cancel").status_code == 409
+    # The stage's worker (the train service, for outside compute) is told to stop.
+    stack.coordinator.relay_outbox()
+    [stop] = stack.bus.receive_messages(CONTROL_TOPIC, TRAIN_SUBSCRIPTION, max_wait_time=0.5)
+    request = decode(stop.body, stop.application_properties)
+    assert isinstance(request, CancelStage)
+    assert (str(request.correlation_id), request.stage, request.attempt) == (
+        run_id,
+        "aggregation",
+        1,
+    )
 
     retried = stack.client.post(f"/runs/{run_id}/retry")
     assert retried.status_code == 202

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from recipes.state_identifier import recipe as state_identifier
@@ -54,15 +55,25 @@ def echo_split(tmp_path: Path) -> Path:
     return split
 
 
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow store for the module: creating its database costs seconds."""
+    return tmp_path_factory.mktemp("state")
+
+
 @pytest.fixture
-def compute(tmp_path: Path) -> LocalTrainingCompute:
+def compute(tmp_path: Path, state_dir: Path) -> LocalTrainingCompute:
     return LocalTrainingCompute(
-        tmp_path / "jobs", timeout_s=60, kill_grace_s=2, recipe_modules=("tests.recipe_fixtures",)
+        tmp_path / "jobs",
+        timeout_s=60,
+        kill_grace_s=2,
+        recipe_modules=("tests.recipe_fixtures",),
+        env={"RETRAINER_STATE_DIR": str(state_dir)},
     )
 
 
 def test_state_identifier_trains_in_a_subprocess(
-    compute: LocalTrainingCompute, state_split: Path, tmp_path: Path
+    compute: LocalTrainingCompute, state_split: Path, tmp_path: Path, state_dir: Path
 ) -> None:
     started = time.monotonic()
     handle = compute.begin_training(_job(state_split, tmp_path / "out", "state_identifier", {}))
@@ -79,6 +90,13 @@ def test_state_identifier_trains_in_a_subprocess(
     assert result["metrics"]["silhouette"] > 0.2
     assert result["params"]["n_clusters"] == 3
     assert all((tmp_path / "out" / path).is_file() for path in result["artifacts"])
+    # The job logged the run and its model where the worker's settings point.
+    client = mlflow.MlflowClient(f"sqlite:///{state_dir / 'mlflow.db'}")
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["correlation_id"] == "run-1"
+    assert run.data.tags["trigger"] == "test"
+    assert run.data.metrics["silhouette"] == result["metrics"]["silhouette"]
+    assert result["model_uri"].startswith("models:/")
 
 
 def test_invalid_params_fail_with_the_message(

@@ -19,7 +19,14 @@ from coordinator.domain import (
     StartRun,
     decide,
 )
-from shared.messages import STAGES, Stage, StageFailed, StageStarted, StageSucceeded
+from shared.messages import (
+    STAGES,
+    CancelStage,
+    Stage,
+    StageFailed,
+    StageStarted,
+    StageSucceeded,
+)
 
 RUN_ID = UUID("12345678-1234-5678-1234-567812345678")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -367,7 +374,10 @@ def test_cancel_stops_the_run_and_its_current_stage() -> None:
 
     decision = apply(run, CancelRun(RUN_ID), seconds=7)
 
-    assert decision.commands == []
+    # The train attempt in flight is told to stop (an Azure ML job is cancelled).
+    [stop] = [scheduled.command for scheduled in decision.commands]
+    assert isinstance(stop, CancelStage)
+    assert (stop.stage, stop.attempt, stop.correlation_id) == ("train", 1, RUN_ID)
     run = decision.run
     assert (run.status, run.finished_at, run.deadline) == ("cancelled", at(7), None)
     train = run.stage("train")

@@ -1,0 +1,357 @@
+"""Training jobs that run outside the worker: submitting, following, cancelling, finishing.
+
+A stage handed to remote compute (Azure ML) is *deferred*: the worker submits the job, records
+it in the blob store and completes its message, so no worker waits hours on a GPU job. The
+train service's follower loop (``TrainingJobs.run``) then completes the stage:
+
+* ``compute-events``/``train``: Azure ML's Event Grid ``RunStatusChanged`` events (one per
+  message); a terminal status finishes the job at once;
+* polling: every ``poll_interval_s`` each recorded job's status is read (events can be lost or
+  late, and a follower that was down missed them);
+* ``run-control``/``train``: ``CancelStage`` from the coordinator cancels the run's jobs (remote
+  ones recorded in the blob store, and local subprocesses this process is waiting on).
+
+Finishing a succeeded job writes ``training.json`` and the stage manifest under the job's output
+prefix (the train stage's cache location) and publishes ``StageSucceeded``; a failed or
+cancelled job publishes ``StageFailed``. Events are de-duplicated by message id, so finishing a
+job twice (a crash between publishing and deleting its record) sends nothing new.
+
+Records: ``artifacts/training-jobs/runs/<correlation_id>/attempt-<n>.json`` (what the follower
+needs) and ``artifacts/training-jobs/jobs/<job id>`` (the record's name, to find it from an
+event). They survive restarts of the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.blobs.port import BlobStore
+from shared.bus.port import MessageBus, ReceivedMessage
+from shared.compute.azureml_events import parse_run_status_changed
+from shared.compute.port import (
+    ERROR_FILE,
+    RESULT_FILE,
+    ComputeUnavailableError,
+    JobHandle,
+    JobNotFoundError,
+    JobStatus,
+    MalformedComputeEventError,
+    TrainingCompute,
+)
+from shared.errors import BlobNotFoundError, MalformedMessageError, PermanentError, RetryableError
+from shared.messages import CancelStage, RunStage, StageFailed, StageSucceeded, decode, encode
+from shared.topology import COMPUTE_EVENTS_TOPIC, CONTROL_TOPIC, EVENTS_TOPIC, TRAIN_SUBSCRIPTION
+from shared.worker import StageResult, succeeded_event, write_manifest
+
+log = logging.getLogger(__name__)
+
+RECORDS_PREFIX = "artifacts/training-jobs"
+TRAINING_RECORD = "training.json"
+MODEL_OUTPUT = "model"
+RECEIVE_BATCH = 20
+
+
+class TrainingJobFailedError(RetryableError):
+    """A training job failed in a way a new attempt may fix (crash, timeout, lost job)."""
+
+
+class TrainingJobRejectedError(PermanentError):
+    """A training job failed on its input (bad params, invalid data) or was cancelled."""
+
+
+def training_record(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``training.json`` (what the register stage reads) from the entry point's result.json."""
+    try:
+        return {
+            "mlflow_run_id": result["mlflow_run_id"],
+            "model_uri": result["model_uri"],
+            "experiment_id": result.get("experiment_id", ""),
+            "metrics": result["metrics"],
+        }
+    except KeyError as exc:
+        raise TrainingJobRejectedError(
+            f"the training job's {RESULT_FILE} lacks {exc.args[0]!r}: was it run with --mlflow?"
+        ) from None
+
+
+def failure_of(status: JobStatus, error: Mapping[str, Any] | None) -> Exception:
+    """The exception a finished, unsuccessful job stands for (its error.json when it wrote one)."""
+    if status.state == "cancelled":
+        return TrainingJobRejectedError(f"training job cancelled: {status.message}".rstrip(": "))
+    if error is not None:
+        text = f"{error.get('error_type', 'Error')}: {error.get('error', '')}"
+        if error.get("retryable", True):
+            return TrainingJobFailedError(text)
+        return TrainingJobRejectedError(text)
+    return TrainingJobFailedError(f"training job failed: {status.message}")
+
+
+class TrainingJobs:
+    def __init__(
+        self,
+        *,
+        bus: MessageBus,
+        blob_store: BlobStore,
+        remote: TrainingCompute | None,
+        local: TrainingCompute | None,
+        poll_interval_s: float,
+        receive_wait_s: float = 0.5,
+    ) -> None:
+        self._bus = bus
+        self._blobs = blob_store
+        self._remote = remote
+        self._local = local
+        self._poll_interval_s = poll_interval_s
+        self._receive_wait_s = receive_wait_s
+        # Local subprocess jobs this process is waiting on, by (correlation_id, attempt).
+        self._waiting: dict[tuple[str, int], JobHandle] = {}
+        self._lock = threading.Lock()
+
+    # -- deferred remote jobs -------------------------------------------------------------
+
+    def record_name(self, command: RunStage) -> str:
+        return f"{RECORDS_PREFIX}/runs/{command.correlation_id}/attempt-{command.attempt}.json"
+
+    def submit(
+        self, command: RunStage, output_prefix: str, begin: Callable[[], JobHandle]
+    ) -> StageResult:
+        """Start a remote job via ``begin()`` (returns a ``JobHandle``) unless this attempt has
+        one already (a redelivered command), record it, and defer the stage."""
+        name = self.record_name(command)
+        try:
+            record = json.loads(self._blobs.download_blob(name).data)
+        except BlobNotFoundError:
+            handle = begin()
+            record = {
+                "backend": handle.backend,
+                "job_id": handle.job_id,
+                "command": command.model_dump(mode="json"),
+                "output_prefix": output_prefix,
+                "submitted_at": datetime.now(UTC).isoformat(),
+            }
+            self._blobs.upload_blob(name, json.dumps(record, indent=2).encode())
+            self._blobs.upload_blob(f"{RECORDS_PREFIX}/jobs/{handle.job_id}", name.encode())
+            log.info("run %s: training job %s submitted", command.correlation_id, handle.job_id)
+        return StageResult(
+            deferred=True,
+            details={"compute_backend": record["backend"], "compute_job_id": record["job_id"]},
+        )
+
+    def pending(self) -> list[dict[str, Any]]:
+        records = []
+        for blob in self._blobs.list_blobs(f"{RECORDS_PREFIX}/runs/"):
+            try:
+                records.append(json.loads(self._blobs.download_blob(blob.name).data))
+            except BlobNotFoundError:
+                continue  # finished meanwhile
+        return records
+
+    def poll(self) -> int:
+        """Read every recorded job's status; finish those that ended. Returns how many."""
+        finished = 0
+        for record in self.pending():
+            handle = JobHandle(record["job_id"], record["backend"])
+            try:
+                status = self._require_remote().get_job_status(handle)
+            except ComputeUnavailableError as exc:
+                log.warning("polling %s: %s", handle.job_id, exc)
+                continue
+            except JobNotFoundError:
+                status = JobStatus("failed", f"training job {handle.job_id} not found")
+            if status.is_terminal:
+                self.finish(record, status)
+                finished += 1
+        return finished
+
+    def on_status(self, job_id: str, status: JobStatus) -> bool:
+        """A job's status from an event; finishes it when terminal. False: not one of ours."""
+        try:
+            name = self._blobs.download_blob(f"{RECORDS_PREFIX}/jobs/{job_id}").data.decode()
+            record = json.loads(self._blobs.download_blob(name).data)
+        except BlobNotFoundError:
+            return False
+        if status.is_terminal:
+            self.finish(record, status)
+        return True
+
+    def finish(self, record: Mapping[str, Any], status: JobStatus) -> None:
+        command = RunStage.model_validate(record["command"])
+        prefix = record["output_prefix"]
+        event: StageSucceeded | StageFailed
+        if status.state == "succeeded":
+            event = self._succeeded(command, prefix, record)
+        else:
+            event = self._failed(command, failure_of(status, self._read_json(prefix, ERROR_FILE)))
+        self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
+        self._blobs.delete_blob(self.record_name(command))
+        self._blobs.delete_blob(f"{RECORDS_PREFIX}/jobs/{record['job_id']}")
+        log.info("run %s: training job %s %s", command.correlation_id, record["job_id"], status)
+
+    def _succeeded(
+        self, command: RunStage, prefix: str, record: Mapping[str, Any]
+    ) -> StageSucceeded | StageFailed:
+        result = self._read_json(prefix, RESULT_FILE)
+        if result is None:
+            return self._failed(
+                command, TrainingJobFailedError(f"the training job wrote no {prefix}/{RESULT_FILE}")
+            )
+        try:
+            training = training_record(result)
+        except TrainingJobRejectedError as exc:
+            return self._failed(command, exc)
+        self._blobs.upload_blob(
+            f"{prefix}/{TRAINING_RECORD}", json.dumps(training, indent=2).encode()
+        )
+        details = {
+            "mlflow_run_id": training["mlflow_run_id"],
+            "model_uri": training["model_uri"],
+            "compute_backend": record["backend"],
+            "compute_job_id": record["job_id"],
+        }
+        manifest = write_manifest(self._blobs, prefix, metrics=training["metrics"], details=details)
+        submitted = datetime.fromisoformat(record["submitted_at"])
+        return succeeded_event(command, MODEL_OUTPUT, prefix, manifest).model_copy(
+            update={"duration_s": (datetime.now(UTC) - submitted).total_seconds()}
+        )
+
+    @staticmethod
+    def _failed(command: RunStage, exc: Exception) -> StageFailed:
+        return StageFailed(
+            correlation_id=command.correlation_id,
+            traceparent=command.traceparent,
+            stage=command.stage,
+            attempt=command.attempt,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            retryable=not isinstance(exc, PermanentError),
+        )
+
+    def _read_json(self, prefix: str, name: str) -> dict[str, Any] | None:
+        try:
+            content: dict[str, Any] = json.loads(self._blobs.download_blob(f"{prefix}/{name}").data)
+        except BlobNotFoundError:
+            return None
+        return content
+
+    def _require_remote(self) -> TrainingCompute:
+        if self._remote is None:
+            raise PermanentError("a training job is recorded but no remote compute is configured")
+        return self._remote
+
+    # -- local subprocess jobs ----------------------------------------------------------------
+
+    @contextmanager
+    def waiting_on(self, command: RunStage, handle: JobHandle) -> Iterator[None]:
+        """Make a local job the worker is waiting on cancellable by ``CancelStage``."""
+        key = (str(command.correlation_id), command.attempt)
+        with self._lock:
+            self._waiting[key] = handle
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting.pop(key, None)
+
+    # -- cancelling ---------------------------------------------------------------------------
+
+    def cancel(self, request: CancelStage) -> list[str]:
+        """Cancel the run's jobs at or before ``request.attempt``; returns their ids."""
+        cancelled = []
+        with self._lock:
+            local = [
+                handle
+                for (run, attempt), handle in self._waiting.items()
+                if run == str(request.correlation_id) and attempt <= request.attempt
+            ]
+        for handle in local:
+            if self._local is not None:
+                self._local.cancel_job(handle)
+                cancelled.append(handle.job_id)
+        prefix = f"{RECORDS_PREFIX}/runs/{request.correlation_id}/"
+        for blob in self._blobs.list_blobs(prefix):
+            try:
+                record = json.loads(self._blobs.download_blob(blob.name).data)
+            except BlobNotFoundError:
+                continue
+            handle = JobHandle(record["job_id"], record["backend"])
+            # A job gone already is finished by the next poll.
+            with contextlib.suppress(JobNotFoundError):
+                self._require_remote().cancel_job(handle)
+            cancelled.append(handle.job_id)
+        log.info("run %s: cancelled training jobs %s", request.correlation_id, cancelled)
+        return cancelled
+
+    # -- the follower loop --------------------------------------------------------------------
+
+    def run(self, stopping: threading.Event) -> None:
+        """Follow jobs until ``stopping`` is set: control messages, compute events, polling."""
+        next_poll = 0.0
+        while not stopping.is_set():
+            try:
+                self.receive_control()
+                if self._remote is not None:
+                    self.receive_compute_events()
+                    if time.monotonic() >= next_poll:
+                        self.poll()
+                        next_poll = time.monotonic() + self._poll_interval_s
+            except Exception:
+                log.exception("training job follower error")
+                stopping.wait(1.0)
+
+    def receive_control(self) -> int:
+        messages = self._bus.receive_messages(
+            CONTROL_TOPIC,
+            TRAIN_SUBSCRIPTION,
+            max_message_count=RECEIVE_BATCH,
+            max_wait_time=self._receive_wait_s,
+        )
+        for message in messages:
+            try:
+                request = decode(message.body, message.application_properties)
+                if not isinstance(request, CancelStage):
+                    raise MalformedMessageError(f"expected cancel_stage, got {request!r}")
+            except MalformedMessageError as exc:
+                self._bus.dead_letter_message(
+                    message, reason="MalformedMessage", error_description=str(exc)
+                )
+                continue
+            self.cancel(request)
+            self._bus.complete_message(message)
+        return len(messages)
+
+    def receive_compute_events(self) -> int:
+        messages = self._bus.receive_messages(
+            COMPUTE_EVENTS_TOPIC,
+            TRAIN_SUBSCRIPTION,
+            max_message_count=RECEIVE_BATCH,
+            max_wait_time=self._receive_wait_s,
+        )
+        for message in messages:
+            self._on_compute_event(message)
+        return len(messages)
+
+    def _on_compute_event(self, message: ReceivedMessage) -> None:
+        try:
+            try:
+                event = json.loads(message.body)
+            except ValueError as exc:
+                raise MalformedComputeEventError(f"compute event is not JSON: {exc}") from None
+            parsed = parse_run_status_changed(event)
+        except MalformedComputeEventError as exc:
+            self._bus.dead_letter_message(
+                message, reason="MalformedEvent", error_description=str(exc)
+            )
+            return
+        if parsed is not None:
+            job_id, status = parsed
+            if not self.on_status(job_id, status):
+                log.debug("RunStatusChanged for a job that is not ours: %s", job_id)
+        self._bus.complete_message(message)

@@ -1,0 +1,379 @@
+"""The train stage on each compute: a deferred Azure ML job finished by its event or by polling,
+cancelled by the coordinator's CancelStage, and a local subprocess with cancellation.
+
+Real embedded bus, real local blob store, the real worker runtime and job follower. Azure ML is
+replaced at the training-compute port here (its HTTP boundary is faked in
+tests/unit/test_training_compute.py, where the job specs are checked with the real SDK).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recipes.base import Recipe
+from services.train import make_handler
+from services.train.jobs import RECORDS_PREFIX, TrainingJobs
+from services.train.settings import TrainSettings
+from shared.blobs.local import LocalBlobStore
+from shared.bus.port import OutgoingMessage
+from shared.bus.sqlite import SqliteMessageBus
+from shared.compute.azureml_events import RUN_STATUS_CHANGED
+from shared.compute.local import LocalTrainingCompute
+from shared.compute.port import JobHandle, JobNotFoundError, JobStatus, TrainingJob
+from shared.errors import UnknownRecipeError
+from shared.messages import (
+    CancelStage,
+    Message,
+    RunStage,
+    StageFailed,
+    StageStarted,
+    StageSucceeded,
+    decode,
+    encode,
+)
+from shared.topology import (
+    COMPUTE_EVENTS_TOPIC,
+    CONTROL_TOPIC,
+    COORDINATOR_SUBSCRIPTION,
+    EVENTS_TOPIC,
+    TRAIN_SUBSCRIPTION,
+    build_topology,
+    command_topic,
+)
+from shared.worker import StageSpec, Worker
+from tests.recipe_fixtures import echo_recipe
+
+LOCK_S = 2.0
+SPLIT = "artifacts/cache/split/abc"
+# The echo recipe as a GPU recipe: what the compute settings route.
+gpu_echo = dataclasses.replace(echo_recipe, compute="gpu")
+
+
+class FakeAzureML:
+    """The training-compute port as Azure ML answers it: jobs by deterministic name."""
+
+    def __init__(self) -> None:
+        self.submitted: list[TrainingJob] = []
+        self.status: dict[str, JobStatus] = {}
+        self.cancelled: list[str] = []
+
+    def begin_training(self, job: TrainingJob) -> JobHandle:
+        job_id = f"retrainer-{job.recipe}-{job.correlation_id}-{job.attempt}"
+        self.submitted.append(job)
+        self.status.setdefault(job_id, JobStatus("queued"))
+        return JobHandle(job_id, "azureml")
+
+    def get_job_status(self, handle: JobHandle) -> JobStatus:
+        if handle.job_id not in self.status:
+            raise JobNotFoundError(handle.job_id)
+        return self.status[handle.job_id]
+
+    def cancel_job(self, handle: JobHandle) -> None:
+        self.cancelled.append(handle.job_id)
+        self.status[handle.job_id] = JobStatus("cancelled", "Azure ML status Canceled")
+
+
+def lookup(name: str) -> Recipe:
+    if name != "echo":
+        raise UnknownRecipeError(name, ["echo"])
+    return gpu_echo
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[SqliteMessageBus]:
+    bus = SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology(lock_duration_s=LOCK_S))
+    yield bus
+    bus.close()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> LocalBlobStore:
+    store = LocalBlobStore(tmp_path / "blobs")
+    store.upload_blob(f"{SPLIT}/train.json", b"[1, 2, 3]")
+    return store
+
+
+@dataclasses.dataclass
+class Train:
+    worker: Worker
+    jobs: TrainingJobs
+    azure: FakeAzureML
+    bus: SqliteMessageBus
+    blobs: LocalBlobStore
+
+    def send(self, **fields: Any) -> RunStage:
+        command = RunStage.model_validate(
+            {
+                "correlation_id": uuid.uuid4(),
+                "stage": "train",
+                "attempt": 1,
+                "recipe": "echo",
+                "inputs": {"split": SPLIT},
+                **fields,
+            }
+        )
+        self.bus.send_messages(command_topic("train"), [encode(command)])
+        return command
+
+    def events(self) -> list[Message]:
+        received = self.bus.receive_messages(
+            EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, max_message_count=50, max_wait_time=0.2
+        )
+        for message in received:
+            self.bus.complete_message(message)
+        return [decode(m.body, m.application_properties) for m in received]
+
+    def job_finishes(self, job: TrainingJob, result: dict[str, Any]) -> str:
+        """What the Azure ML job does: write result.json through the datastore."""
+        prefix = "artifacts/" + job.output_uri.split("/paths/", 1)[1].rstrip("/")
+        self.blobs.upload_blob(f"{prefix}/result.json", json.dumps(result).encode())
+        return prefix
+
+
+def make_train(
+    bus: SqliteMessageBus,
+    blobs: LocalBlobStore,
+    tmp_path: Path,
+    *,
+    compute_gpu: str,
+    local: LocalTrainingCompute | None = None,
+) -> Train:
+    settings = TrainSettings(state_dir=tmp_path / "state", compute_gpu=compute_gpu)
+    azure = FakeAzureML()
+    jobs = TrainingJobs(
+        bus=bus,
+        blob_store=blobs,
+        remote=azure,
+        local=local,
+        poll_interval_s=3600,
+        receive_wait_s=0.1,
+    )
+    handler = make_handler(
+        settings, registry=None, jobs=jobs, subprocess_compute=local, azureml_compute=azure
+    )
+    spec = StageSpec("train", ("split",), "model", handler, download_inputs=False)
+    worker = Worker(
+        spec,
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.2,
+    )
+    return Train(worker, jobs, azure, bus, blobs)
+
+
+@pytest.fixture
+def train(bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path) -> Train:
+    return make_train(bus, blobs, tmp_path, compute_gpu="azureml")
+
+
+RESULT = {
+    "recipe": "echo",
+    "metrics": {"score": 2.0},
+    "mlflow_run_id": "run-abc",
+    "model_uri": "models:/m-abc",
+    "experiment_id": "7",
+}
+
+
+def run_status_changed(job_id: str, status: str) -> OutgoingMessage:
+    """One Event Grid event as Event Grid delivers it to a Service Bus topic."""
+    event = {
+        "id": str(uuid.uuid4()),
+        "eventType": RUN_STATUS_CHANGED,
+        "subject": f"experiments/x/runs/{job_id}",
+        "eventTime": "2026-11-30T03:00:00Z",
+        "dataVersion": "2",
+        "data": {"runId": job_id, "runStatus": status, "experimentName": "retrainer-echo"},
+    }
+    return OutgoingMessage(body=json.dumps(event).encode(), message_id=event["id"])
+
+
+def test_a_gpu_recipe_is_submitted_and_the_worker_returns_at_once(train: Train) -> None:
+    command = train.send(params={"scale": 2.0})
+
+    assert train.worker.process_next()
+
+    # Only StageStarted: the job is out, nobody waits on it.
+    [started] = train.events()
+    assert isinstance(started, StageStarted)
+    [job] = train.azure.submitted
+    assert job.correlation_id == str(command.correlation_id)
+    assert job.attempt == 1
+    assert job.params == {"scale": 2.0, "fail_with": None, "sleep_s": 0.0}
+    assert job.input_uri == "azureml://datastores/retrainer_artifacts/paths/cache/split/abc/"
+    assert job.output_uri.startswith("azureml://datastores/retrainer_artifacts/paths/cache/train/")
+    assert job.experiment_name == "retrainer-echo"
+    assert job.tags["split"] == SPLIT
+    [record] = train.jobs.pending()
+    assert record["job_id"] == f"retrainer-echo-{command.correlation_id}-1"
+
+    # A redelivered command finds the recorded job instead of submitting another.
+    again = train.jobs.submit(command, record["output_prefix"], lambda: pytest.fail("resubmit"))
+    assert again.deferred and again.details["compute_job_id"] == record["job_id"]
+
+
+def test_run_status_changed_completes_the_stage_and_fills_the_cache(train: Train) -> None:
+    command = train.send()
+    train.worker.process_next()
+    train.events()
+    [job] = train.azure.submitted
+    job_id = train.azure.begin_training(job).job_id
+    prefix = train.job_finishes(job, RESULT)
+
+    train.bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(job_id, "Running")])
+    train.jobs.receive_compute_events()
+    assert train.events() == []  # not terminal: nothing yet
+
+    train.bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(job_id, "Completed")])
+    assert train.jobs.receive_compute_events() == 1
+
+    [succeeded] = train.events()
+    assert isinstance(succeeded, StageSucceeded)
+    assert (succeeded.correlation_id, succeeded.attempt) == (command.correlation_id, 1)
+    assert succeeded.outputs == {"model": prefix}
+    assert succeeded.metrics == {"score": 2.0}
+    assert succeeded.details["compute_job_id"] == job_id
+    assert succeeded.details["model_uri"] == "models:/m-abc"
+    training = json.loads(train.blobs.download_blob(f"{prefix}/training.json").data)
+    assert training["mlflow_run_id"] == "run-abc"  # what the register stage reads
+    assert train.jobs.pending() == []
+    assert list(train.blobs.list_blobs(f"{RECORDS_PREFIX}/")) == []
+
+    # The same split and params again: the train cache answers, no second job.
+    train.send()
+    train.worker.process_next()
+    cached = [e for e in train.events() if isinstance(e, StageSucceeded)]
+    assert cached[0].cached and cached[0].outputs == {"model": prefix}
+    assert len(train.azure.submitted) == 2  # the two begin_training calls of this test
+
+
+def test_polling_finds_a_failed_job_and_reports_its_error(train: Train) -> None:
+    train.send()
+    train.worker.process_next()
+    train.events()
+    [job] = train.azure.submitted
+    job_id = f"retrainer-echo-{job.correlation_id}-1"
+    prefix = "artifacts/" + job.output_uri.split("/paths/", 1)[1].rstrip("/")
+    error = {
+        "error": "row 3: not a number",
+        "error_type": "DataValidationError",
+        "retryable": False,
+    }
+    train.blobs.upload_blob(f"{prefix}/error.json", json.dumps(error).encode())
+
+    assert train.jobs.poll() == 0  # still queued
+    train.azure.status[job_id] = JobStatus("failed", "Azure ML status Failed")
+    assert train.jobs.poll() == 1
+
+    [failed] = train.events()
+    assert isinstance(failed, StageFailed)
+    assert failed.error == "DataValidationError: row 3: not a number"
+    assert failed.retryable is False
+    assert train.jobs.pending() == []
+
+
+def test_a_failed_job_without_error_file_is_retryable_and_a_lost_job_too(train: Train) -> None:
+    first = train.send()
+    second = train.send(params={"scale": 3.0})
+    train.worker.process_next()
+    train.worker.process_next()
+    train.events()
+    train.azure.status[f"retrainer-echo-{first.correlation_id}-1"] = JobStatus(
+        "failed", "Azure ML status NotResponding"
+    )
+    del train.azure.status[f"retrainer-echo-{second.correlation_id}-1"]
+
+    assert train.jobs.poll() == 2
+
+    failures = {e.correlation_id: e for e in train.events() if isinstance(e, StageFailed)}
+    assert failures[first.correlation_id].retryable
+    assert "NotResponding" in failures[first.correlation_id].error
+    assert failures[second.correlation_id].retryable
+    assert "not found" in failures[second.correlation_id].error
+
+
+def test_cancel_stage_cancels_the_azure_ml_job(train: Train) -> None:
+    command = train.send()
+    train.worker.process_next()
+    train.events()
+    job_id = f"retrainer-echo-{command.correlation_id}-1"
+
+    cancel = CancelStage(correlation_id=command.correlation_id, stage="train", attempt=1)
+    train.bus.send_messages(CONTROL_TOPIC, [encode(cancel)])
+    assert train.jobs.receive_control() == 1
+    assert train.azure.cancelled == [job_id]
+
+    train.bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(job_id, "Canceled")])
+    train.jobs.receive_compute_events()
+    [failed] = train.events()
+    assert isinstance(failed, StageFailed) and not failed.retryable
+    assert failed.error_type == "TrainingJobRejectedError"
+    assert "cancelled" in failed.error
+
+
+def test_malformed_and_foreign_compute_events(train: Train) -> None:
+    train.bus.send_messages(
+        COMPUTE_EVENTS_TOPIC,
+        [
+            OutgoingMessage(body=b"not json", message_id="m1"),
+            run_status_changed("someone-elses-job", "Completed"),
+            OutgoingMessage(
+                body=json.dumps({"eventType": RUN_STATUS_CHANGED, "data": {}}).encode(),
+                message_id="m3",
+            ),
+        ],
+    )
+
+    assert train.jobs.receive_compute_events() == 3
+
+    dead = train.bus.receive_messages(
+        COMPUTE_EVENTS_TOPIC, TRAIN_SUBSCRIPTION, max_message_count=10, dead_letter=True
+    )
+    assert [m.dead_letter_reason for m in dead] == ["MalformedEvent"] * 2
+    reasons = " | ".join(m.dead_letter_error_description or "" for m in dead)
+    assert "compute event is not JSON" in reasons
+    assert "without data.runId" in reasons
+    assert train.bus.receive_messages(COMPUTE_EVENTS_TOPIC, TRAIN_SUBSCRIPTION) == []
+    assert train.events() == []
+
+
+def test_a_subprocess_job_is_cancelled_while_the_worker_waits(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    local = LocalTrainingCompute(
+        tmp_path / "jobs",
+        timeout_s=120,
+        kill_grace_s=1,
+        recipe_modules=("tests.recipe_fixtures",),
+        env={"RETRAINER_STATE_DIR": str(tmp_path / "state")},
+    )
+    train = make_train(bus, blobs, tmp_path, compute_gpu="subprocess", local=local)
+    command = train.send(params={"sleep_s": 60})
+    worker = threading.Thread(target=train.worker.process_next)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not train.jobs._waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    train.bus.send_messages(
+        CONTROL_TOPIC,
+        [encode(CancelStage(correlation_id=command.correlation_id, stage="train", attempt=1))],
+    )
+    assert train.jobs.receive_control() == 1
+    worker.join(timeout=30)
+
+    assert not worker.is_alive()
+    failed = [e for e in train.events() if isinstance(e, StageFailed)]
+    assert failed and not failed[0].retryable and "cancelled" in failed[0].error
+    assert train.azure.submitted == []
