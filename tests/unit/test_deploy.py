@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from coordinator.settings import CoordinatorSettings
+from services.train.settings import TrainSettings
 from shared.messages import STAGES
 from shared.service import WorkerSettings
 from shared.topology import build_topology
@@ -81,7 +82,7 @@ def test_every_service_builds_its_own_extra_from_the_dockerfile() -> None:
 def test_compose_only_sets_settings_the_services_read() -> None:
     known = {
         f"RETRAINER_{name.upper()}"
-        for model in (CoordinatorSettings, WorkerSettings)
+        for model in (CoordinatorSettings, WorkerSettings, TrainSettings)
         for name in model.model_fields
     }
     for name, service in compose()["services"].items():
@@ -93,3 +94,16 @@ def test_compose_only_sets_settings_the_services_read() -> None:
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_has_a_runnable_module(stage: str) -> None:
     assert (ROOT / "services" / stage / "__main__.py").is_file()
+
+
+def test_the_azure_ml_code_snapshot_holds_the_entry_point_and_not_the_venv() -> None:
+    """AzureMLTrainingCompute uploads the repository root; .amlignore keeps it small."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file
+
+    ignore = get_ignore_file(ROOT)
+    needed = ["services/train/entrypoint.py", "shared/compute/port.py", "recipes/base.py"]
+    for path in needed:
+        assert (ROOT / path).is_file()
+        assert not ignore.is_file_excluded(ROOT / path), path
+    for path in [".venv/lib/x.py", "node_modules/a.js", ".retrainer/bus.sqlite", "tests/a.py"]:
+        assert ignore.is_file_excluded(ROOT / path), path
