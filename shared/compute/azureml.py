@@ -4,8 +4,8 @@
 ``python -m services.train.entrypoint`` from ``code_dir`` (uploaded as a snapshot) in a
 registered environment on a compute cluster, with the split folder mounted as the ``split``
 input and the ``model`` output written to ``job.output_uri``. The job is named after the
-recipe and correlation id, so submitting the same ``TrainingJob`` twice (a redelivered message)
-finds the first job instead of starting a second one.
+recipe, correlation id and attempt, so submitting the same ``TrainingJob`` twice (a redelivered
+message) finds the first job instead of starting a second one.
 
 Completion is reported by Azure ML's ``Microsoft.MachineLearningServices.RunStatusChanged``
 Event Grid events (``parse_run_status_changed``); ``get_job_status`` is the polling fallback.
@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from azure.ai.ml import Input, Output, command
@@ -32,15 +33,19 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from shared.compute.azureml_events import (
+    RUN_STATUS_CHANGED,
+    STATUS_MAP,
+    map_status,
+    parse_run_status_changed,
+)
 from shared.compute.port import (
     PARAMS_BASE64_PREFIX,
     ComputeRequestError,
     ComputeUnavailableError,
     JobHandle,
     JobNotFoundError,
-    JobState,
     JobStatus,
-    MalformedComputeEventError,
     TrainingJob,
 )
 
@@ -50,7 +55,6 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 BACKEND = "azureml"
-RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
 
 COMMAND = (
     "python -m services.train.entrypoint"
@@ -59,25 +63,11 @@ COMMAND = (
     " --output ${{outputs.model}}"
     " --params-json ${{inputs.params}}"
     " --correlation-id ${{inputs.correlation_id}}"
+    " --mlflow --experiment ${{inputs.experiment}}"
 )
 
-# Azure ML job/run statuses (azure.ai.ml.entities.Job.status, RunStatusChanged runStatus).
-STATUS_MAP: dict[str, JobState] = {
-    "NotStarted": "queued",
-    "Queued": "queued",
-    "Preparing": "queued",
-    "Provisioning": "queued",
-    "Starting": "queued",
-    "Running": "running",
-    "Finalizing": "running",
-    "Completed": "succeeded",
-    "Failed": "failed",
-    "NotResponding": "failed",
-    "Canceled": "cancelled",
-    "CancelRequested": "cancelled",
-}
-
 _SHELL_SAFE = re.compile(r"^[A-Za-z0-9_.:@/-]+$")
+_CODE_ASSET = re.compile(r"^azureml:(?P<name>[A-Za-z0-9_.-]+):(?P<version>[A-Za-z0-9_.-]+)$")
 _NAME_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
 
@@ -88,19 +78,23 @@ def encode_params(params: Mapping[str, Any]) -> str:
 
 def job_name_for(job: TrainingJob) -> str:
     """A deterministic Azure ML job name (lowercase letters, digits, '-', '_'; <= 255)."""
-    name = _NAME_UNSAFE.sub("-", f"retrainer-{job.recipe}-{job.correlation_id}".lower())
+    raw = f"retrainer-{job.recipe}-{job.correlation_id}-{job.attempt}".lower()
+    name = _NAME_UNSAFE.sub("-", raw)
     return name.strip("-_")[:255]
 
 
-def map_status(azure_status: str | None, message: str = "") -> JobStatus:
-    state = STATUS_MAP.get(azure_status or "")
-    if state is None:
-        # Paused, Unknown, a status added later: not final, keep following it.
-        return JobStatus("running", f"Azure ML status {azure_status!r}")
-    return JobStatus(state, message or f"Azure ML status {azure_status}")
+def _environment_reference(environment: str) -> str:
+    """azure-ai-ml resolves ``name@label`` but takes ``azureml:name@label`` for an environment
+    named ``azureml:name`` (it lists ``environments/azureml:name/versions``): drop the prefix
+    there. ``azureml:name:version``, ARM ids and ``azureml://registries/...`` pass unchanged."""
+    prefixed = environment.startswith("azureml:") and not environment.startswith("azureml://")
+    return environment.removeprefix("azureml:") if prefixed and "@" in environment else environment
 
 
 class AzureMLTrainingCompute:
+    """``code_dir``: a local directory (uploaded as a snapshot, reused while its content hash is
+    unchanged), or a registered code asset, ``azureml:name:version`` or its ARM id."""
+
     def __init__(
         self,
         ml_client: MLClient,
@@ -145,28 +139,50 @@ class AzureMLTrainingCompute:
         )
 
     def build_command_job(self, job: TrainingJob) -> Command:
-        for label, value in (("recipe", job.recipe), ("correlation_id", job.correlation_id)):
+        for label, value in (
+            ("recipe", job.recipe),
+            ("correlation_id", job.correlation_id),
+            ("experiment_name", job.experiment_name),
+        ):
             if not _SHELL_SAFE.match(value):
                 raise ComputeRequestError(f"{label} {value!r} is not safe on a command line")
-        tags = {**dict(job.tags), "correlation_id": job.correlation_id, "recipe": job.recipe}
+        tags = {
+            **dict(job.tags),
+            "correlation_id": job.correlation_id,
+            "recipe": job.recipe,
+            "attempt": str(job.attempt),
+        }
         return command(
             name=job_name_for(job),
             display_name=f"{job.recipe} {job.correlation_id}",
             description=f"retrainer: train {job.recipe} for run {job.correlation_id}",
             experiment_name=job.experiment_name,
-            code=self._code_dir,
+            code=self._code_reference(),
             command=COMMAND,
             inputs={
                 "recipe": job.recipe,
                 "correlation_id": job.correlation_id,
+                "experiment": job.experiment_name,
                 "params": encode_params(job.params),
                 "split": Input(type=AssetTypes.URI_FOLDER, path=job.input_uri),
             },
             outputs={"model": Output(type=AssetTypes.URI_FOLDER, path=job.output_uri)},
-            environment=self._environment,
+            environment=_environment_reference(self._environment),
             compute=self._compute_name,
             instance_type=self._instance_type,
             tags=tags,
+        )
+
+    def _code_reference(self) -> str:
+        # azure-ai-ml takes a code string that is not an ARM id for a local path.
+        asset = _CODE_ASSET.match(self._code_dir)
+        if asset is None:
+            return self._code_dir
+        client = self._ml_client
+        return (
+            f"/subscriptions/{client.subscription_id}/resourceGroups/{client.resource_group_name}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{client.workspace_name}"
+            f"/codes/{asset['name']}/versions/{asset['version']}"
         )
 
     def begin_training(self, job: TrainingJob) -> JobHandle:
@@ -178,7 +194,13 @@ class AzureMLTrainingCompute:
             except ResourceNotFoundError:
                 existing = None
             if existing is None:
-                created = self._ml_client.jobs.create_or_update(command_job)
+                try:
+                    created = self._ml_client.jobs.create_or_update(command_job)
+                except ResourceNotFoundError as exc:
+                    # Not the job: the workspace, environment or code it refers to.
+                    raise ComputeRequestError(
+                        f"Azure ML job {name} refers to something missing: {exc.message}"
+                    ) from exc
                 name = str(created.name or name)
         return JobHandle(job_id=name, backend=BACKEND)
 
@@ -186,6 +208,8 @@ class AzureMLTrainingCompute:
         with _translated(handle.job_id):
             azure_job = self._ml_client.jobs.get(handle.job_id)
         status = getattr(azure_job, "status", None)
+        if isinstance(status, Enum):  # the SDK's JobStatus, a str enum
+            status = status.value
         message = ""
         if STATUS_MAP.get(status or "") == "failed":
             message = f"Azure ML job {handle.job_id} {status}; see {azure_job.studio_url}"
@@ -193,7 +217,9 @@ class AzureMLTrainingCompute:
 
     def cancel_job(self, handle: JobHandle) -> None:
         with _translated(handle.job_id):
-            self._ml_client.jobs.begin_cancel(handle.job_id)
+            # Only request it: the job's status (events, get_job_status) shows it cancelled; no
+            # poller thread following the operation.
+            self._ml_client.jobs.begin_cancel(handle.job_id, polling=False)
 
 
 @contextmanager
@@ -216,35 +242,6 @@ def _translated(job_id: str) -> Iterator[None]:
         raise ComputeRequestError(f"invalid Azure ML job: {exc}") from exc
     except AzureError as exc:
         raise ComputeUnavailableError(f"Azure ML call failed: {exc}") from exc
-
-
-def _field(obj: Mapping[str, Any], key: str, what: str) -> Any:
-    value = obj.get(key)
-    if value in (None, ""):
-        raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} event without {what}")
-    return value
-
-
-def parse_run_status_changed(event: Mapping[str, Any]) -> tuple[str, JobStatus] | None:
-    """(job name, status) from a RunStatusChanged event; None for any other event type.
-
-    Accepts the Event Grid schema (``eventType``) and CloudEvents 1.0 (``type``); ``data``
-    carries ``runId`` (the command job's name), ``runStatus`` and ``experimentName``.
-    """
-    if not isinstance(event, Mapping):
-        raise MalformedComputeEventError(f"event is not an object: {type(event).__name__}")
-    event_type = event.get("eventType", event.get("type"))
-    if event_type != RUN_STATUS_CHANGED:
-        return None
-    data = _field(event, "data", "data")
-    if not isinstance(data, Mapping):
-        raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} event data is not an object")
-    run_id = _field(data, "runId", "data.runId")
-    run_status = _field(data, "runStatus", "data.runStatus")
-    if not isinstance(run_id, str) or not isinstance(run_status, str):
-        raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} runId/runStatus must be strings")
-    experiment = data.get("experimentName") or ""
-    return run_id, map_status(run_status, f"Azure ML status {run_status} ({experiment})".strip())
 
 
 __all__ = [

@@ -29,6 +29,7 @@ STATUS_MAP: dict[str, JobState] = {
     "CancelRequested": "cancelled",
 }
 
+
 def map_status(azure_status: str | None, message: str = "") -> JobStatus:
     state = STATUS_MAP.get(azure_status or "")
     if state is None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import re
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from azure.ai.ml import load_compute, load_environment
 from azure.ai.ml.entities import AmlCompute, Command
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
+from azure.core.exceptions import ServiceRequestError
 
 from services.train import entrypoint
 from shared.compute.azureml import (
@@ -31,6 +34,14 @@ from shared.compute.port import (
     TrainingJob,
 )
 from shared.errors import PermanentError, RetryableError
+from tests.azureml_fake import (
+    TENANT,
+    FakeAzureML,
+    UnexpectedRequest,
+    fake_ml_client,
+    refuse_network,
+    workspace_id,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPLIT = "azureml://datastores/workspaceblobstore/paths/runs/abc/split/"
@@ -103,50 +114,49 @@ def test_entrypoint_other_failure_exits_1(
     assert "OSError: disk hiccup" in capsys.readouterr().err
 
 
-# --- Azure ML: the command job, built with the real SDK ----------------------------------------
+# --- Azure ML: real SDK objects, a fake workspace at the HTTP boundary --------------------------
 
-
-class FakeJobs:
-    """Stands in for MLClient.jobs (JobOperations) at the method level."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, Any] = {}
-        self.created: list[Command] = []
-        self.cancelled: list[str] = []
-        self.error: Exception | None = None
-
-    def get(self, name: str) -> Any:
-        if self.error:
-            raise self.error
-        if name not in self.jobs:
-            raise ResourceNotFoundError("not found")
-        return self.jobs[name]
-
-    def create_or_update(self, job: Command) -> Any:
-        self.created.append(job)
-        self.jobs[str(job.name)] = SimpleNamespace(
-            name=job.name, status="NotStarted", studio_url="https://ml.azure.com/x"
-        )
-        return self.jobs[str(job.name)]
-
-    def begin_cancel(self, name: str) -> None:
-        self.get(name)
-        self.cancelled.append(name)
+NAME = f"retrainer-image_classification-{JOB.correlation_id}-1"
+WS = workspace_id()
+API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 
 
 @pytest.fixture
-def fake_jobs() -> FakeJobs:
-    return FakeJobs()
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeAzureML]:
+    fake = FakeAzureML()
+    fake.add_environment("retrainer-train", "1", "2", "7")
+    fake.add_code("retrainer-src", "3")
+    # Outside a git work tree the SDK adds no mlflow.source.git.* properties to the job.
+    monkeypatch.chdir(tmp_path)
+    with refuse_network():
+        yield fake
+    assert fake.unexpected == [], "requests the fake does not serve"
+
+
+def _compute(fake: FakeAzureML, **kwargs: Any) -> AzureMLTrainingCompute:
+    options: dict[str, Any] = {
+        "compute_name": "gpu-cluster",
+        "environment": "azureml:retrainer-train@latest",
+        "code_dir": "azureml:retrainer-src:3",
+        **kwargs,
+    }
+    client_options = options.pop("client_options", {})
+    return AzureMLTrainingCompute(fake_ml_client(fake, **client_options), **options)
 
 
 @pytest.fixture
-def azure(fake_jobs: FakeJobs) -> AzureMLTrainingCompute:
-    return AzureMLTrainingCompute(
-        SimpleNamespace(jobs=fake_jobs),  # type: ignore[arg-type]
-        compute_name="gpu-cluster",
-        environment="azureml:retrainer-train@latest",
-        code_dir=str(ROOT),
-    )
+def azure(fake: FakeAzureML) -> AzureMLTrainingCompute:
+    return _compute(fake)
+
+
+def test_ml_client_construction_sends_nothing(fake: FakeAzureML) -> None:
+    _compute(fake)
+    assert fake.requests == []
+
+
+def test_nothing_reaches_the_network_but_through_the_fake(fake: FakeAzureML) -> None:
+    with pytest.raises(UnexpectedRequest, match="outside the fake"):
+        socket.create_connection(("management.azure.com", 443), timeout=1)
 
 
 def test_build_command_job_is_a_real_command(azure: AzureMLTrainingCompute) -> None:
@@ -183,48 +193,250 @@ def test_build_command_job_refuses_shell_unsafe_names(azure: AzureMLTrainingComp
         azure.build_command_job(bad)
 
 
-def test_begin_get_cancel(azure: AzureMLTrainingCompute, fake_jobs: FakeJobs) -> None:
+def test_begin_training_puts_a_command_job(
+    azure: AzureMLTrainingCompute, fake: FakeAzureML
+) -> None:
+    assert azure.begin_training(JOB) == JobHandle(NAME, "azureml")
+
+    # Look for the job, resolve the environment's label, create the job.
+    assert fake.summary() == [
+        f"GET /jobs/{NAME}",
+        "GET /environments/retrainer-train/versions",
+        f"PUT /jobs/{NAME}",
+    ]
+    _, latest, put = fake.requests
+    assert all(API_VERSION.match(r.api_version or "") for r in fake.requests)
+    assert all(r.headers["Authorization"].startswith("Bearer ") for r in fake.requests)
+    assert latest.query["$orderBy"] == "createdtime desc" and latest.query["$top"] == "1"
+
+    job = put.body["properties"]
+    assert job["jobType"] == "Command"
+    assert job["command"].startswith(
+        "python -m services.train.entrypoint --recipe ${{inputs.recipe}} --split ${{inputs.split}}"
+        " --output ${{outputs.model}} --params-json ${{inputs.params}}"
+    )
+    assert job["computeId"] == f"{WS}/computes/gpu-cluster"
+    assert job["environmentId"] == f"{WS}/environments/retrainer-train/versions/7"
+    assert job["codeId"] == f"{WS}/codes/retrainer-src/versions/3"
+    assert job["experimentName"] == "retrainer-image_classification"
+    assert JOB.correlation_id in job["displayName"]
+    assert job["inputs"]["split"] == {"jobInputType": "uri_folder", "uri": SPLIT}
+    assert job["outputs"]["model"] == {"jobOutputType": "uri_folder", "uri": MODEL}
+    assert job["inputs"]["recipe"] == {"jobInputType": "literal", "value": "image_classification"}
+    assert job["inputs"]["correlation_id"]["value"] == JOB.correlation_id
+    assert entrypoint._load_params(job["inputs"]["params"]["value"]) == dict(JOB.params)
+    assert job["tags"] == {
+        "trigger": "blob",
+        "correlation_id": JOB.correlation_id,
+        "recipe": "image_classification",
+        "attempt": "1",
+    }
+    assert "resources" not in job or not job["resources"].get("instanceType")
+    assert fake.jobs[NAME]["properties"]["status"] == "NotStarted"
+
+
+def test_begin_training_with_an_instance_type(fake: FakeAzureML) -> None:
+    _compute(fake, instance_type="Standard_NC6s_v3").begin_training(JOB)
+    (put,) = fake.calls("PUT")
+    assert put.body["properties"]["resources"]["instanceType"] == "Standard_NC6s_v3"
+
+
+def test_a_redelivered_begin_training_finds_the_job(
+    azure: AzureMLTrainingCompute, fake: FakeAzureML
+) -> None:
     handle = azure.begin_training(JOB)
-    assert handle == JobHandle(f"retrainer-image_classification-{JOB.correlation_id}", "azureml")
-    assert azure.get_job_status(handle).state == "queued"
-
-    # A redelivered command finds the job instead of starting another one.
+    del fake.requests[:]
     assert azure.begin_training(JOB) == handle
-    assert len(fake_jobs.created) == 1
-
-    fake_jobs.jobs[handle.job_id].status = "Failed"
-    failed = azure.get_job_status(handle)
-    assert failed.state == "failed" and "https://ml.azure.com/x" in failed.message
-
-    azure.cancel_job(handle)
-    assert fake_jobs.cancelled == [handle.job_id]
+    assert fake.summary() == [f"GET /jobs/{NAME}"]
 
 
-def _http_error(status: int) -> HttpResponseError:
-    error = HttpResponseError(message=f"HTTP {status}")
-    error.status_code = status
-    return error
+def test_another_attempt_is_another_job(azure: AzureMLTrainingCompute, fake: FakeAzureML) -> None:
+    first = azure.begin_training(JOB)
+    second = azure.begin_training(dataclasses.replace(JOB, attempt=2))
+    assert second.job_id == NAME.removesuffix("-1") + "-2" != first.job_id
+    assert [r.path for r in fake.calls("PUT")] == [
+        f"/jobs/{first.job_id}",
+        f"/jobs/{second.job_id}",
+    ]
+    assert fake.calls("PUT")[1].body["properties"]["tags"]["attempt"] == "2"
 
 
 @pytest.mark.parametrize(
-    ("error", "expected"),
+    ("environment", "environment_id", "lists_versions"),
     [
-        (ResourceNotFoundError("gone"), JobNotFoundError),
-        (ServiceRequestError("dns"), ComputeUnavailableError),
-        (_http_error(503), ComputeUnavailableError),
-        (_http_error(429), ComputeUnavailableError),
-        (_http_error(400), ComputeRequestError),
-        (_http_error(403), ComputeRequestError),
+        ("azureml:retrainer-train@latest", "retrainer-train/versions/7", True),
+        ("retrainer-train@latest", "retrainer-train/versions/7", True),
+        ("azureml:retrainer-train:2", "retrainer-train/versions/2", False),
+        ("retrainer-train:2", "retrainer-train/versions/2", False),
+        (f"{WS}/environments/retrainer-train/versions/1", "retrainer-train/versions/1", False),
     ],
 )
-def test_azure_errors_are_translated(
-    azure: AzureMLTrainingCompute, fake_jobs: FakeJobs, error: Exception, expected: type
+def test_environment_references(
+    fake: FakeAzureML, environment: str, environment_id: str, lists_versions: bool
 ) -> None:
-    fake_jobs.error = error
+    _compute(fake, environment=environment).begin_training(JOB)
+    (put,) = fake.calls("PUT")
+    assert put.body["properties"]["environmentId"] == f"{WS}/environments/{environment_id}"
+    assert bool(fake.calls("GET", "/environments/")) == lists_versions
+
+
+def test_an_unknown_environment_is_a_request_error(fake: FakeAzureML) -> None:
+    with pytest.raises(ComputeRequestError, match="does not exist"):
+        _compute(fake, environment="azureml:nope@latest").begin_training(JOB)
+    assert fake.calls("GET", "/environments/nope/versions")
+    assert fake.calls("PUT") == []
+
+
+@pytest.mark.parametrize(
+    "code", ["azureml:retrainer-src:3", f"{WS}/codes/retrainer-src/versions/3"]
+)
+def test_a_registered_code_asset_is_referenced_not_uploaded(fake: FakeAzureML, code: str) -> None:
+    _compute(fake, code_dir=code).begin_training(JOB)
+    (put,) = fake.calls("PUT")
+    assert put.body["properties"]["codeId"] == f"{WS}/codes/retrainer-src/versions/3"
+    assert fake.calls(path="/codes/") == []
+
+
+def _code_dir(tmp_path: Path) -> Path:
+    code = tmp_path / "code"
+    (code / "services" / "train").mkdir(parents=True)
+    (code / "services" / "train" / "entrypoint.py").write_text("print('train')\n")
+    return code
+
+
+def test_a_local_code_dir_reuses_the_uploaded_snapshot(fake: FakeAzureML, tmp_path: Path) -> None:
+    fake.snapshots_present = True
+    _compute(fake, code_dir=str(_code_dir(tmp_path))).begin_training(JOB)
+
+    # The SDK hashes the directory and finds the snapshot by content hash instead of uploading.
+    lookup, fetch = fake.calls(path="/codes/")
+    assert lookup.method == "GET" and lookup.path.endswith("/versions")
+    assert re.fullmatch(r"[0-9a-f]{64}", lookup.query["hash"]) and lookup.query["hashVersion"]
+    snapshot = f"/codes/snapshot-{lookup.query['hash'][:16]}/versions/1"
+    assert (fetch.method, fetch.path) == ("GET", snapshot)
+    (put,) = fake.calls("PUT")
+    assert put.body["properties"]["codeId"] == WS + snapshot
+
+
+def test_a_new_local_snapshot_would_be_uploaded_outside_the_fake(
+    fake: FakeAzureML, tmp_path: Path
+) -> None:
+    # Unknown content: the SDK asks for an upload location, then would write the files to blob
+    # storage with its own client, not through this transport. The fake stops there.
+    with pytest.raises(ComputeRequestError, match="startPendingUpload"):
+        _compute(fake, code_dir=str(_code_dir(tmp_path))).begin_training(JOB)
+    assert fake.calls("PUT") == []
+    assert len(fake.unexpected) == 1 and "startPendingUpload" in fake.unexpected[0]
+    fake.unexpected.clear()
+
+
+def test_get_job_status_maps_the_job_resource(
+    azure: AzureMLTrainingCompute, fake: FakeAzureML
+) -> None:
+    handle = azure.begin_training(JOB)
+    queued = azure.get_job_status(handle)
+    assert queued == JobStatus("queued", "Azure ML status NotStarted")
+    assert fake.requests[-1].path == f"/jobs/{NAME}"
+
+    for azure_status, state in [*STATUS_MAP.items(), ("Paused", "running"), ("Unknown", "running")]:
+        fake.set_status(NAME, azure_status)
+        assert azure.get_job_status(handle).state == state, azure_status
+
+    fake.set_status(NAME, "Failed")
+    failed = azure.get_job_status(handle)
+    assert failed.state == "failed"
+    # The studio link from the job's services, with the tenant the SDK read from the token.
+    assert f"https://ml.azure.com/runs/{NAME}?wsid={WS}" in failed.message
+    assert TENANT in failed.message
+
+
+def test_cancel_posts_cancel(azure: AzureMLTrainingCompute, fake: FakeAzureML) -> None:
+    handle = azure.begin_training(JOB)
+    del fake.requests[:]
+    azure.cancel_job(handle)
+    # Only the request: no poller following the operation's Location afterwards.
+    assert fake.summary() == [f"POST /jobs/{NAME}/cancel"]
+    assert fake.requests[0].body is None
+    assert azure.get_job_status(handle).state == "cancelled"  # CancelRequested
+
+
+def test_an_unknown_job_is_not_found(azure: AzureMLTrainingCompute, fake: FakeAzureML) -> None:
+    with pytest.raises(JobNotFoundError):
+        azure.get_job_status(JobHandle("nope", "azureml"))
+    with pytest.raises(JobNotFoundError):
+        azure.cancel_job(JobHandle("nope", "azureml"))
+    assert fake.summary() == ["GET /jobs/nope", "POST /jobs/nope/cancel"]
+
+
+def test_a_404_while_creating_is_not_job_not_found(
+    azure: AzureMLTrainingCompute, fake: FakeAzureML
+) -> None:
+    # e.g. the workspace or an asset the job refers to is gone: the job itself never existed.
+    fake.fail(404, method="PUT")
+    with pytest.raises(ComputeRequestError, match=r"HTTP 404|missing"):
+        azure.begin_training(JOB)
+
+
+def _begin(azure: AzureMLTrainingCompute) -> None:
+    azure.begin_training(JOB)
+
+
+def _status(azure: AzureMLTrainingCompute) -> None:
+    azure.get_job_status(JobHandle(NAME, "azureml"))
+
+
+def _cancel(azure: AzureMLTrainingCompute) -> None:
+    azure.cancel_job(JobHandle(NAME, "azureml"))
+
+
+@pytest.mark.parametrize(
+    ("operation", "method", "path"),
+    [
+        (_begin, "PUT", "/jobs/"),
+        (_begin, "GET", "/jobs/"),
+        (_begin, "GET", "/environments/"),
+        (_status, "GET", "/jobs/"),
+        (_cancel, "POST", "/cancel"),
+    ],
+    ids=["begin-put", "begin-get", "begin-environment", "status", "cancel"],
+)
+@pytest.mark.parametrize(
+    ("status", "exception", "expected"),
+    [
+        (429, None, ComputeUnavailableError),
+        (503, None, ComputeUnavailableError),
+        (500, None, ComputeUnavailableError),
+        (400, None, ComputeRequestError),
+        (403, None, ComputeRequestError),
+        (0, ServiceRequestError("connection refused"), ComputeUnavailableError),
+    ],
+    ids=["429", "503", "500", "400", "403", "unreachable"],
+)
+def test_http_errors_are_translated(
+    azure: AzureMLTrainingCompute,
+    fake: FakeAzureML,
+    operation: Callable[[AzureMLTrainingCompute], None],
+    method: str,
+    path: str,
+    status: int,
+    exception: Exception | None,
+    expected: type[Exception],
+) -> None:
+    fake.fail(status, method=method, path=path, exception=exception, headers={"Retry-After": "1"})
     with pytest.raises(expected) as raised:
-        azure.get_job_status(JobHandle("j", "azureml"))
+        operation(azure)
     retryable = expected is ComputeUnavailableError
     assert isinstance(raised.value, RetryableError if retryable else PermanentError)
+    assert fake.calls(method, path), "the failure came from the wire"
+
+
+def test_the_sdk_pipeline_retries_a_transient_503(fake: FakeAzureML) -> None:
+    # With azure-core's retries on (the production default), one 503 never reaches the adapter.
+    azure = _compute(fake, client_options={"retry_total": 2})
+    fake.fail(503, method="GET", path="/jobs/")
+    azure.begin_training(JOB)
+    assert fake.summary()[:2] == [f"GET /jobs/{NAME}", f"GET /jobs/{NAME}"]
+    assert len(fake.calls("PUT")) == 1
 
 
 @pytest.mark.parametrize(
