@@ -26,6 +26,7 @@ from services.train.settings import TrainSettings
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
+from shared.compute.azureml import AzureMLTrainingCompute
 from shared.compute.azureml_events import RUN_STATUS_CHANGED
 from shared.compute.local import LocalTrainingCompute
 from shared.compute.port import JobHandle, JobNotFoundError, JobStatus, TrainingJob
@@ -50,6 +51,8 @@ from shared.topology import (
     command_topic,
 )
 from shared.worker import StageSpec, Worker
+from tests.azureml_fake import FakeAzureML as FakeWorkspace
+from tests.azureml_fake import fake_ml_client, refuse_network
 from tests.recipe_fixtures import echo_recipe
 
 LOCK_S = 2.0
@@ -377,3 +380,54 @@ def test_a_subprocess_job_is_cancelled_while_the_worker_waits(
     failed = [e for e in train.events() if isinstance(e, StageFailed)]
     assert failed and not failed[0].retryable and "cancelled" in failed[0].error
     assert train.azure.submitted == []
+
+
+def test_the_worker_submits_a_real_azure_ml_command_job_that_an_event_completes(
+    bus: SqliteMessageBus,
+    blobs: LocalBlobStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real AzureMLTrainingCompute (azure-ai-ml) with only its HTTP transport faked."""
+    workspace = FakeWorkspace()
+    workspace.add_environment("retrainer-train", "1")
+    workspace.add_code("retrainer-src", "3")
+    monkeypatch.chdir(tmp_path)  # outside a git work tree: no mlflow.source.git.* properties
+    azure = AzureMLTrainingCompute(
+        fake_ml_client(workspace),
+        compute_name="gpu-cluster",
+        environment="azureml:retrainer-train@latest",
+        code_dir="azureml:retrainer-src:3",
+    )
+    settings = TrainSettings(state_dir=tmp_path / "state", compute_gpu="azureml")
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, local=None, poll_interval_s=3600)
+    handler = make_handler(
+        settings, registry=None, jobs=jobs, subprocess_compute=None, azureml_compute=azure
+    )
+    spec = StageSpec("train", ("split",), "model", handler, download_inputs=False)
+    worker = Worker(spec, bus=bus, blob_store=blobs, recipe_lookup=lookup, lock_duration_s=LOCK_S)
+    train = Train(worker, jobs, FakeAzureML(), bus, blobs)
+
+    with refuse_network():
+        command = train.send()
+        worker.process_next()
+        [put] = workspace.calls("PUT", "/jobs/")
+        job = put.body["properties"]
+        assert job["inputs"]["split"]["uri"] == (
+            "azureml://datastores/retrainer_artifacts/paths/cache/split/abc/"
+        )
+        output_uri = job["outputs"]["model"]["uri"]
+        assert job["tags"]["correlation_id"] == str(command.correlation_id)
+        name = f"retrainer-echo-{command.correlation_id}-1"
+        assert put.path.endswith(f"/jobs/{name}")
+
+        prefix = "artifacts/" + output_uri.split("/paths/", 1)[1].rstrip("/")
+        blobs.upload_blob(f"{prefix}/result.json", json.dumps(RESULT).encode())
+        workspace.set_status(name, "Completed")
+        bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(name, "Completed")])
+        jobs.receive_compute_events()
+
+    succeeded = [e for e in train.events() if isinstance(e, StageSucceeded)]
+    assert succeeded[0].outputs == {"model": prefix}
+    assert succeeded[0].details["compute_job_id"] == name
+    assert workspace.unexpected == []
