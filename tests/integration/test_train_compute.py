@@ -149,6 +149,7 @@ def make_train(
     *,
     compute_gpu: str,
     local: LocalTrainingCompute | None = None,
+    poll_interval_s: float = 3600,
 ) -> Train:
     settings = TrainSettings(state_dir=tmp_path / "state", compute_gpu=compute_gpu)
     azure = FakeAzureML()
@@ -157,7 +158,7 @@ def make_train(
         blob_store=blobs,
         remote=azure,
         local=local,
-        poll_interval_s=3600,
+        poll_interval_s=poll_interval_s,
         receive_wait_s=0.1,
     )
     handler = make_handler(
@@ -431,3 +432,31 @@ def test_the_worker_submits_a_real_azure_ml_command_job_that_an_event_completes(
     assert succeeded[0].outputs == {"model": prefix}
     assert succeeded[0].details["compute_job_id"] == name
     assert workspace.unexpected == []
+
+
+def test_the_follower_loop_polls_and_obeys_cancels_until_stopped(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    train = make_train(bus, blobs, tmp_path, compute_gpu="azureml", poll_interval_s=0.05)
+    command = train.send()
+    train.worker.process_next()
+    train.events()
+    job_id = f"retrainer-echo-{command.correlation_id}-1"
+    stopping = threading.Event()
+    loop = threading.Thread(target=train.jobs.run, args=(stopping,))
+    loop.start()
+    try:
+        cancel = CancelStage(correlation_id=command.correlation_id, stage="train", attempt=1)
+        train.bus.send_messages(CONTROL_TOPIC, [encode(cancel)])
+        deadline = time.monotonic() + 20
+        while train.jobs.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stopping.set()
+        loop.join(timeout=10)
+
+    assert not loop.is_alive()
+    assert train.azure.cancelled == [job_id]
+    # Polling saw the cancelled job and finished it without any event.
+    [failed] = train.events()
+    assert isinstance(failed, StageFailed) and "cancelled" in failed.error
