@@ -171,6 +171,12 @@ def build_spec(settings: TrainSettings) -> StageSpec:
             settings.state_dir / "training-jobs",
             timeout_s=settings.training_timeout_s,
             recipe_modules=tuple(settings.recipe_modules),
+            # Explicit: an inherited MLFLOW_TRACKING_URI (mlflow sets it process-wide) must
+            # not send the job's run elsewhere.
+            env={
+                "RETRAINER_MLFLOW_TRACKING_URI": settings.resolved_mlflow_tracking_uri,
+                "RETRAINER_MLFLOW_ARTIFACT_ROOT": str(settings.resolved_mlflow_artifact_root),
+            },
         )
     azureml_compute = None
     if "azureml" in modes:

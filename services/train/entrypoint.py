@@ -132,7 +132,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mlflow:
         from shared.settings import CommonSettings, create_registry
 
-        logged = create_registry(CommonSettings()).log_training(
+        settings = CommonSettings()
+        if settings.mlflow_tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+            # In an Azure ML job: the workspace's MLflow, which Azure ML sets for the job.
+            settings.mlflow_tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+        logged = create_registry(settings).log_training(
             experiment_name=args.experiment,
             correlation_id=args.correlation_id,
             result=result,

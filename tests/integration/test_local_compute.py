@@ -68,7 +68,10 @@ def compute(tmp_path: Path, state_dir: Path) -> LocalTrainingCompute:
         timeout_s=60,
         kill_grace_s=2,
         recipe_modules=("tests.recipe_fixtures",),
-        env={"RETRAINER_STATE_DIR": str(state_dir)},
+        env={
+            "RETRAINER_STATE_DIR": str(state_dir),
+            "RETRAINER_MLFLOW_TRACKING_URI": f"sqlite:///{state_dir / 'mlflow.db'}",
+        },
     )
 
 

@@ -360,7 +360,7 @@ def test_a_subprocess_job_is_cancelled_while_the_worker_waits(
         timeout_s=120,
         kill_grace_s=1,
         recipe_modules=("tests.recipe_fixtures",),
-        env={"RETRAINER_STATE_DIR": str(tmp_path / "state")},
+        env={"RETRAINER_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     train = make_train(bus, blobs, tmp_path, compute_gpu="subprocess", local=local)
     command = train.send(params={"sleep_s": 60})
