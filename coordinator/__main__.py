@@ -10,6 +10,7 @@ import uvicorn
 
 from coordinator.api import create_app
 from coordinator.settings import CoordinatorSettings
+from shared.telemetry import configure_from_settings
 
 
 def main() -> None:
@@ -18,6 +19,8 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Before the app exists, so that its requests are traced too; the lifespan flushes.
+    configure_from_settings("coordinator", settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -24,7 +24,6 @@ Rules worth knowing:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +43,7 @@ from shared.messages import (
     StageStarted,
     StageSucceeded,
 )
+from shared.telemetry import command_traceparent
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
@@ -585,5 +585,4 @@ def _traceparent(run_id: UUID, stage: Stage, attempt: int) -> str:
     """W3C traceparent whose trace id is the run id, so telemetry groups by correlation id.
 
     The span id is derived, not random, so that deciding twice yields the same command."""
-    span_id = hashlib.sha256(f"{run_id}:{stage}:{attempt}".encode()).hexdigest()[:16]
-    return f"00-{run_id.hex}-{span_id}-01"
+    return command_traceparent(run_id, stage, attempt)

@@ -48,6 +48,7 @@ from coordinator.domain import (
     decide,
 )
 from coordinator.store import OutboxMessage, PendingBurst, RunStore, TriggerHit
+from coordinator.telemetry import decision_span, record_decision
 from recipes.base import Recipe
 from shared.blobs.port import BlobStore, validate_prefix
 from shared.bus.port import MessageBus, ReceivedMessage
@@ -141,6 +142,8 @@ class Coordinator:
         # Set when a blob event made a burst due at once (a marker), to wake the trigger loop.
         self.trigger_due = threading.Event()
         self._pruned_at: float | None = None
+        # The input and run the latest decision in this thread started from (for telemetry).
+        self._decided = threading.local()
         self._check_trigger_rules()
 
     # --- requests --------------------------------------------------------------------------
@@ -203,10 +206,11 @@ class Coordinator:
             raise InvalidRunRequest(problems)
 
     def _apply(self, run_id: UUID, message: CoordinatorInput) -> Run:
-        decision = self.store.apply(run_id, self._deciding(message))
-        # Only a bus message carries an inbox id, so the store always decides here.
-        assert decision is not None
-        self._after(decision)
+        with decision_span(message):
+            decision = self.store.apply(run_id, self._deciding(message))
+            # Only a bus message carries an inbox id, so the store always decides here.
+            assert decision is not None
+            self._after(decision)
         return decision.run
 
     # --- bus events ------------------------------------------------------------------------
@@ -244,6 +248,12 @@ class Coordinator:
                 received, "UnexpectedMessage", f"{event.message_type} is not a stage event"
             )
             return
+        with decision_span(event):
+            self._handle_stage_event(received, event)
+
+    def _handle_stage_event(
+        self, received: ReceivedMessage, event: StageStarted | StageSucceeded | StageFailed
+    ) -> None:
         try:
             decision = self.store.apply(
                 event.correlation_id,
@@ -364,11 +374,12 @@ class Coordinator:
         start = StartRun(
             run_id, burst.recipe, burst.data, burst.params, "blob", trigger_details=burst.details
         )
-        decision = self.store.fire_burst(burst, run_id, self._deciding(start))
-        if decision is None:
-            # Another upload extended the burst, or another coordinator started it.
-            return None
-        self._after(decision)
+        with decision_span(start):
+            decision = self.store.fire_burst(burst, run_id, self._deciding(start))
+            if decision is None:
+                # Another upload extended the burst, or another coordinator started it.
+                return None
+            self._after(decision)
         return decision.run
 
     def consume_blob_events(self, *, max_messages: int = 10, max_wait_s: float = 1.0) -> int:
@@ -444,7 +455,9 @@ class Coordinator:
     def _deciding(self, message: CoordinatorInput) -> Callable[[Run | None], Decision]:
         def fn(run: Run | None) -> Decision:
             # ``now`` is read inside so that a retry after a conflict decides on fresh time.
-            return decide(run, message, now=self._clock(), policy=self._policy)
+            decision = decide(run, message, now=self._clock(), policy=self._policy)
+            self._decided.start = (message, run)
+            return decision
 
         return fn
 
@@ -453,6 +466,9 @@ class Coordinator:
             log.info("run %s: %s", decision.run.id, note)
         if decision.commands:
             self.outbox_written.set()
+        # The store decided in this thread; the last call of ``fn`` is the committed one.
+        message, previous = getattr(self._decided, "start", (None, None))
+        record_decision(decision, message, previous, recipes=self._recipes)
 
 
 @dataclass(frozen=True)

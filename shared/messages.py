@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.bus.port import OutgoingMessage
 from shared.errors import MalformedMessageError
+from shared.telemetry import traceparent_properties
 
 Stage = Literal["aggregation", "split", "train", "register", "tag"]
 STAGES: tuple[Stage, ...] = ("aggregation", "split", "train", "register", "tag")
@@ -148,7 +149,9 @@ def encode(message: Message, *, scheduled_enqueue_time: datetime | None = None) 
         application_properties={
             "message_type": message.message_type,
             "schema_version": message.schema_version,
-            **({"traceparent": message.traceparent} if message.traceparent else {}),
+            # Diagnostic-Id (Service Bus' convention) and traceparent; the body's copy is the
+            # one this code reads: an SDK's own tracing may overwrite these.
+            **traceparent_properties(message.traceparent),
         },
         scheduled_enqueue_time=scheduled_enqueue_time,
     )

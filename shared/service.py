@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from shared.settings import CommonSettings, create_blob_store, create_bus
+from shared.telemetry import configure_from_settings, shutdown_telemetry
 from shared.worker import StageSpec, Worker
 
 
@@ -50,8 +51,13 @@ def run_stage_service(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    worker = build_worker(build_spec(settings), settings)
+    spec = build_spec(settings)
+    # After basicConfig: the azure exporter adds its own handler to the root logger.
+    configure_from_settings(spec.stage, settings)
+    worker = build_worker(spec, settings)
     try:
         worker.run_forever()
     finally:
         worker.close()
+        # SIGTERM stops run_forever: what the last stages recorded is sent before exiting.
+        shutdown_telemetry()

@@ -45,11 +45,7 @@ class CommonSettings(BaseSettings):
     blob_account_url: str | None = None
     blob_max_concurrency: int = 32
 
-    # MLFLOW_TRACKING_URI too: Azure ML sets it in its jobs to the workspace's MLflow.
-    mlflow_tracking_uri: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("RETRAINER_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
-    )
+    mlflow_tracking_uri: str | None = None
     mlflow_artifact_root: Path | None = None
 
     # Recorded on every model version as lineage (e.g. the image tag or git commit).
@@ -65,6 +61,20 @@ class CommonSettings(BaseSettings):
     # The local blob store sends a BlobCreated event to the blob-events topic for every write
     # of a blob that a trigger rule covers, as Event Grid does for Azure Storage.
     blob_events: bool = True
+
+    # Telemetry (shared/telemetry.py): none | console | azure; unset: azure when an
+    # Application Insights connection string is set, else none.
+    telemetry_exporter: Literal["none", "console", "azure"] | None = None
+    applicationinsights_connection_string: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "RETRAINER_APPLICATIONINSIGHTS_CONNECTION_STRING",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        ),
+    )
+    telemetry_live_metrics: bool = True
+    # Telemetry that could not be sent is kept on disk and sent again later.
+    telemetry_offline_storage: bool = True
 
     @property
     def resolved_bus_sqlite_path(self) -> Path:

@@ -47,6 +47,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.telemetry import current_traceparent, stage_span
 from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, command_topic
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,14 @@ class Worker:
                 message, reason="MalformedMessage", error_description=str(exc)
             )
             return
+        with stage_span(command, enqueued_time=message.enqueued_time, worker=self.name) as span:
+            span.finish(self._handle(message, command))
 
+    def _handle(
+        self, message: ReceivedMessage, command: RunStage
+    ) -> StageSucceeded | StageFailed | None:
+        """StageStarted, the stage, its outcome event, complete; returns the outcome event
+        (None when the handler deferred the work)."""
         self._publish(
             StageStarted(
                 correlation_id=command.correlation_id,
@@ -256,6 +264,7 @@ class Worker:
         except MessageLockLostError:
             # The event is out and de-duplicated by message id; a redelivery hits the cache.
             log.warning("lock lost before completing %s", message.message_id)
+        return event
 
     def _run_stage(self, command: RunStage) -> StageSucceeded | None:
         """The stage's success event, or None when the handler deferred the work."""
@@ -339,6 +348,10 @@ class Worker:
         return succeeded_event(command, self.spec.output, output_prefix, manifest, cached=cached)
 
     def _publish(self, event: StageStarted | StageSucceeded | StageFailed) -> None:
+        # In the stage span's trace context, so the coordinator's span is its child.
+        traceparent = current_traceparent(event.correlation_id)
+        if traceparent is not None:
+            event = event.model_copy(update={"traceparent": traceparent})
         self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
 
 
