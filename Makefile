@@ -4,7 +4,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean chromium
 
 $(UV):
 	python3 -m pip install --quiet --target .tools "uv==$(UV_VERSION)"
@@ -18,7 +18,22 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed
+# Headless Chromium and its WebDriver for the dashboard's browser test, from Debian packages;
+# only when one is missing (RETRAINER_SKIP_BROWSER_TESTS=1 skips that test and this step).
+CHROMIUM_BINS := /usr/bin/chromium /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+chromium:
+ifneq ($(RETRAINER_SKIP_BROWSER_TESTS),1)
+	@for bin in $(CHROMIUM_BINS); do [ -x "$$bin" ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		command -v apt-get >/dev/null || { echo "no apt-get: install Chromium and chromedriver as $(CHROMIUM_BINS), or set RETRAINER_SKIP_BROWSER_TESTS=1" >&2; exit 1; }; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	fi
+endif
+
+install: $(VENV)/.installed node_modules/.installed chromium
 
 demo: install
 	$(VENV)/bin/retrainer demo

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from coordinator.bootstrap import build_coordinator
+from coordinator.dashboard import add_dashboard_routes
 from coordinator.domain import (
     AttemptRecord,
     InvalidTransition,
@@ -33,6 +34,7 @@ from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest
 from coordinator.settings import CoordinatorSettings
 from coordinator.webhook import WebhookConfig, add_event_routes
 from shared.messages import Stage
+from shared.telemetry import configure_from_settings, shutdown_telemetry
 
 # --- schemas -----------------------------------------------------------------------------
 
@@ -211,6 +213,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or CoordinatorSettings()
+        if coordinator is None:
+            # Once per process (python -m coordinator did it already: a no-op then).
+            configure_from_settings("coordinator", resolved)
         running = coordinator or build_coordinator(resolved)
         loops = BackgroundLoops(running, resolved.loop_intervals) if run_loops else None
         app.state.coordinator = running
@@ -229,6 +234,8 @@ def create_app(
                 loops.stop()
             if coordinator is None:
                 running.close()
+                # Here, not after uvicorn.run: uvicorn re-raises SIGTERM once shut down.
+                shutdown_telemetry()
 
     app = FastAPI(
         title="retrainer coordinator",
@@ -239,6 +246,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app)
     add_event_routes(app)
+    add_dashboard_routes(app)
     return app
 
 

@@ -5,7 +5,7 @@ retrainer up                        coordinator + five workers as supervised pro
 retrainer sample-data RECIPE        upload a generated sample data set to the blob store
 retrainer upload PATH PREFIX        upload a file or directory (a trigger rule may start a run)
 retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
-retrainer watch RUN_ID              follow a run stage by stage
+retrainer watch RUN_ID              follow a run stage by stage (a live table on a terminal)
 retrainer runs list | show RUN_ID   what the coordinator knows
 """
 
@@ -16,13 +16,17 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
@@ -31,6 +35,9 @@ from shared.settings import CommonSettings, create_blob_store, create_bus
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 DEFAULT_URL = "http://127.0.0.1:8080"
+# How often `watch` asks the coordinator, and redraws its live table on a terminal.
+POLL_S = 0.5
+FRAME_S = 0.1
 
 
 class CliError(Exception):
@@ -115,6 +122,105 @@ def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> s
     return text
 
 
+# -- the live table of `watch` on a terminal ------------------------------------------------
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+SYMBOLS = {"pending": "·", "queued": "◌", "succeeded": "✓", "failed": "✗", "cancelled": "⊘"}
+ASCII_SPINNER = "|/-\\"
+ASCII_SYMBOLS = {"pending": ".", "queued": "~", "succeeded": "+", "failed": "x", "cancelled": "-"}
+_COLORS = {"succeeded": "32", "failed": "31", "cancelled": "90", "queued": "33", "running": "36"}
+_HIDE_CURSOR, _SHOW_CURSOR, _CLEAR_LINE = "\x1b[?25l", "\x1b[?25h", "\x1b[2K"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def render_progress(
+    run: dict[str, Any],
+    *,
+    now: datetime,
+    frame: int = 0,
+    unicode: bool = True,
+    color: bool = False,
+) -> list[str]:
+    """The live table of ``retrainer watch``: a header line, then one line per stage with its
+    status symbol, attempt, duration (or, for the stage in flight, a spinner and the time so far)
+    and what else there is to say. Pure: ``now`` is the coordinator's clock."""
+    symbols = SYMBOLS if unicode else ASCII_SYMBOLS
+    spinner = SPINNER if unicode else ASCII_SPINNER
+    created = _timestamp(run.get("created_at"))
+    if run.get("duration_s") is not None:
+        took = format_seconds(run["duration_s"])
+    else:
+        took = format_seconds((now - created).total_seconds()) if created else ""
+    done = sum(stage["status"] == "succeeded" for stage in run["stages"])
+    progress = f"{done}/{len(run['stages'])}"
+    header = f"run {run['id'][:8]}  {run['recipe']}  {run['status']}  {progress}"
+    lines = [f"{header}  {took}".rstrip()]
+    for stage in run["stages"]:
+        status = stage["status"]
+        symbol = spinner[frame % len(spinner)] if status == "running" else symbols.get(status, "?")
+        if color and status in _COLORS:
+            symbol = f"\x1b[{_COLORS[status]}m{symbol}\x1b[0m"
+        attempt = f"attempt {stage['attempt']}" if stage["attempt"] else ""
+        notes = []
+        started = _timestamp(stage.get("started_at"))
+        if status in ("succeeded", "failed", "cancelled") and stage.get("duration_s") is not None:
+            elapsed = format_seconds(stage["duration_s"])
+        elif status == "running" and started:
+            elapsed = format_seconds((now - started).total_seconds())
+        elif status == "queued":
+            not_before = _timestamp(stage.get("not_before"))
+            queued = _timestamp(stage.get("queued_at"))
+            if not_before and not_before > now:
+                elapsed = ""
+                notes.append(f"retry in {format_seconds((not_before - now).total_seconds())}")
+            else:
+                elapsed = format_seconds((now - queued).total_seconds()) if queued else ""
+                notes.append("waiting for a worker")
+        else:
+            elapsed = ""
+        if stage.get("cached"):
+            notes.append("cached")
+        if stage.get("error") and stage["error"] != status:
+            notes.append(stage["error"])
+        line = f"  {symbol} {stage['name']:<12} {status:<10} {attempt:<10} {elapsed:>7}"
+        lines.append(f"{line}  {'  '.join(notes)}".rstrip())
+    return lines
+
+
+def describe_outcome(run: dict[str, Any]) -> str:
+    """What a finished run came to: its status and time, metrics, model and error."""
+    took = f" in {format_seconds(run['duration_s'])}" if run.get("duration_s") is not None else ""
+    return "\n".join([f"run {run['id']} {run['status']}{took}", *_outcome_lines(run)])
+
+
+def _outcome_lines(run: dict[str, Any]) -> list[str]:
+    lines = []
+    if run.get("metrics"):
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run["metrics"].items()))
+        lines.append(f"  metrics: {metrics}")
+    model = run.get("model")
+    if model:
+        champion = "champion" if model.get("champion") else "not promoted"
+        reason = f" ({model['reason']})" if model.get("reason") else ""
+        lines.append(f"  model: {model['name']} v{model['version']}, {champion}{reason}")
+    if run.get("error"):
+        lines.append(f"  error: {run['error']}")
+    return lines
+
+
 def describe_run(run: dict[str, Any]) -> str:
     lines = [
         f"run {run['id']}  {run['status']}",
@@ -128,17 +234,113 @@ def describe_run(run: dict[str, Any]) -> str:
             + ("  cached" if stage.get("cached") else "")
             + (f"  {stage['error']}" if stage.get("error") else "")
         )
-    if run.get("metrics"):
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run["metrics"].items()))
-        lines.append(f"  metrics: {metrics}")
-    model = run.get("model")
-    if model:
-        champion = "champion" if model.get("champion") else "not promoted"
-        reason = f" ({model['reason']})" if model.get("reason") else ""
-        lines.append(f"  model: {model['name']} v{model['version']}, {champion}{reason}")
-    if run.get("error"):
-        lines.append(f"  error: {run['error']}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *_outcome_lines(run)])
+
+
+def clock_offset(date_header: str | None, local_now: datetime) -> timedelta:
+    """How far the coordinator's clock (its HTTP ``Date``, whole seconds) is ahead of ours;
+    zero unless clearly off, so a running stage's time is right on a skewed machine."""
+    try:
+        offset = parsedate_to_datetime(date_header) - local_now if date_header else timedelta()
+    except (TypeError, ValueError):
+        return timedelta()
+    return offset if abs(offset) > timedelta(seconds=2) else timedelta()
+
+
+def _can_encode(stream: TextIO, text: str) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def watch_run_live(
+    client: httpx.Client,
+    run_id: str,
+    *,
+    stream: TextIO,
+    poll_s: float = POLL_S,
+    frame_s: float = FRAME_S,
+    timeout_s: float | None = None,
+    color: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dict[str, Any]:
+    """Redraw ``render_progress`` in place on a terminal until the run finishes; returns it."""
+    unicode = _can_encode(stream, SPINNER + "".join(SYMBOLS.values()))
+    started = clock()
+    next_poll = started
+    offset = timedelta()
+    run: dict[str, Any] = {}
+    drawn = frame = 0
+    stream.write(_HIDE_CURSOR)
+    try:
+        while True:
+            if clock() >= next_poll:
+                response = client.get(f"/runs/{run_id}")
+                run = _checked(response)
+                offset = clock_offset(response.headers.get("date"), wall())
+                next_poll = clock() + poll_s
+            lines = render_progress(
+                run, now=wall() + offset, frame=frame, unicode=unicode, color=color
+            )
+            drawn = _redraw(stream, lines, drawn)
+            if run["status"] in TERMINAL:
+                return run
+            if timeout_s is not None and clock() - started > timeout_s:
+                raise CliError(f"run {run_id} still {run['status']} after {timeout_s:.0f} s")
+            frame += 1
+            sleep(frame_s)
+    finally:
+        stream.write(_SHOW_CURSOR)
+        stream.flush()
+
+
+def _redraw(stream: TextIO, lines: list[str], drawn: int) -> int:
+    """Write ``lines`` over the ``drawn`` lines written last time; returns how many are shown."""
+    width = shutil.get_terminal_size().columns - 1  # never wrap: the cursor maths needs it
+    text = f"\x1b[{drawn}F" if drawn else ""
+    for line in lines:
+        text += f"{_CLEAR_LINE}{_fit(line, width)}\n"
+    text += f"{_CLEAR_LINE}\n" * (drawn - len(lines))
+    stream.write(text)
+    stream.flush()
+    return max(drawn, len(lines))
+
+
+def _fit(line: str, width: int) -> str:
+    """``line`` cut to ``width`` visible characters (colour codes do not count)."""
+    plain = _ANSI.sub("", line)
+    if len(plain) <= width or width <= 1:
+        return line
+    return plain[: width - 1] + "…"
+
+
+def follow_run(
+    client: httpx.Client, run_id: str, *, plain: bool = False, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """Watch a run to its end, a live table on a terminal or a line per change otherwise, then
+    print what it came to; returns the final run."""
+    stream = sys.stdout
+    live = not plain and stream.isatty() and os.environ.get("TERM") != "dumb"
+    if live:
+        color = "NO_COLOR" not in os.environ
+        final = watch_run_live(
+            client,
+            run_id,
+            stream=stream,
+            poll_s=POLL_S,
+            frame_s=FRAME_S,
+            timeout_s=timeout_s,
+            color=color,
+        )
+        print(describe_outcome(final))
+    else:
+        final = watch_run(client, run_id, poll_s=POLL_S, timeout_s=timeout_s)
+        print(describe_run(final))
+    return final
 
 
 # -- local state -----------------------------------------------------------------------------
@@ -199,7 +401,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.start()
     url = f"http://127.0.0.1:{args.port}"
     stack.wait_ready(url)
-    print(f"retrainer is up: {url} (API docs at {url}/docs); logs in {stack.log_dir}", flush=True)
+    print(
+        f"retrainer is up: {url} (dashboard {url}/dashboard, API docs {url}/docs); "
+        f"logs in {stack.log_dir}",
+        flush=True,
+    )
     print("Ctrl-C stops it.", flush=True)
     while not stopping:
         stack.restart_dead()
@@ -225,9 +431,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"stack up: coordinator {url} + {len(STAGES)} workers (logs in {stack.log_dir})")
         with httpx.Client(base_url=url, timeout=10.0) as client:
             run = start_run(client, recipe, prefix, {})
-            print(f"run {run['id']} started")
-            final = watch_run(client, run["id"], timeout_s=args.timeout)
-    print(describe_run(final))
+            print(f"run {run['id']} started (dashboard: {url}/dashboard/runs/{run['id']})")
+            final = follow_run(client, run["id"], timeout_s=args.timeout)
     if final["status"] != "succeeded":
         return 1
     _show_champion_prediction(settings, recipe, prefix)
@@ -292,15 +497,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(run["id"])
         if not args.watch:
             return 0
-        final = watch_run(client, run["id"])
-    print(describe_run(final))
-    return 0 if final["status"] == "succeeded" else 1
+        return _watch(client, run["id"], plain=args.plain)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        final = watch_run(client, args.run_id)
-    print(describe_run(final))
+        return _watch(client, args.run_id, plain=args.plain)
+
+
+def _watch(client: httpx.Client, run_id: str, *, plain: bool) -> int:
+    """Exit status: 0 if the run succeeded, 1 if it failed or was cancelled, 130 on Ctrl-C."""
+    try:
+        final = follow_run(client, run_id, plain=plain)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; the run goes on (retrainer watch {run_id})", file=sys.stderr)
+        return 130
     return 0 if final["status"] == "succeeded" else 1
 
 
@@ -333,6 +544,9 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+_PLAIN_HELP = "a line per change even on a terminal (no live table)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,11 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe")
     run.add_argument("data", help="blob prefix of the raw data, e.g. datasets/x/sample")
     run.add_argument("-p", "--param", action="append", default=[], help="key=value (JSON value)")
-    run.add_argument("--watch", action="store_true")
+    run.add_argument("--watch", action="store_true", help="follow it until it finishes")
+    run.add_argument("--plain", action="store_true", help=_PLAIN_HELP)
     run.set_defaults(func=cmd_run)
 
-    watch = commands.add_parser("watch", help="follow a run until it finishes")
+    watch = commands.add_parser(
+        "watch",
+        help="follow a run until it finishes (exit status 0 if it succeeded, 1 if not)",
+    )
     watch.add_argument("run_id")
+    watch.add_argument("--plain", action="store_true", help=_PLAIN_HELP)
     watch.set_defaults(func=cmd_watch)
 
     runs = commands.add_parser("runs", help="list or show runs")

@@ -1,0 +1,581 @@
+// The retrainer dashboard: reads GET /runs and GET /runs/{id} and renders them.
+// Run data only ever reaches the page as text (textContent / text nodes), never as HTML.
+"use strict";
+
+(() => {
+  const ROOT = document.body.dataset.root || "";
+  const ACTIVE = new Set(["queued", "running"]);
+  const REFRESH_ACTIVE_MS = 1500;
+  const REFRESH_IDLE_MS = 10000;
+  const RETRY_MS = 5000;
+  const PAGE_SIZE = 50;
+
+  // Milliseconds to add to the browser's clock to get the coordinator's (from the Date header),
+  // so that the elapsed time of a running stage is right on a machine whose clock is off.
+  let clockOffsetMs = 0;
+
+  // --- DOM helpers ----------------------------------------------------------------------
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    append(node, children);
+    return node;
+  }
+
+  function append(node, children) {
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child)); // strings become text nodes
+    }
+    return node;
+  }
+
+  function replace(node, ...children) {
+    node.replaceChildren();
+    return append(node, children);
+  }
+
+  function badge(status) {
+    return el("span", { class: `badge status-${status}` }, status);
+  }
+
+  // --- formatting -------------------------------------------------------------------------
+
+  function now() {
+    return Date.now() + clockOffsetMs;
+  }
+
+  function ms(iso) {
+    return iso ? Date.parse(iso) : null;
+  }
+
+  function pad(n) {
+    return String(n).padStart(2, "0");
+  }
+
+  function formatTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return (
+      `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+      `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`
+    );
+  }
+
+  function formatDuration(seconds) {
+    if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "—";
+    const s = Math.max(0, seconds);
+    if (s < 1) return `${Math.round(s * 1000)} ms`;
+    if (s < 60) return `${s.toFixed(1)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${pad(Math.floor(s % 60))}s`;
+    return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
+  }
+
+  function formatAxis(seconds) {
+    if (seconds === 0) return "0";
+    if (seconds < 60) return `+${seconds}s`;
+    if (seconds < 3600) {
+      const rest = seconds % 60;
+      return `+${Math.floor(seconds / 60)}m${rest ? `${pad(rest)}s` : ""}`;
+    }
+    const rest = Math.floor((seconds % 3600) / 60);
+    return `+${Math.floor(seconds / 3600)}h${rest ? `${pad(rest)}m` : ""}`;
+  }
+
+  function formatParams(params) {
+    const entries = Object.entries(params || {});
+    if (!entries.length) return "—";
+    return entries
+      .map(([key, value]) => `${key}=${typeof value === "string" ? value : JSON.stringify(value)}`)
+      .join(", ");
+  }
+
+  function formatMetric(value) {
+    if (typeof value !== "number") return String(value);
+    if (Number.isInteger(value)) return String(value);
+    return Math.abs(value) >= 1e5 || Math.abs(value) < 1e-3
+      ? value.toExponential(3)
+      : String(+value.toPrecision(4));
+  }
+
+  // Seconds a run has taken: its duration once finished, else up to now.
+  function runSeconds(run) {
+    if (run.duration_s !== null && run.duration_s !== undefined) return run.duration_s;
+    return (now() - ms(run.created_at)) / 1000;
+  }
+
+  function modelText(model) {
+    if (!model || !model.version) return null;
+    return `v${model.version}`;
+  }
+
+  // --- fetching ---------------------------------------------------------------------------
+
+  async function getJson(path) {
+    const response = await fetch(ROOT + path, { headers: { Accept: "application/json" } });
+    const date = Date.parse(response.headers.get("Date") || "");
+    if (!Number.isNaN(date)) {
+      // The header has whole seconds: only a clearly wrong local clock is corrected.
+      const offset = date - Date.now();
+      clockOffsetMs = Math.abs(offset) > 2000 ? offset : 0;
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!response.ok) {
+      const detail = body && body.detail ? body.detail : response.statusText;
+      const error = new Error(
+        `GET ${path}: HTTP ${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`
+      );
+      error.status = response.status;
+      throw error;
+    }
+    return body;
+  }
+
+  function showLoadError(error) {
+    const banner = document.getElementById("load-error");
+    if (!error) {
+      banner.hidden = true;
+      return;
+    }
+    replace(banner, error.message || String(error));
+    banner.hidden = false;
+  }
+
+  function setLive(text, active) {
+    const live = document.getElementById("live");
+    live.hidden = !text;
+    live.classList.toggle("active", !!active);
+    replace(live, text || "");
+  }
+
+  // Calls ``load`` now and again after the delay it returns; errors retry after RETRY_MS.
+  function poll(load) {
+    let timer = null;
+    let latest = 0;
+    async function tick() {
+      clearTimeout(timer);
+      const mine = ++latest;
+      let delay = RETRY_MS;
+      try {
+        delay = await load(() => mine === latest);
+        if (mine !== latest) return; // a newer tick (a filter change) took over
+        showLoadError(null);
+      } catch (error) {
+        if (mine !== latest) return;
+        showLoadError(error);
+        if (error.status === 404) return; // nothing will come of asking again
+      }
+      if (delay) timer = setTimeout(tick, delay);
+    }
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) tick();
+    });
+    tick();
+    return tick;
+  }
+
+  // --- the runs list ----------------------------------------------------------------------
+
+  function runsPage() {
+    const params = new URLSearchParams(window.location.search);
+    const filter = document.getElementById("status-filter");
+    const tbody = document.querySelector("#runs tbody");
+    let offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
+    let total = 0;
+    filter.value = params.get("status") || "";
+
+    function syncUrl() {
+      const query = new URLSearchParams();
+      if (filter.value) query.set("status", filter.value);
+      if (offset) query.set("offset", String(offset));
+      const search = query.toString();
+      window.history.replaceState(null, "", window.location.pathname + (search ? `?${search}` : ""));
+    }
+
+    function row(run) {
+      const href = `${ROOT}/dashboard/runs/${encodeURIComponent(run.id)}`;
+      const active = ACTIVE.has(run.status);
+      const model = run.model;
+      const version = modelText(model);
+      const tr = el(
+        "tr",
+        { class: "run-row", dataset: { runId: run.id, status: run.status }, tabindex: "0" },
+        el("td", { class: "status" }, badge(run.status)),
+        el("td", { class: "id" }, el("a", { href, title: run.id }, run.id.slice(0, 8))),
+        el(
+          "td",
+          { class: "recipe" },
+          el("div", null, run.recipe),
+          el("div", { class: "muted small", title: "data" }, run.data)
+        ),
+        el("td", { class: "trigger" }, run.trigger),
+        el(
+          "td",
+          { class: "stage" },
+          el("div", null, run.stage || "—"),
+          run.error ? el("div", { class: "row-error small", title: run.error }, run.error) : null
+        ),
+        el("td", { class: "started", title: run.created_at }, formatTime(run.created_at)),
+        el(
+          "td",
+          { class: `duration num${active ? " live-value" : ""}` },
+          formatDuration(runSeconds(run))
+        ),
+        el(
+          "td",
+          { class: "model" },
+          version
+            ? [
+                el("span", { class: "version" }, version),
+                model.champion ? " " : null,
+                model.champion
+                  ? el("span", { class: "champion", title: "this run promoted it to champion" }, "★ champion")
+                  : null,
+              ]
+            : "—"
+        )
+      );
+      if (run.error) tr.title = run.error;
+      tr.addEventListener("click", (event) => {
+        if (event.target.closest("a")) return;
+        window.location.href = href;
+      });
+      tr.addEventListener("keydown", (event) => {
+        if (event.key === "Enter") window.location.href = href;
+      });
+      return tr;
+    }
+
+    async function load(isCurrent) {
+      const query = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(offset) });
+      if (filter.value) query.set("status", filter.value);
+      const page = await getJson(`/runs?${query}`);
+      if (!isCurrent()) return 0;
+      total = page.total;
+      replace(tbody, page.runs.map(row));
+      document.getElementById("empty").hidden = page.runs.length > 0;
+      replace(
+        document.getElementById("count"),
+        `${total} run${total === 1 ? "" : "s"}${filter.value ? ` ${filter.value}` : ""}`
+      );
+      const last = Math.min(offset + page.runs.length, total);
+      replace(document.getElementById("page"), total ? `${offset + 1}–${last} of ${total}` : "");
+      document.getElementById("newer").disabled = offset === 0;
+      document.getElementById("older").disabled = offset + PAGE_SIZE >= total;
+      const anyActive = page.runs.some((run) => ACTIVE.has(run.status));
+      setLive(anyActive ? "live" : "", anyActive);
+      return anyActive ? REFRESH_ACTIVE_MS : REFRESH_IDLE_MS;
+    }
+
+    const refresh = poll(load);
+    filter.addEventListener("change", () => {
+      offset = 0;
+      syncUrl();
+      refresh();
+    });
+    document.getElementById("newer").addEventListener("click", () => {
+      offset = Math.max(0, offset - PAGE_SIZE);
+      syncUrl();
+      refresh();
+    });
+    document.getElementById("older").addEventListener("click", () => {
+      offset += PAGE_SIZE;
+      syncUrl();
+      refresh();
+    });
+  }
+
+  // --- one run ----------------------------------------------------------------------------
+
+  // Every attempt of a stage, the finished ones from its history and the one in flight.
+  function attemptsOf(stage) {
+    const attempts = stage.attempts.map((a) => ({ ...a }));
+    const inHistory = attempts.some((a) => a.attempt === stage.attempt);
+    if (stage.attempt > 0 && !inHistory) {
+      attempts.push({
+        attempt: stage.attempt,
+        outcome: stage.status,
+        error: stage.error,
+        queued_at: stage.queued_at,
+        not_before: stage.not_before,
+        started_at: stage.started_at,
+        finished_at: stage.finished_at,
+        duration_s: stage.duration_s,
+      });
+    }
+    return attempts;
+  }
+
+  function stageSeconds(stage, attempts) {
+    if (stage.duration_s !== null && stage.duration_s !== undefined) return stage.duration_s;
+    const current = attempts[attempts.length - 1];
+    if (current && ACTIVE.has(current.outcome)) {
+      const from = ms(current.started_at) || ms(current.queued_at);
+      return from ? (now() - from) / 1000 : null;
+    }
+    return null;
+  }
+
+  function niceStep(spanS) {
+    const steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+    return steps.find((step) => spanS / step <= 6) || 86400;
+  }
+
+  function renderTimeline(run) {
+    const container = document.getElementById("timeline");
+    const live = ACTIVE.has(run.status);
+    const stages = run.stages.map((stage) => ({ stage, attempts: attemptsOf(stage) }));
+    const start = ms(run.created_at);
+    let end = live ? now() : ms(run.finished_at) || ms(run.updated_at);
+    for (const { attempts } of stages) {
+      for (const a of attempts) {
+        // Worker clocks may run a little ahead of the coordinator's.
+        end = Math.max(end, ms(a.finished_at) || 0, ms(a.started_at) || 0, ms(a.not_before) || 0);
+      }
+    }
+    const span = Math.max(end - start, 1000);
+    const x = (t) => `${Math.min(100, Math.max(0, ((t - start) / span) * 100)).toFixed(3)}%`;
+    const width = (from, to) =>
+      `${Math.min(100, Math.max(0, ((to - from) / span) * 100)).toFixed(3)}%`;
+    const step = niceStep(span / 1000);
+    const ticks = [];
+    for (let s = 0; s * 1000 <= span; s += step) ticks.push(s);
+
+    const grid = () =>
+      ticks.map((s) => {
+        const line = el("div", { class: "tl-grid" });
+        line.style.left = x(start + s * 1000);
+        return line;
+      });
+
+    const axisTrack = el("div", { class: "tl-track tl-axis" });
+    for (const s of ticks) {
+      const label = el("span", { class: "tl-tick" }, formatAxis(s));
+      label.style.left = x(start + s * 1000);
+      axisTrack.append(label);
+    }
+    const rows = [
+      el("div", { class: "tl-row tl-head" }, el("div", { class: "tl-label muted" }, "stage"), axisTrack, el("div", { class: "tl-dur muted" }, "duration")),
+    ];
+
+    for (const { stage, attempts } of stages) {
+      const track = el("div", { class: "tl-track" }, grid());
+      for (const a of attempts) {
+        const queued = ms(a.queued_at);
+        const started = ms(a.started_at);
+        const finished = ms(a.finished_at);
+        const inFlight = ACTIVE.has(a.outcome);
+        const barEnd = finished || (inFlight ? end : started || queued);
+        if (queued !== null && (started === null || started > queued)) {
+          const waitEnd = started !== null ? started : barEnd;
+          const wait = el("div", { class: "tl-bar wait", title: `attempt ${a.attempt}: queued ${formatTime(a.queued_at)}` });
+          wait.style.left = x(queued);
+          wait.style.width = width(queued, waitEnd);
+          track.append(wait);
+        }
+        if (started !== null) {
+          const seconds = a.duration_s !== null && a.duration_s !== undefined ? a.duration_s : (barEnd - started) / 1000;
+          const title = [
+            `${stage.name} attempt ${a.attempt}: ${a.outcome}`,
+            `started ${formatTime(a.started_at)}`,
+            formatDuration(seconds),
+            a.error ? a.error : null,
+          ].filter(Boolean).join(" · ");
+          // The duration is written on bars wide enough for it (and in every bar's tooltip).
+          const wide = (barEnd - started) / span > 0.07;
+          const bar = el(
+            "div",
+            { class: `tl-bar ${a.outcome}`, title, dataset: { attempt: String(a.attempt), outcome: a.outcome } },
+            wide ? el("span", { class: "tl-bar-text" }, formatDuration(seconds)) : null
+          );
+          bar.style.left = x(started);
+          bar.style.width = width(started, barEnd);
+          track.append(bar);
+        }
+      }
+      if (live) {
+        const marker = el("div", { class: "tl-now", title: "now" });
+        marker.style.left = x(now());
+        track.append(marker);
+      }
+      const seconds = stageSeconds(stage, attempts);
+      const sub = [];
+      if (stage.attempt > 1) sub.push(`${stage.attempt} attempts`);
+      if (stage.cached) sub.push("cached");
+      if (stage.status === "queued" && stage.not_before && ms(stage.not_before) > now()) {
+        sub.push(`retry in ${formatDuration((ms(stage.not_before) - now()) / 1000)}`);
+      }
+      const label = el(
+        "div",
+        { class: "tl-label" },
+        el("span", { class: `dot status-${stage.status}`, title: stage.status }),
+        el("span", { class: "tl-name" }, stage.name),
+        el("span", { class: "tl-status muted" }, stage.status),
+        sub.length ? el("span", { class: "tl-sub" }, sub.join(" · ")) : null
+      );
+      const row = el(
+        "div",
+        { class: `tl-row status-${stage.status}`, dataset: { stage: stage.name, status: stage.status } },
+        label,
+        track,
+        el("div", { class: `tl-dur num${ACTIVE.has(stage.status) ? " live-value" : ""}` }, formatDuration(seconds))
+      );
+      rows.push(row);
+      // Why each attempt ended badly (an earlier attempt's error stays after a retry succeeds).
+      const errors = attempts.filter((a) => a.error).map((a) => [a.attempt, a.outcome, a.error]);
+      if (stage.error && !errors.some(([, , error]) => error === stage.error)) {
+        errors.push([stage.attempt, stage.status, stage.error]);
+      }
+      for (const [attempt, outcome, error] of errors) {
+        const prefix = attempts.length > 1 ? `attempt ${attempt} ${outcome.replace("_", " ")}: ` : "";
+        rows.push(
+          el(
+            "div",
+            { class: "tl-error", dataset: { stage: stage.name, attempt: String(attempt) } },
+            prefix ? el("span", { class: "tl-error-attempt" }, prefix) : null,
+            error
+          )
+        );
+      }
+    }
+    replace(container, rows);
+  }
+
+  function renderHeader(run) {
+    const header = document.getElementById("run-header");
+    const params = formatParams(run.params);
+    const details = run.trigger_details && Object.keys(run.trigger_details).length
+      ? JSON.stringify(run.trigger_details)
+      : null;
+    const facts = [
+      ["Run", run.id],
+      ["Trigger", run.trigger],
+      ["Data", run.data],
+      ["Params", params],
+      ["Started", formatTime(run.created_at)],
+      ["Finished", formatTime(run.finished_at)],
+      ["Duration", formatDuration(runSeconds(run))],
+    ];
+    replace(
+      header,
+      el("h1", null, el("span", { class: "recipe-name" }, run.recipe), " ", badge(run.status)),
+      el(
+        "dl",
+        { class: "facts" },
+        facts.map(([term, value]) =>
+          el("div", { class: `fact fact-${term.toLowerCase()}` }, el("dt", null, term), el("dd", { title: value }, value))
+        ),
+        details ? el("div", { class: "fact fact-wide" }, el("dt", null, "Trigger details"), el("dd", null, details)) : null
+      )
+    );
+    document.title = `${run.recipe} ${run.status} · retrainer`;
+  }
+
+  function renderError(run) {
+    const box = document.getElementById("run-error");
+    box.hidden = !run.error;
+    if (run.error) replace(box, el("strong", null, `Run ${run.status}: `), el("span", { class: "message" }, run.error));
+  }
+
+  function renderModel(run) {
+    const body = document.querySelector("#model .body");
+    const model = run.model;
+    if (!model || !model.version) {
+      replace(body, el("p", { class: "muted" }, ACTIVE.has(run.status) ? "Not registered yet." : "No model registered."));
+      return;
+    }
+    let flag;
+    if (model.champion === true) flag = el("span", { class: "champion-badge" }, "★ champion");
+    else if (model.champion === false) flag = el("span", { class: "badge status-cancelled" }, "not promoted");
+    else flag = el("span", { class: "badge status-queued" }, "promotion pending");
+    replace(
+      body,
+      el("p", { class: "model-line" }, el("span", { class: "model-name" }, model.name || "model"), " ", el("span", { class: "model-version" }, `v${model.version}`), " ", flag),
+      model.reason ? el("p", { class: "muted model-reason" }, model.reason) : null
+    );
+  }
+
+  function renderMetrics(run) {
+    const body = document.querySelector("#metrics .body");
+    const names = Object.keys(run.metrics || {}).sort();
+    if (!names.length) {
+      replace(body, el("p", { class: "muted" }, ACTIVE.has(run.status) ? "None yet." : "No metrics."));
+      return;
+    }
+    replace(
+      body,
+      el(
+        "table",
+        { class: "metrics" },
+        el(
+          "tbody",
+          null,
+          names.map((name) =>
+            el(
+              "tr",
+              { dataset: { metric: name } },
+              el("th", null, name),
+              el("td", { class: "num", title: String(run.metrics[name]) }, formatMetric(run.metrics[name]))
+            )
+          )
+        )
+      )
+    );
+  }
+
+  function renderStageTable(run) {
+    const tbody = document.querySelector("#stages tbody");
+    replace(
+      tbody,
+      run.stages.map((stage) => {
+        const outputs = Object.entries(stage.outputs || {});
+        return el(
+          "tr",
+          { dataset: { stage: stage.name } },
+          el("td", null, stage.name),
+          el("td", null, badge(stage.status), stage.cached ? el("span", { class: "tag" }, "cached") : null),
+          el("td", { class: "num" }, stage.attempt || "—"),
+          el("td", { class: "mono small" }, stage.worker || "—"),
+          el("td", null, formatTime(stage.started_at)),
+          el("td", { class: "num" }, formatDuration(stageSeconds(stage, attemptsOf(stage)))),
+          el(
+            "td",
+            { class: "outputs mono small" },
+            outputs.length ? outputs.map(([k, v]) => el("div", { title: v }, `${k}: ${v}`)) : "—"
+          )
+        );
+      })
+    );
+  }
+
+  function runPage() {
+    const runId = document.body.dataset.runId;
+    poll(async () => {
+      const run = await getJson(`/runs/${encodeURIComponent(runId)}`);
+      renderHeader(run);
+      renderError(run);
+      renderModel(run);
+      renderMetrics(run);
+      renderTimeline(run);
+      renderStageTable(run);
+      const active = ACTIVE.has(run.status);
+      setLive(active ? "live" : "", active);
+      document.body.dataset.runStatus = run.status;
+      return active ? REFRESH_ACTIVE_MS : 0;
+    });
+  }
+
+  if (document.body.dataset.page === "runs") runsPage();
+  else if (document.body.dataset.page === "run") runPage();
+})();
