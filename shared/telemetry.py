@@ -630,10 +630,17 @@ class StageTelemetry(SpanHandle):
 
 @contextmanager
 def stage_span(
-    command: RunStage, *, enqueued_time: datetime | None = None, worker: str | None = None
+    command: RunStage,
+    *,
+    enqueued_time: datetime | None = None,
+    worker: str | None = None,
+    started_at: datetime | None = None,
 ) -> Iterator[StageTelemetry]:
     """The span of one stage attempt in a worker (``SPAN_STAGE``, kind CONSUMER) as the
-    current span, and its metrics: the queue wait now, the duration at the end."""
+    current span, and its metrics: the queue wait now, the duration at the end.
+
+    ``started_at``: the work began earlier, elsewhere (a remote training job finished now);
+    the span and the duration metric start there."""
     if not _active():
         yield StageTelemetry(None)
         return
@@ -647,11 +654,17 @@ def stage_span(
         waited = (datetime.now(UTC) - enqueued_time).total_seconds()
         instruments.queue_wait.record(max(waited, 0.0), labels)
     parent = run_parent(command.correlation_id, command.traceparent, command.stage, command.attempt)
-    started = time.monotonic()
+    earlier_s = 0.0
+    start_time = None
+    if started_at is not None:
+        earlier_s = max((datetime.now(UTC) - started_at).total_seconds(), 0.0)
+        start_time = int(started_at.timestamp() * 1e9)
+    started = time.monotonic() - earlier_s
     with _tracer().start_as_current_span(
         SPAN_STAGE,
         context=_context_of(parent),
         kind=SpanKind.CONSUMER,
+        start_time=start_time,
         attributes=_clean(
             {
                 ATTR_CORRELATION_ID: str(command.correlation_id),

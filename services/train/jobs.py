@@ -48,6 +48,7 @@ from shared.compute.port import (
 )
 from shared.errors import BlobNotFoundError, MalformedMessageError, PermanentError, RetryableError
 from shared.messages import CancelStage, RunStage, StageFailed, StageSucceeded, decode, encode
+from shared.telemetry import current_traceparent, stage_span
 from shared.topology import COMPUTE_EVENTS_TOPIC, CONTROL_TOPIC, EVENTS_TOPIC, TRAIN_SUBSCRIPTION
 from shared.worker import StageResult, succeeded_event, write_manifest
 
@@ -185,14 +186,27 @@ class TrainingJobs:
     def finish(self, record: Mapping[str, Any], status: JobStatus) -> None:
         command = RunStage.model_validate(record["command"])
         prefix = record["output_prefix"]
-        event: StageSucceeded | StageFailed
-        if status.state == "succeeded":
-            event = self._succeeded(command, prefix, record)
-        else:
-            event = self._failed(command, failure_of(status, self._read_json(prefix, ERROR_FILE)))
-        self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
-        self._blobs.delete_blob(self.record_name(command))
-        self._blobs.delete_blob(f"{RECORDS_PREFIX}/jobs/{record['job_id']}")
+        # A stage span over the job's whole life: the worker's own span covered the submit.
+        with stage_span(
+            command,
+            worker=f"{record['backend']}:{record['job_id']}",
+            started_at=datetime.fromisoformat(record["submitted_at"]),
+        ) as span:
+            event: StageSucceeded | StageFailed
+            if status.state == "succeeded":
+                event = self._succeeded(command, prefix, record)
+            else:
+                error = failure_of(status, self._read_json(prefix, ERROR_FILE))
+                event = self._failed(command, error)
+            traceparent = current_traceparent(command.correlation_id)
+            if traceparent is not None:
+                event = event.model_copy(update={"traceparent": traceparent})
+            span.finish(event)
+            self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
+        # Another replica may have finished the same job (its event and our poll): no matter.
+        for name in (self.record_name(command), f"{RECORDS_PREFIX}/jobs/{record['job_id']}"):
+            with contextlib.suppress(BlobNotFoundError):
+                self._blobs.delete_blob(name)
         log.info("run %s: training job %s %s", command.correlation_id, record["job_id"], status)
 
     def _succeeded(

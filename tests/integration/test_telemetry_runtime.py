@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -27,9 +28,11 @@ from coordinator.store import RunStore
 from recipes.base import Recipe
 from recipes.registry import get_recipe
 from services.aggregation import build_spec as aggregation_spec
+from services.train.jobs import TrainingJobs
 from shared import telemetry
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
+from shared.compute.port import JobStatus
 from shared.errors import UnknownRecipeError
 from shared.messages import (
     Message,
@@ -282,6 +285,52 @@ def test_a_failed_stage_is_an_error_span_with_its_error_type(
     assert failed.error_type == "UnknownRecipeError"
     [duration] = otel.points(METRIC_STAGE_DURATION)
     assert duration.attributes[ATTR_OUTCOME] == "failed"
+
+
+def test_a_remote_training_job_gets_a_stage_span_over_its_whole_life(
+    otel: Otel, bus: SqliteMessageBus, tmp_path: Path
+) -> None:
+    """The worker's span covers only the submit (outcome deferred); finishing the job records a
+    second stage span of the same attempt from the submit time, in the run's trace."""
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=None, local=None, poll_interval_s=60)
+    run = uuid.uuid4()
+    command = RunStage(
+        correlation_id=run,
+        stage="train",
+        attempt=2,
+        recipe="echo",
+        inputs={"split": "artifacts/cache/split/abc"},
+        traceparent=command_traceparent(run, "train", 2),
+    )
+    prefix = "artifacts/cache/train/def"
+    blobs.upload_blob(
+        f"{prefix}/result.json",
+        b'{"metrics": {"score": 1.0}, "mlflow_run_id": "r", "model_uri": "models:/m"}',
+    )
+    submitted = datetime.now(UTC) - timedelta(minutes=30)
+    record = {
+        "backend": "azureml",
+        "job_id": "job-1",
+        "command": command.model_dump(mode="json"),
+        "output_prefix": prefix,
+        "submitted_at": submitted.isoformat(),
+    }
+
+    jobs.finish(record, JobStatus("succeeded"))
+
+    [span] = otel.finished(SPAN_STAGE)
+    assert span.context is not None and span.context.trace_id == run.int
+    assert span.start_time is not None and span.end_time is not None
+    assert (span.end_time - span.start_time) / 1e9 == pytest.approx(1800, abs=5)
+    assert span.attributes is not None
+    assert span.attributes[ATTR_OUTCOME] == "succeeded"
+    assert span.attributes[ATTR_ATTEMPT] == 2
+    assert span.attributes[telemetry.ATTR_WORKER] == "azureml:job-1"
+    [duration] = otel.points(METRIC_STAGE_DURATION)
+    assert duration.sum == pytest.approx(1800, abs=5)
+    [succeeded] = published(bus)
+    assert parse_traceparent(succeeded.traceparent) == TraceParent(run.int, span.context.span_id, 1)
 
 
 # --- coordinator ---------------------------------------------------------------------------
