@@ -239,9 +239,31 @@ def _translated(job_id: str) -> Iterator[None]:
             f"Azure ML rejected the request (HTTP {code}): {exc.message}"
         ) from exc
     except MlException as exc:
-        raise ComputeRequestError(f"invalid Azure ML job: {exc}") from exc
+        # The SDK wraps some network failures (e.g. uploading the code snapshot) in its own
+        # exception: those are worth another attempt, a refused job spec is not.
+        cause = exc.inner_exception or exc.__cause__ or exc.__context__
+        if _transient(cause):
+            raise ComputeUnavailableError(f"Azure ML call failed: {_plain(exc)}") from exc
+        raise ComputeRequestError(f"invalid Azure ML job: {_plain(exc)}") from exc
     except AzureError as exc:
         raise ComputeUnavailableError(f"Azure ML call failed: {exc}") from exc
+
+
+def _transient(error: BaseException | None) -> bool:
+    if isinstance(error, HttpResponseError) and not isinstance(error, ResourceNotFoundError):
+        code = error.status_code or 0
+        return code in (408, 429) or code >= 500
+    return isinstance(
+        error, ServiceRequestError | ServiceResponseError | ConnectionError | TimeoutError
+    )
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _plain(error: BaseException) -> str:
+    """The SDK colours its messages for terminals; error texts travel in events and logs."""
+    return _ANSI_ESCAPE.sub("", str(error))
 
 
 __all__ = [

@@ -538,3 +538,27 @@ def test_environment_loads_with_the_sdk() -> None:
     assert any(p.startswith("tensorflow[and-cuda]") for p in pip)
     assert not any(p.startswith("tensorflow-cpu") for p in pip)
     assert any(p.startswith("pydantic-settings") for p in pip)
+
+
+@pytest.mark.parametrize(
+    ("status", "exception", "expected"),
+    [
+        (503, None, ComputeUnavailableError),
+        (0, ServiceRequestError("connection reset"), ComputeUnavailableError),
+        (403, None, ComputeRequestError),
+    ],
+    ids=["503", "reset", "403"],
+)
+def test_a_failed_snapshot_upload_is_retryable_only_when_transient(
+    fake: FakeAzureML,
+    tmp_path: Path,
+    status: int,
+    exception: Exception | None,
+    expected: type[Exception],
+) -> None:
+    # The SDK wraps failures of the code upload in its own MlException.
+    fake.fail(status, method="POST", path="startPendingUpload", exception=exception)
+    with pytest.raises(expected) as raised:
+        _compute(fake, code_dir=str(_code_dir(tmp_path))).begin_training(JOB)
+    assert "\x1b[" not in str(raised.value), "no terminal colour codes in error texts"
+    assert fake.calls("PUT") == []
