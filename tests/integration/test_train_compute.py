@@ -9,6 +9,7 @@ tests/unit/test_training_compute.py, where the job specs are checked with the re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -18,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 from recipes.base import Recipe
 from services.train import make_handler
 from services.train.jobs import RECORDS_PREFIX, TrainingJobs
-from services.train.settings import TrainSettings
+from services.train.settings import ComputeMode, TrainSettings
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
+from shared.bus.servicebus import ServiceBusMessageBus
 from shared.bus.sqlite import SqliteMessageBus
 from shared.compute.azureml import AzureMLTrainingCompute
 from shared.compute.azureml_events import RUN_STATUS_CHANGED
@@ -54,6 +57,7 @@ from shared.worker import StageSpec, Worker
 from tests.azureml_fake import FakeAzureML as FakeWorkspace
 from tests.azureml_fake import fake_ml_client, refuse_network
 from tests.recipe_fixtures import echo_recipe
+from tests.servicebus_broker import ServiceBusTestBroker
 
 LOCK_S = 2.0
 SPLIT = "artifacts/cache/split/abc"
@@ -147,7 +151,7 @@ def make_train(
     blobs: LocalBlobStore,
     tmp_path: Path,
     *,
-    compute_gpu: str,
+    compute_gpu: ComputeMode,
     local: LocalTrainingCompute | None = None,
     poll_interval_s: float = 3600,
 ) -> Train:
@@ -192,15 +196,16 @@ RESULT = {
 
 def run_status_changed(job_id: str, status: str) -> OutgoingMessage:
     """One Event Grid event as Event Grid delivers it to a Service Bus topic."""
+    event_id = str(uuid.uuid4())
     event = {
-        "id": str(uuid.uuid4()),
+        "id": event_id,
         "eventType": RUN_STATUS_CHANGED,
         "subject": f"experiments/x/runs/{job_id}",
         "eventTime": "2026-11-30T03:00:00Z",
         "dataVersion": "2",
         "data": {"runId": job_id, "runStatus": status, "experimentName": "retrainer-echo"},
     }
-    return OutgoingMessage(body=json.dumps(event).encode(), message_id=event["id"])
+    return OutgoingMessage(body=json.dumps(event).encode(), message_id=event_id)
 
 
 def test_a_gpu_recipe_is_submitted_and_the_worker_returns_at_once(train: Train) -> None:
@@ -460,3 +465,70 @@ def test_the_follower_loop_polls_and_obeys_cancels_until_stopped(
     # Polling saw the cancelled job and finished it without any event.
     [failed] = train.events()
     assert isinstance(failed, StageFailed) and "cancelled" in failed.error
+
+
+def test_events_and_cancels_arrive_over_service_bus(blobs: LocalBlobStore) -> None:
+    """The follower on the Service Bus adapter (real azure-servicebus SDK, test AMQP broker):
+    RunStatusChanged delivered to compute-events as Event Grid does (one event per message,
+    JSON body, no application properties), CancelStage on run-control, events out."""
+    azure = FakeAzureML()
+    with ServiceBusTestBroker(build_topology(lock_duration_s=LOCK_S)) as broker:
+        bus = ServiceBusMessageBus.from_connection_string(
+            broker.connection_string, topology=build_topology(lock_duration_s=LOCK_S)
+        )
+        try:
+            received = _follow_over(bus, broker.connection_string, blobs, azure)
+        finally:
+            bus.close()
+    assert broker.errors == []
+
+    finished, cancelled, handled, messages = received
+    assert handled == [1, 1]
+    assert azure.cancelled == [f"retrainer-echo-{cancelled.correlation_id}-1"]
+    [succeeded] = messages
+    assert isinstance(succeeded, StageSucceeded)
+    assert succeeded.correlation_id == finished.correlation_id
+    assert succeeded.details["compute_job_id"] == f"retrainer-echo-{finished.correlation_id}-1"
+
+
+def _follow_over(
+    bus: ServiceBusMessageBus, connection_string: str, blobs: LocalBlobStore, azure: FakeAzureML
+) -> tuple[RunStage, RunStage, list[int], list[Message]]:
+    """Two recorded jobs: one completes by event, one is cancelled; returns what came out."""
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, local=None, poll_interval_s=3600)
+    finished, cancelled = (
+        RunStage(correlation_id=uuid.uuid4(), stage="train", attempt=1, recipe="echo", inputs={})
+        for _ in range(2)
+    )
+    for command in (finished, cancelled):
+        job = TrainingJob(str(command.correlation_id), "echo", {}, "in", "out", "e")
+        prefix = f"artifacts/cache/train/{command.correlation_id}"
+        jobs.submit(command, prefix, functools.partial(azure.begin_training, job))
+    blobs.upload_blob(
+        f"artifacts/cache/train/{finished.correlation_id}/result.json", json.dumps(RESULT).encode()
+    )
+    event = run_status_changed(f"retrainer-echo-{finished.correlation_id}-1", "Completed").body
+    with (
+        ServiceBusClient.from_connection_string(connection_string) as client,
+        client.get_topic_sender(COMPUTE_EVENTS_TOPIC) as sender,
+    ):
+        sender.send_messages(ServiceBusMessage(event, content_type="application/json"))
+    stop = CancelStage(correlation_id=cancelled.correlation_id, stage="train", attempt=1)
+    bus.send_messages(CONTROL_TOPIC, [encode(stop)])
+
+    deadline = time.monotonic() + 30
+    handled = [0, 0]
+    while handled != [1, 1] and time.monotonic() < deadline:
+        handled[0] += jobs.receive_compute_events()
+        handled[1] += jobs.receive_control()
+    received = bus.receive_messages(
+        EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, max_message_count=10, max_wait_time=5
+    )
+    for message in received:
+        bus.complete_message(message)
+    return (
+        finished,
+        cancelled,
+        handled,
+        [decode(m.body, m.application_properties) for m in received],
+    )
