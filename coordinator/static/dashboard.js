@@ -240,7 +240,11 @@
                 el("span", { class: "version" }, version),
                 model.champion ? " " : null,
                 model.champion
-                  ? el("span", { class: "champion", title: "this run promoted it to champion" }, "★ champion")
+                  ? el(
+                      "span",
+                      { class: "champion", title: "this run's model was promoted to champion" },
+                      "★ promoted"
+                    )
                   : null,
               ]
             : "—"
@@ -496,7 +500,7 @@
       return;
     }
     let flag;
-    if (model.champion === true) flag = el("span", { class: "champion-badge" }, "★ champion");
+    if (model.champion === true) flag = el("span", { class: "champion-badge" }, "★ promoted to champion");
     else if (model.champion === false) flag = el("span", { class: "badge status-cancelled" }, "not promoted");
     else flag = el("span", { class: "badge status-queued" }, "promotion pending");
     replace(

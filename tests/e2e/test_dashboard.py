@@ -511,7 +511,7 @@ def test_runs_list_shows_every_run_and_filters_by_status(
     retried = cells("retried")
     assert retried["recipe"].splitlines() == ["state_identifier", DATA["state_identifier"]]
     assert retried["trigger"] == "api"
-    assert retried["model"] == "v2 ★ champion"
+    assert retried["model"] == "v2 ★ promoted"
     assert retried["duration"].endswith("s") and retried["started"][:2] == "20"
     assert cells("cached")["model"] == "v3"
     assert cells("bad-data")["trigger"] == "blob"
@@ -589,7 +589,7 @@ def test_clicking_a_run_opens_its_timeline_metrics_and_model(
     assert metrics == {"dunn_index": "0.0977", "inertia": "1612", "silhouette": "0.6551"}
     model = browser.find_element(By.ID, "model")
     assert model.find_element(By.CSS_SELECTOR, ".model-version").text == "v2"
-    assert model.find_element(By.CSS_SELECTOR, ".champion-badge").text == "★ champion"
+    assert model.find_element(By.CSS_SELECTOR, ".champion-badge").text == "★ promoted to champion"
     assert "beats champion v1" in model.text
     assert browser.find_element(By.ID, "run-error").is_displayed() is False
     assert browser.find_element(By.ID, "live").is_displayed() is False
