@@ -536,6 +536,23 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    """Cancel a queued or running run; work handed to Azure ML is cancelled too."""
+    with _client(args) as client:
+        run = _checked(client.post(f"/runs/{args.run_id}/cancel"))
+    print(describe_run(run))
+    return 0
+
+
+def cmd_runs_retry(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        run = _checked(client.post(f"/runs/{args.run_id}/retry"))
+        if not args.watch:
+            print(describe_run(run))
+            return 0
+        return _watch(client, run["id"], plain=args.plain)
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -598,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--plain", action="store_true", help=_PLAIN_HELP)
     watch.set_defaults(func=cmd_watch)
 
-    runs = commands.add_parser("runs", help="list or show runs")
+    runs = commands.add_parser("runs", help="list, show, cancel or retry runs")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
     runs_list = runs_commands.add_parser("list")
     runs_list.add_argument("--status")
@@ -608,6 +625,18 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show.add_argument("run_id")
     runs_show.add_argument("--json", action="store_true")
     runs_show.set_defaults(func=cmd_runs_show)
+    runs_cancel = runs_commands.add_parser(
+        "cancel", help="stop a queued or running run (an Azure ML training job too)"
+    )
+    runs_cancel.add_argument("run_id")
+    runs_cancel.set_defaults(func=cmd_runs_cancel)
+    runs_retry = runs_commands.add_parser(
+        "retry", help="a failed or cancelled run again, from the stage that stopped"
+    )
+    runs_retry.add_argument("run_id")
+    runs_retry.add_argument("--watch", action="store_true", help="follow it until it finishes")
+    runs_retry.add_argument("--plain", action="store_true", help=_PLAIN_HELP)
+    runs_retry.set_defaults(func=cmd_runs_retry)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 from fastapi.testclient import TestClient
 
+from coordinator import cli
 from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.service import Coordinator
@@ -317,6 +319,25 @@ def test_cancel_then_retry_requeues_the_stage_with_a_new_attempt(stack: Stack) -
     refused = stack.client.post(f"/runs/{run_id}/retry")
     assert refused.status_code == 409
     assert "it is running" in refused.json()["detail"]
+
+
+def test_the_cli_cancels_and_retries_through_the_api(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CLI's HTTP client is the app's own test client (not closed by the command).
+    monkeypatch.setattr(cli, "_client", lambda _args: contextlib.nullcontext(stack.client))
+    run_id = stack.start()["id"]
+
+    assert cli.main(["runs", "cancel", run_id]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert stack.run(run_id)["status"] == "cancelled"
+    assert cli.main(["runs", "cancel", run_id]) == 2
+    assert "HTTP 409" in capsys.readouterr().err
+
+    assert cli.main(["runs", "retry", run_id]) == 0
+    assert stack.run(run_id)["stages"][0]["attempt"] == 2
+    assert cli.main(["runs", "retry", str(uuid4())]) == 2
+    assert "HTTP 404" in capsys.readouterr().err
 
 
 def test_cancel_and_retry_of_an_unknown_run_are_404(stack: Stack) -> None:
