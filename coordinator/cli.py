@@ -115,6 +115,9 @@ def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> s
         text += f" (attempt {stage['attempt']})"
     if stage.get("cached"):
         text += " (cached)"
+    job = (stage.get("details") or {}).get("compute_job_id")
+    if stage["status"] == "running" and job:
+        text += f" on {stage['details'].get('compute_backend', 'job')} {job}"
     if stage.get("duration_s") is not None and stage["status"] == "succeeded":
         text += f" in {stage['duration_s']:.2f}s"
     if stage.get("error"):
@@ -193,6 +196,9 @@ def render_progress(
             elapsed = ""
         if stage.get("cached"):
             notes.append("cached")
+        job = (stage.get("details") or {}).get("compute_job_id")
+        if status == "running" and job:
+            notes.append(f"on {stage['details'].get('compute_backend', 'job')} {job}")
         if stage.get("error") and stage["error"] != status:
             notes.append(stage["error"])
         line = f"  {symbol} {stage['name']:<12} {status:<10} {attempt:<10} {elapsed:>7}"

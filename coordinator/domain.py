@@ -40,6 +40,7 @@ from shared.messages import (
     Stage,
     StageEvent,
     StageFailed,
+    StageProgress,
     StageStarted,
     StageSucceeded,
 )
@@ -231,7 +232,14 @@ class DeadlineExpired:
 
 
 CoordinatorInput = (
-    StartRun | CancelRun | RetryRun | DeadlineExpired | StageStarted | StageSucceeded | StageFailed
+    StartRun
+    | CancelRun
+    | RetryRun
+    | DeadlineExpired
+    | StageStarted
+    | StageProgress
+    | StageSucceeded
+    | StageFailed
 )
 
 
@@ -302,6 +310,8 @@ def decide(
             return _deadline_expired(run, message, now, policy)
         case StageStarted():
             return _stage_started(run, message, now, policy)
+        case StageProgress():
+            return _stage_progress(run, message, now)
         case StageSucceeded():
             return _stage_succeeded(run, message, now, policy)
         case StageFailed():
@@ -382,6 +392,16 @@ def _stage_started(run: Run, event: StageStarted, now: datetime, policy: Policy)
     )
     run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
     return Decision(run, notes=[f"{stage.stage} attempt {stage.attempt} started on {event.worker}"])
+
+
+def _stage_progress(run: Run, event: StageProgress, now: datetime) -> Decision:
+    stage = _current_attempt(run, event)
+    if stage is None or stage.status not in _IN_FLIGHT:
+        return _ignore_event(run, event)
+    stage = stage.model_copy(update={"details": {**stage.details, **event.details}})
+    run = _put(run, stage).model_copy(update={"updated_at": now})
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(event.details.items()))
+    return Decision(run, notes=[f"{stage.stage} attempt {stage.attempt}: {shown}"])
 
 
 def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Policy) -> Decision:
@@ -476,9 +496,7 @@ def _deadline_expired(
 # --- helpers -----------------------------------------------------------------------------
 
 
-def _current_attempt(
-    run: Run, event: StageStarted | StageSucceeded | StageFailed
-) -> StageState | None:
+def _current_attempt(run: Run, event: StageEvent) -> StageState | None:
     stage = run.current_stage
     if stage is None or stage.stage != event.stage or stage.attempt != event.attempt:
         return None
@@ -571,7 +589,7 @@ def _ignore(run: Run, why: str) -> Decision:
     return Decision(run, notes=[f"ignored: {why}"])
 
 
-def _ignore_event(run: Run, event: StageStarted | StageSucceeded | StageFailed) -> Decision:
+def _ignore_event(run: Run, event: StageEvent) -> Decision:
     current = run.current_stage
     where = (
         f"run is {run.status}"

@@ -69,7 +69,14 @@ from shared.events import (
     SubscriptionValidation,
     decode_events,
 )
-from shared.messages import StageFailed, StageStarted, StageSucceeded, decode, utcnow
+from shared.messages import (
+    StageFailed,
+    StageProgress,
+    StageStarted,
+    StageSucceeded,
+    decode,
+    utcnow,
+)
 from shared.topology import BLOB_EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC
 from shared.triggers import NoMatch, TriggerRule, route
 
@@ -243,7 +250,7 @@ class Coordinator:
         except MalformedMessageError as exc:
             self._dead_letter(received, "MalformedMessage", str(exc))
             return
-        if not isinstance(event, StageStarted | StageSucceeded | StageFailed):
+        if not isinstance(event, StageStarted | StageProgress | StageSucceeded | StageFailed):
             self._dead_letter(
                 received, "UnexpectedMessage", f"{event.message_type} is not a stage event"
             )
@@ -252,7 +259,9 @@ class Coordinator:
             self._handle_stage_event(received, event)
 
     def _handle_stage_event(
-        self, received: ReceivedMessage, event: StageStarted | StageSucceeded | StageFailed
+        self,
+        received: ReceivedMessage,
+        event: StageStarted | StageProgress | StageSucceeded | StageFailed,
     ) -> None:
         try:
             decision = self.store.apply(

@@ -11,6 +11,7 @@ unknown types or versions with ``MalformedMessageError`` (the worker dead-letter
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -105,6 +106,19 @@ class StageStarted(StageEvent):
         return f"{self.correlation_id}:{self.stage}:{self.attempt}:started:{self.delivery_count}"
 
 
+class StageProgress(StageEvent):
+    """News about an attempt still under way, e.g. the Azure ML job a deferred stage runs as."""
+
+    message_type: ClassVar[str] = "stage_progress"
+
+    details: JsonDict = Field(default_factory=dict)
+
+    @property
+    def message_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.details, sort_keys=True).encode()).hexdigest()
+        return f"{self.correlation_id}:{self.stage}:{self.attempt}:progress:{digest[:16]}"
+
+
 class StageSucceeded(StageEvent):
     message_type: ClassVar[str] = "stage_succeeded"
 
@@ -133,7 +147,7 @@ class StageFailed(StageEvent):
 
 MESSAGE_CLASSES: dict[str, type[Message]] = {
     cls.message_type: cls
-    for cls in (RunStage, CancelStage, StageStarted, StageSucceeded, StageFailed)
+    for cls in (RunStage, CancelStage, StageStarted, StageProgress, StageSucceeded, StageFailed)
 }
 
 # (message_type, from_version) -> function turning that version's body into the next one.

@@ -42,6 +42,7 @@ from shared.messages import (
     RunStage,
     Stage,
     StageFailed,
+    StageProgress,
     StageStarted,
     StageSucceeded,
     decode,
@@ -304,6 +305,16 @@ class Worker:
                     command.correlation_id,
                     result.details,
                 )
+                # Where the work went (e.g. the Azure ML job), for the run's record meanwhile.
+                self._publish(
+                    StageProgress(
+                        correlation_id=command.correlation_id,
+                        traceparent=command.traceparent,
+                        stage=command.stage,
+                        attempt=command.attempt,
+                        details=result.details,
+                    )
+                )
                 return None
             upload_directory(self._blobs, output_dir, output_prefix)
         manifest = write_manifest(
@@ -347,7 +358,7 @@ class Worker:
     ) -> StageSucceeded:
         return succeeded_event(command, self.spec.output, output_prefix, manifest, cached=cached)
 
-    def _publish(self, event: StageStarted | StageSucceeded | StageFailed) -> None:
+    def _publish(self, event: StageStarted | StageProgress | StageSucceeded | StageFailed) -> None:
         # In the stage span's trace context, so the coordinator's span is its child.
         traceparent = current_traceparent(event.correlation_id)
         if traceparent is not None:

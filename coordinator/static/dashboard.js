@@ -550,7 +550,19 @@
           el("td", null, stage.name),
           el("td", null, badge(stage.status), stage.cached ? el("span", { class: "tag" }, "cached") : null),
           el("td", { class: "num" }, stage.attempt || "—"),
-          el("td", { class: "mono small" }, stage.worker || "—"),
+          el(
+            "td",
+            { class: "mono small" },
+            el("div", null, stage.worker || "—"),
+            // A deferred stage (an Azure ML job): the job the worker handed the work to.
+            stage.details && stage.details.compute_job_id
+              ? el(
+                  "div",
+                  { class: "compute-job muted", title: "training job" },
+                  `${stage.details.compute_backend || "job"}: ${stage.details.compute_job_id}`
+                )
+              : null
+          ),
           el("td", null, formatTime(stage.started_at)),
           el("td", { class: "num" }, formatDuration(stageSeconds(stage, attemptsOf(stage)))),
           el(

@@ -40,6 +40,7 @@ from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import (
     Stage,
     StageFailed,
+    StageProgress,
     StageStarted,
     StageSucceeded,
     encode,
@@ -55,6 +56,7 @@ CHROMEDRIVER = Path(os.environ.get("RETRAINER_CHROMEDRIVER", "/usr/bin/chromedri
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 WAIT_S = 15.0
+JOB_ID = "retrainer-state_identifier-0b7e-1"
 
 DATA = {
     "state_identifier": "datasets/state-identifier/2026-03-02",
@@ -82,11 +84,21 @@ class Workers:
         run = self.coordinator.start_run(recipe, DATA[recipe], params, trigger=trigger)
         return run.id
 
-    def _send(self, at: datetime, event: StageStarted | StageSucceeded | StageFailed) -> None:
+    def _send(
+        self, at: datetime, event: StageStarted | StageProgress | StageSucceeded | StageFailed
+    ) -> None:
         self.clock.now = at
         self.bus.send_messages(EVENTS_TOPIC, [encode(event)])
         while self.coordinator.consume_events(max_wait_s=0.05):
             pass
+
+    def progress(self, run: UUID, stage: Stage, at: datetime, **details: Any) -> None:
+        self._send(
+            at,
+            StageProgress(
+                correlation_id=run, stage=stage, attempt=1, details=details, occurred_at=at
+            ),
+        )
 
     def started(self, run: UUID, stage: Stage, at: datetime, attempt: int = 1) -> None:
         self._send(
@@ -351,6 +363,7 @@ def _history(w: Workers) -> dict[str, UUID]:
     t = w.succeeded(run, "aggregation", start + 0.4 * s, 3.0)
     t = w.succeeded(run, "split", t + 0.3 * s, 1.0)
     w.started(run, "train", t + 0.3 * s)
+    w.progress(run, "train", t + 0.5 * s, compute_backend="azureml", compute_job_id=JOB_ID)
     w.clock.now = utcnow()
     return runs
 
@@ -649,6 +662,10 @@ def test_an_active_run_refreshes_until_it_finishes(
     assert text(browser, f'{train} .tl-bar.running[data-attempt="1"]') is not None
     assert text(browser, "#live") == "live"
     assert text(browser, "#model .body") == "Not registered yet."
+    # The Azure ML job the train stage was handed to, while it runs.
+    job = '#stages tr[data-stage="train"] .compute-job'
+    wait_for(browser, lambda d: text(d, job), "the training job is not shown")
+    assert text(browser, job) == f"azureml: {JOB_ID}"
     first = text(browser, f"{train} .tl-dur")
     wait_for(
         browser,

@@ -39,6 +39,7 @@ from shared.messages import (
     Message,
     RunStage,
     StageFailed,
+    StageProgress,
     StageStarted,
     StageSucceeded,
     decode,
@@ -213,10 +214,15 @@ def test_a_gpu_recipe_is_submitted_and_the_worker_returns_at_once(train: Train) 
 
     assert train.worker.process_next()
 
-    # Only StageStarted: the job is out, nobody waits on it.
-    [started] = train.events()
+    # No outcome: the job is out, nobody waits on it; the run learns which job it is.
+    started, progress = train.events()
     assert isinstance(started, StageStarted)
+    assert isinstance(progress, StageProgress)
     [job] = train.azure.submitted
+    assert progress.details == {
+        "compute_backend": "azureml",
+        "compute_job_id": f"retrainer-echo-{command.correlation_id}-1",
+    }
     assert job.correlation_id == str(command.correlation_id)
     assert job.attempt == 1
     assert job.params == {"scale": 2.0, "fail_with": None, "sleep_s": 0.0}

@@ -173,6 +173,17 @@ def test_progress_shows_each_stage_and_a_spinner_with_the_time_so_far() -> None:
     assert [line[:4] for line in ascii_lines[1:]] == ["  + ", "  + ", "  \\ ", "  . ", "  . "]
 
 
+def test_a_stage_handed_to_azure_ml_names_its_job_while_it_runs() -> None:
+    details = {"compute_backend": "azureml", "compute_job_id": "retrainer-x-1"}
+    running = stage_doc("train", "running", 1, started_at="2026-03-02T12:00:18Z", details=details)
+    run = live_doc(running)
+
+    assert render_progress(run, now=NOW)[3].endswith("12.0s  on azureml retrainer-x-1")
+    assert _stage_line(run, running, 12.0).endswith("train        running on azureml retrainer-x-1")
+    done = stage_doc("train", "succeeded", 1, duration_s=40.0, details=details)
+    assert "retrainer-x-1" not in render_progress(live_doc(done), now=NOW)[3]
+
+
 def test_progress_shows_waiting_backoff_failure_and_colours() -> None:
     waiting = live_doc(stage_doc("aggregation", "queued", 1, queued_at="2026-03-02T12:00:25Z"))
     assert render_progress(waiting, now=NOW)[1] == (

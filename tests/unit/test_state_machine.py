@@ -24,6 +24,7 @@ from shared.messages import (
     CancelStage,
     Stage,
     StageFailed,
+    StageProgress,
     StageStarted,
     StageSucceeded,
 )
@@ -364,6 +365,30 @@ def test_deadline_of_an_older_attempt_or_another_stage_is_ignored() -> None:
 
     assert_ignored(run, DeadlineExpired(RUN_ID, "train", 1), seconds=10_000)
     assert_ignored(run, DeadlineExpired(RUN_ID, "split", 1), seconds=10_000)
+
+
+def progress(stage: Stage, attempt: int = 1, **details: str) -> StageProgress:
+    return StageProgress(correlation_id=RUN_ID, stage=stage, attempt=attempt, details=details)
+
+
+def test_progress_of_a_deferred_attempt_is_recorded_without_moving_the_run() -> None:
+    run = apply(run_until("train"), started("train")).run
+
+    decision = apply(run, progress("train", compute_job_id="job-1", compute_backend="azureml"), 3)
+
+    assert decision.commands == []
+    train = decision.run.stage("train")
+    assert train.details == {"compute_job_id": "job-1", "compute_backend": "azureml"}
+    assert (train.status, train.deadline) == ("running", run.stage("train").deadline)
+    assert decision.run.updated_at == at(3)
+
+
+def test_progress_of_another_attempt_or_a_finished_run_is_ignored() -> None:
+    run = apply(run_until("train"), started("train")).run
+    assert_ignored(run, progress("train", attempt=2, compute_job_id="job-2"))
+    assert_ignored(run, progress("split", compute_job_id="job-2"))
+    cancelled = apply(run, CancelRun(RUN_ID)).run
+    assert_ignored(cancelled, progress("train", compute_job_id="job-1"))
 
 
 # --- cancel and retry --------------------------------------------------------------------
