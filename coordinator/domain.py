@@ -342,14 +342,7 @@ def _cancel(run: Run, now: datetime) -> Decision:
     current = run.current_stage
     commands: list[ScheduledCommand] = []
     if current is not None and current.status in _IN_FLIGHT:
-        # Work handed to outside compute (an Azure ML job) must be stopped explicitly.
-        stop = CancelStage(
-            correlation_id=run.id,
-            traceparent=_traceparent(run.id, current.stage, current.attempt),
-            stage=current.stage,
-            attempt=current.attempt,
-        )
-        commands.append(ScheduledCommand(stop))
+        commands.append(_stop(run.id, current, "run cancelled"))
     if current is not None:
         current = current.model_copy(update={"error": "cancelled", "finished_at": now})
         cancelled = current.model_copy(
@@ -486,11 +479,29 @@ def _deadline_expired(
         problem = f"did not start within {policy.queue_timeout_s:g} s"
     else:
         problem = f"did not report within {policy.run_timeout(stage.stage):g} s"
+    # The attempt is given up: work it handed to outside compute must not run on beside the
+    # next attempt (an Azure ML job costs GPU time until it is cancelled).
+    stop = _stop(run.id, stage, f"{stage.stage} {problem}")
     stage = stage.model_copy(update={"error": f"{stage.stage} {problem}", "finished_at": now})
     if stage.attempts_in_budget >= policy.max_attempts:
         reason = f"{stage.stage} {problem} after {stage.attempts_in_budget} attempts"
-        return _fail(run, stage, "timed_out", reason, now)
-    return _retry_attempt(run, stage, "timed_out", now, policy)
+        decision = _fail(run, stage, "timed_out", reason, now)
+    else:
+        decision = _retry_attempt(run, stage, "timed_out", now, policy)
+    return Decision(decision.run, [stop, *decision.commands], decision.notes)
+
+
+def _stop(run_id: UUID, stage: StageState, reason: str) -> ScheduledCommand:
+    """CancelStage for an attempt in flight: outside compute (an Azure ML job) is stopped."""
+    return ScheduledCommand(
+        CancelStage(
+            correlation_id=run_id,
+            traceparent=_traceparent(run_id, stage.stage, stage.attempt),
+            stage=stage.stage,
+            attempt=stage.attempt,
+            reason=reason,
+        )
+    )
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from shared.messages import (
     utcnow,
 )
 from shared.topology import (
+    CONTROL_TOPIC,
     COORDINATOR_SUBSCRIPTION,
     EVENTS_TOPIC,
     WORKER_SUBSCRIPTION,
@@ -320,7 +321,11 @@ def test_watchdog_retries_a_stage_nobody_started_and_then_fails_the_run(
 
         aggregation = coordinator.get_run(run.id).stage("aggregation")
         assert (aggregation.status, aggregation.attempt) == ("queued", 2)
-        [retry] = coordinator.store.pending_outbox()
+        stop, retry = coordinator.store.pending_outbox()
+        assert (stop.topic, stop.message.message_id) == (
+            CONTROL_TOPIC,
+            f"{run.id}:aggregation:1:cancel",
+        )
         assert retry.message.message_id == f"{run.id}:aggregation:2"
         assert retry.message.scheduled_enqueue_time == clock.now + timedelta(seconds=2)
         assert coordinator.watchdog_tick() == 0

@@ -22,6 +22,7 @@ from coordinator.domain import (
 from shared.messages import (
     STAGES,
     CancelStage,
+    RunStage,
     Stage,
     StageFailed,
     StageProgress,
@@ -329,7 +330,9 @@ def test_queue_deadline_retries_a_stage_nobody_picked_up() -> None:
 
     decision = apply(run, DeadlineExpired(RUN_ID, "split", 1), seconds=POLICY.queue_timeout_s)
 
-    [retry] = decision.commands
+    stop, retry = decision.commands
+    assert isinstance(stop.command, CancelStage) and stop.command.attempt == 1
+    assert isinstance(retry.command, RunStage)
     assert (retry.command.stage, retry.command.attempt) == ("split", 2)
     assert retry.not_before == at(POLICY.queue_timeout_s + 2)
     [record] = decision.run.stage("split").history
@@ -345,10 +348,17 @@ def test_run_deadline_retries_then_fails_naming_the_stage_and_the_timeout() -> N
         now += 1000
         decision = apply(run, DeadlineExpired(RUN_ID, "train", attempt), seconds=now)
         run = decision.run
+        # The given-up attempt is stopped (an Azure ML job would run on, costing GPU time),
+        # then the next one sent.
+        sent = [(type(c.command).__name__, c.command.attempt) for c in decision.commands]
+        expected = [("CancelStage", attempt)]
         if attempt < 3:
-            assert [c.command.attempt for c in decision.commands] == [attempt + 1]
+            expected.append(("RunStage", attempt + 1))
+        assert sent == expected
+        stop = decision.commands[0].command
+        assert isinstance(stop, CancelStage)
+        assert stop.reason == "train did not report within 1000 s"
 
-    assert decision.commands == []
     assert run.status == "failed"
     assert run.error == "train did not report within 1000 s after 3 attempts"
     assert [r.outcome for r in run.stage("train").history] == ["timed_out"] * 3
