@@ -295,6 +295,8 @@ class TrainingJobs:
                 record = json.loads(self._blobs.download_blob(blob.name).data)
             except BlobNotFoundError:
                 continue
+            if record["command"]["attempt"] > request.attempt:
+                continue  # the retry that replaced the cancelled attempt
             handle = JobHandle(record["job_id"], record["backend"])
             # A job gone already is finished by the next poll.
             with contextlib.suppress(JobNotFoundError):

@@ -538,3 +538,21 @@ def _follow_over(
         handled,
         [decode(m.body, m.application_properties) for m in received],
     )
+
+
+def test_cancelling_a_given_up_attempt_spares_its_retry(train: Train) -> None:
+    """A missed deadline sends CancelStage(attempt 1) and RunStage(attempt 2): however they
+    arrive, only attempt 1's job is cancelled."""
+    first = train.send()
+    train.worker.process_next()
+    retry = train.send(correlation_id=first.correlation_id, attempt=2)
+    train.worker.process_next()
+    train.events()
+    assert len(train.jobs.pending()) == 2
+
+    cancel = CancelStage(correlation_id=first.correlation_id, stage="train", attempt=1)
+    train.bus.send_messages(CONTROL_TOPIC, [encode(cancel)])
+    train.jobs.receive_control()
+
+    assert train.azure.cancelled == [f"retrainer-echo-{first.correlation_id}-1"]
+    assert retry.attempt == 2
