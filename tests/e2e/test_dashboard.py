@@ -347,7 +347,7 @@ def _history(w: Workers) -> dict[str, UUID]:
     w.failed(run, "register", t + 0.3 * s, 0.7, HOSTILE_ERROR)
 
     start = now - 4 * 60 * s
-    params = {"weights": "none", "image_size": 64, "epochs": 3}
+    params: dict[str, Any] = {"weights": "none", "image_size": 64, "epochs": 3}
     runs["cancelled"] = w.start("image_classification", start, **params)
     run = runs["cancelled"]
     t = w.succeeded(run, "aggregation", start + 0.5 * s, 6.2)

@@ -376,7 +376,7 @@ def test_a_successful_run_emits_started_registered_promoted_succeeded_in_its_tra
             StageSucceeded(
                 correlation_id=run,
                 traceparent=worker_traceparent(run, stage),
-                stage=stage,  # type: ignore[arg-type]
+                stage=stage,
                 attempt=1,
                 outputs={stage: f"out/{stage}"},
                 metrics={"silhouette": 0.61} if stage == "train" else {},
@@ -438,7 +438,7 @@ def test_a_run_not_promoted_emits_no_model_promoted(
             coordinator,
             StageSucceeded(
                 correlation_id=run,
-                stage=stage,  # type: ignore[arg-type]
+                stage=stage,
                 attempt=1,
                 details={"model_name": "m", "model_version": "1", "promoted": False}
                 if stage in ("register", "tag")

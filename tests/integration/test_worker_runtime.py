@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def lookup(name: str) -> Recipe:
 
 
 @pytest.fixture
-def bus(tmp_path: Path) -> SqliteMessageBus:
+def bus(tmp_path: Path) -> Iterator[SqliteMessageBus]:
     bus = SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology(lock_duration_s=LOCK_S))
     yield bus
     bus.close()

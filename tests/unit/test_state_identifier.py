@@ -79,7 +79,8 @@ def test_params_defaults_and_validation() -> None:
     params = recipe.parse_params({})
     assert isinstance(params, StateIdentifierParams)
     assert params.n_clusters == 3
-    assert recipe.parse_params({"n_clusters": 4, "window_size": 10, "step": 5}).step == 5
+    stepped = recipe.parse_params({"n_clusters": 4, "window_size": 10, "step": 5})
+    assert isinstance(stepped, StateIdentifierParams) and stepped.step == 5
     for bad in ({"n_clusters": 1}, {"window_size": 1}, {"unknown": 1}, {"features": ["median"]}):
         with pytest.raises(pydantic.ValidationError):
             recipe.parse_params(bad)
@@ -302,7 +303,7 @@ def test_train_finds_the_machine_states(trained: Trained) -> None:
     labels = result.model.predict(train)
     assert len(labels) == 120
     states = generate(SEED).states
-    truth = true_window_states(states, PARAMS.window_size, PARAMS.step)
+    truth = true_window_states(list(states), PARAMS.window_size, PARAMS.step)
     assert adjusted_rand_score(truth, labels) > 0.8
     # Windows inside one state (not straddling a change) are all clustered right.
     pure = np.array(

@@ -135,6 +135,7 @@ def test_start_queues_aggregation_with_the_raw_data_as_input() -> None:
     [scheduled] = decision.commands
     assert scheduled.not_before is None
     command = scheduled.command
+    assert isinstance(command, RunStage)
     assert (command.stage, command.attempt, command.recipe) == (
         "aggregation",
         1,
@@ -162,6 +163,7 @@ def test_happy_path_chains_every_stage_outputs_into_the_next_inputs() -> None:
             assert decision.commands == []
         else:
             [scheduled] = decision.commands
+            assert isinstance(scheduled.command, RunStage)
             assert scheduled.command.stage == STAGES[index + 1]
             assert scheduled.command.attempt == 1
             assert scheduled.command.inputs == expected_inputs
@@ -259,6 +261,7 @@ def test_retryable_failure_retries_the_same_stage_with_exponential_backoff() -> 
 
     first = apply(run, failed("train", 1, retryable=True), seconds=10)
     [retry] = first.commands
+    assert isinstance(retry.command, RunStage)
     assert (retry.command.stage, retry.command.attempt) == ("train", 2)
     assert retry.not_before == at(10 + 2)
     assert retry.command.inputs == {
@@ -447,6 +450,7 @@ def test_retry_of_a_failed_run_requeues_the_failed_stage_and_keeps_its_history()
 
     [scheduled] = decision.commands
     assert scheduled.not_before is None
+    assert isinstance(scheduled.command, RunStage)
     assert (scheduled.command.stage, scheduled.command.attempt) == ("train", 4)
     assert scheduled.command.inputs == {
         "data": "raw/set1",
