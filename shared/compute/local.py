@@ -2,9 +2,9 @@
 
 ``begin_training`` starts ``python -m services.train.entrypoint --mlflow`` in its own process
 group and returns at once; ``get_job_status`` polls it. The job's stdout/stderr go to
-``<work_dir>/<job_id>/{stdout,stderr}.log``; a failed job's status message is the tail of its
-stderr. A job running past ``timeout_s`` is killed (its whole process group) on the next
-``get_job_status`` and reported failed.
+``<work_dir>/<job_id>/{stdout,stderr}.log``, kept for jobs that did not succeed; a failed job's
+status message is the tail of its stderr. A job running past ``timeout_s`` is killed (its whole
+process group) on the next ``get_job_status`` and reported failed.
 
 Job state lives in this object's memory only: after a worker restart the handles it gave out
 are unknown (``JobNotFoundError``) and their processes, if still running, are orphans. Callers
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,7 +151,10 @@ class LocalTrainingCompute:
                     job, JobStatus("failed", f"timed out after {self._timeout_s:g} s")
                 )
             if code == 0:
-                return self._finish(job, JobStatus("succeeded"))
+                status = self._finish(job, JobStatus("succeeded"))
+                # Its output is elsewhere; only failures' logs are worth keeping.
+                shutil.rmtree(job.job_dir, ignore_errors=True)
+                return status
             tail = _tail(job.job_dir / "stderr.log")
             return self._finish(job, JobStatus("failed", f"exit code {code}: {tail}".rstrip()))
 

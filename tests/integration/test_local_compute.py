@@ -100,6 +100,7 @@ def test_state_identifier_trains_in_a_subprocess(
     assert run.data.tags["trigger"] == "test"
     assert run.data.metrics["silhouette"] == result["metrics"]["silhouette"]
     assert result["model_uri"].startswith("models:/")
+    assert not (tmp_path / "jobs" / handle.job_id).exists(), "a succeeded job's logs go"
 
 
 def test_invalid_params_fail_with_the_message(
@@ -112,6 +113,11 @@ def test_invalid_params_fail_with_the_message(
     assert "exit code 2" in status.message
     assert "n_clusters" in status.message
     assert not (tmp_path / "out" / "result.json").exists()
+    # A failed job's logs stay for diagnosis, and it says why in error.json.
+    [job_dir] = (tmp_path / "jobs").iterdir()
+    assert "n_clusters" in (job_dir / "stderr.log").read_text()
+    error = json.loads((tmp_path / "out" / "error.json").read_text())
+    assert error["retryable"] is False and "n_clusters" in error["error"]
 
 
 def test_unknown_recipe_fails_as_bad_input(
