@@ -73,6 +73,8 @@ class CommonSettings(BaseSettings):
         ),
     )
     telemetry_live_metrics: bool = True
+    # The distro's process/CPU/memory counters: most of the envelopes a quiet service sends.
+    telemetry_performance_counters: bool = True
     # Telemetry that could not be sent is kept on disk and sent again later.
     telemetry_offline_storage: bool = True
 

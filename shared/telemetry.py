@@ -253,6 +253,7 @@ def configure_telemetry(
     service_version: str | None = None,
     live_metrics: bool = True,
     offline_storage: bool = True,
+    performance_counters: bool = True,
 ) -> Exporter:
     """Set up tracing, metrics and custom events for this process; returns the exporter used.
 
@@ -283,6 +284,7 @@ def configure_telemetry(
                 service_version=service_version,
                 live_metrics=live_metrics,
                 offline_storage=offline_storage,
+                performance_counters=performance_counters,
             )
         elif resolved == "console":
             _configure_console(service_name, service_version=service_version)
@@ -305,6 +307,7 @@ def configure_from_settings(service_name: str, settings: CommonSettings) -> Expo
         service_version=settings.code_version,
         live_metrics=settings.telemetry_live_metrics,
         offline_storage=settings.telemetry_offline_storage,
+        performance_counters=settings.telemetry_performance_counters,
     )
 
 
@@ -330,6 +333,7 @@ def _configure_azure(
     service_version: str | None,
     live_metrics: bool,
     offline_storage: bool,
+    performance_counters: bool,
 ) -> None:
     from shared.errors import ConfigurationError
 
@@ -345,6 +349,7 @@ def _configure_azure(
         "resource": _resource(service_name, service_version),
         "enable_live_metrics": live_metrics,
         "disable_offline_storage": not offline_storage,
+        "enable_performance_counters": performance_counters,
     }
     if "OTEL_TRACES_SAMPLER" not in os.environ:
         # The distro's default samples 5 traces/s; a run makes a handful of spans: keep all.
