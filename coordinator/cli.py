@@ -115,9 +115,9 @@ def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> s
         text += f" (attempt {stage['attempt']})"
     if stage.get("cached"):
         text += " (cached)"
-    job = (stage.get("details") or {}).get("compute_job_id")
-    if stage["status"] == "running" and job:
-        text += f" on {stage['details'].get('compute_backend', 'job')} {job}"
+    job = _running_job(stage)
+    if job:
+        text += f" {job}"
     if stage.get("duration_s") is not None and stage["status"] == "succeeded":
         text += f" in {stage['duration_s']:.2f}s"
     if stage.get("error"):
@@ -134,6 +134,15 @@ ASCII_SYMBOLS = {"pending": ".", "queued": "~", "succeeded": "+", "failed": "x",
 _COLORS = {"succeeded": "32", "failed": "31", "cancelled": "90", "queued": "33", "running": "36"}
 _HIDE_CURSOR, _SHOW_CURSOR, _CLEAR_LINE = "\x1b[?25l", "\x1b[?25h", "\x1b[2K"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _running_job(stage: dict[str, Any]) -> str | None:
+    """``on azureml <job>`` while a stage handed to outside compute runs."""
+    details = stage.get("details") or {}
+    job = details.get("compute_job_id")
+    if stage["status"] != "running" or not job:
+        return None
+    return f"on {details.get('compute_backend', 'job')} {job}"
 
 
 def format_seconds(seconds: float) -> str:
@@ -196,9 +205,9 @@ def render_progress(
             elapsed = ""
         if stage.get("cached"):
             notes.append("cached")
-        job = (stage.get("details") or {}).get("compute_job_id")
-        if status == "running" and job:
-            notes.append(f"on {stage['details'].get('compute_backend', 'job')} {job}")
+        job = _running_job(stage)
+        if job:
+            notes.append(job)
         if stage.get("error") and stage["error"] != status:
             notes.append(stage["error"])
         line = f"  {symbol} {stage['name']:<12} {status:<10} {attempt:<10} {elapsed:>7}"

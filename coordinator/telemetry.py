@@ -78,23 +78,18 @@ def input_name(message: CoordinatorInput) -> str:
 def decision_span(message: CoordinatorInput) -> Iterator[SpanHandle]:
     """The coordinator span of one input, in the run's trace (a stage event's traceparent is
     the worker's stage span)."""
+    traceparent = stage = attempt = None
     if isinstance(message, StageEvent):
-        with coordinator_span(
-            message.correlation_id,
-            input_name(message),
-            traceparent=message.traceparent,
-            stage=message.stage,
-            attempt=message.attempt,
-        ) as span:
-            yield span
-    elif isinstance(message, DeadlineExpired):
-        with coordinator_span(
-            message.run_id, input_name(message), stage=message.stage, attempt=message.attempt
-        ) as span:
-            yield span
+        run_id = message.correlation_id
+        traceparent, stage, attempt = message.traceparent, message.stage, message.attempt
     else:
-        with coordinator_span(message.run_id, input_name(message)) as span:
-            yield span
+        run_id = message.run_id
+        if isinstance(message, DeadlineExpired):
+            stage, attempt = message.stage, message.attempt
+    with coordinator_span(
+        run_id, input_name(message), traceparent=traceparent, stage=stage, attempt=attempt
+    ) as span:
+        yield span
 
 
 def record_decision(

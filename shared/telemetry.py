@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 from uuid import UUID
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from shared.messages import RunStage, StageFailed, StageSucceeded
+    from shared.messages import RunStage, StageEvent, StageFailed, StageSucceeded
     from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -750,6 +750,18 @@ def current_traceparent(correlation_id: UUID) -> str | None:
     if not context.is_valid or context.trace_id != trace_id_of(correlation_id):
         return None
     return str(TraceParent(context.trace_id, context.span_id, int(context.trace_flags)))
+
+
+EventT = TypeVar("EventT", bound="StageEvent")
+
+
+def in_current_trace(event: EventT) -> EventT:
+    """``event`` carrying the current span's traceparent when that span is in its run's trace
+    (so whoever handles it becomes the span's child); unchanged otherwise."""
+    traceparent = current_traceparent(event.correlation_id)
+    if traceparent is None:
+        return event
+    return event.model_copy(update={"traceparent": traceparent})
 
 
 _events_log = logging.getLogger(EVENTS_LOGGER)

@@ -48,7 +48,7 @@ from shared.messages import (
     decode,
     encode,
 )
-from shared.telemetry import current_traceparent, stage_span
+from shared.telemetry import in_current_trace, stage_span
 from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, command_topic
 
 log = logging.getLogger(__name__)
@@ -236,24 +236,15 @@ class Worker:
             try:
                 event: StageSucceeded | StageFailed | None = self._run_stage(command)
             except Exception as exc:
-                retryable = not isinstance(exc, PermanentError | ValidationError)
+                event = failed_event(command, exc)
                 log.log(
-                    logging.WARNING if retryable else logging.ERROR,
+                    logging.WARNING if event.retryable else logging.ERROR,
                     "%s failed for run %s attempt %s: %s",
                     command.stage,
                     command.correlation_id,
                     command.attempt,
                     exc,
-                    exc_info=retryable,
-                )
-                event = StageFailed(
-                    correlation_id=command.correlation_id,
-                    traceparent=command.traceparent,
-                    stage=command.stage,
-                    attempt=command.attempt,
-                    error=_describe(exc),
-                    error_type=type(exc).__name__,
-                    retryable=retryable,
+                    exc_info=event.retryable,
                 )
             else:
                 if event is not None:
@@ -286,18 +277,16 @@ class Worker:
             prefix=f"retrainer-{command.stage}-", dir=self._work_dir
         ) as tmp:
             root = Path(tmp)
-            input_dirs = {}
-            for name in self.spec.inputs:
-                input_dirs[name] = root / "inputs" / name
-                if self.spec.download_inputs:
-                    download_prefix(self._blobs, _as_prefix(command.inputs[name]), input_dirs[name])
+            input_dirs = {name: root / "inputs" / name for name in self.spec.inputs}
             output_dir = root / "outputs"
             output_dir.mkdir()
-            result = self.spec.handler(
-                StageContext(
-                    command, recipe, params, input_dirs, output_dir, self._blobs, output_prefix
-                )
+            ctx = StageContext(
+                command, recipe, params, input_dirs, output_dir, self._blobs, output_prefix
             )
+            if self.spec.download_inputs:
+                for name in self.spec.inputs:
+                    ctx.download_input(name)
+            result = self.spec.handler(ctx)
             if result.deferred:
                 log.info(
                     "%s deferred for run %s: %s",
@@ -360,10 +349,7 @@ class Worker:
 
     def _publish(self, event: StageStarted | StageProgress | StageSucceeded | StageFailed) -> None:
         # In the stage span's trace context, so the coordinator's span is its child.
-        traceparent = current_traceparent(event.correlation_id)
-        if traceparent is not None:
-            event = event.model_copy(update={"traceparent": traceparent})
-        self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
+        self._bus.send_messages(EVENTS_TOPIC, [encode(in_current_trace(event))])
 
 
 class _LockRenewer:
@@ -435,6 +421,20 @@ def succeeded_event(
         metrics=manifest.get("metrics", {}),
         details=manifest.get("details", {}),
         cached=cached,
+    )
+
+
+def failed_event(command: RunStage, exc: BaseException) -> StageFailed:
+    """The ``StageFailed`` an exception stands for: retryable unless it is a
+    ``PermanentError`` or invalid params."""
+    return StageFailed(
+        correlation_id=command.correlation_id,
+        traceparent=command.traceparent,
+        stage=command.stage,
+        attempt=command.attempt,
+        error=_describe(exc),
+        error_type=type(exc).__name__,
+        retryable=not isinstance(exc, PermanentError | ValidationError),
     )
 
 

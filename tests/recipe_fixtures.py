@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from recipes.base import DatasetSummary, QualityGate, Recipe, RecipeParams, TrainResult
-from shared.errors import DataValidationError
+from shared.errors import DataValidationError, UnknownRecipeError
 
 
 class EchoParams(RecipeParams):
@@ -68,6 +69,17 @@ echo_recipe = Recipe(
     write_sample_data=_sample,
     quality_gate=QualityGate({"score": (">=", 0.0)}),
 )
+
+
+def only(recipe: Recipe) -> Callable[[str], Recipe]:
+    """A worker's recipe lookup that knows ``recipe`` alone."""
+
+    def lookup(name: str) -> Recipe:
+        if name != recipe.name:
+            raise UnknownRecipeError(name, [recipe.name])
+        return recipe
+
+    return lookup
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,9 @@ from shared.compute.port import (
 )
 from shared.errors import BlobNotFoundError, MalformedMessageError, PermanentError, RetryableError
 from shared.messages import CancelStage, RunStage, StageFailed, StageSucceeded, decode, encode
-from shared.telemetry import current_traceparent, stage_span
+from shared.telemetry import in_current_trace, stage_span
 from shared.topology import COMPUTE_EVENTS_TOPIC, CONTROL_TOPIC, EVENTS_TOPIC, TRAIN_SUBSCRIPTION
-from shared.worker import StageResult, succeeded_event, write_manifest
+from shared.worker import StageResult, failed_event, succeeded_event, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ def failure_of(status: JobStatus, error: Mapping[str, Any] | None) -> Exception:
             return TrainingJobFailedError(text)
         return TrainingJobRejectedError(text)
     return TrainingJobFailedError(f"training job failed: {status.message}")
+
+
+def _pointer_name(job_id: str) -> str:
+    """The blob naming a job's record, to find it from the job's id (an event)."""
+    return f"{RECORDS_PREFIX}/jobs/{job_id}"
 
 
 class TrainingJobs:
@@ -139,7 +144,7 @@ class TrainingJobs:
                 "submitted_at": datetime.now(UTC).isoformat(),
             }
             self._blobs.upload_blob(name, json.dumps(record, indent=2).encode())
-            self._blobs.upload_blob(f"{RECORDS_PREFIX}/jobs/{handle.job_id}", name.encode())
+            self._blobs.upload_blob(_pointer_name(handle.job_id), name.encode())
             log.info("run %s: training job %s submitted", command.correlation_id, handle.job_id)
         return StageResult(
             deferred=True,
@@ -175,7 +180,7 @@ class TrainingJobs:
     def on_status(self, job_id: str, status: JobStatus) -> bool:
         """A job's status from an event; finishes it when terminal. False: not one of ours."""
         try:
-            name = self._blobs.download_blob(f"{RECORDS_PREFIX}/jobs/{job_id}").data.decode()
+            name = self._blobs.download_blob(_pointer_name(job_id)).data.decode()
             record = json.loads(self._blobs.download_blob(name).data)
         except BlobNotFoundError:
             return False
@@ -197,14 +202,11 @@ class TrainingJobs:
                 event = self._succeeded(command, prefix, record)
             else:
                 error = failure_of(status, self._read_json(prefix, ERROR_FILE))
-                event = self._failed(command, error)
-            traceparent = current_traceparent(command.correlation_id)
-            if traceparent is not None:
-                event = event.model_copy(update={"traceparent": traceparent})
+                event = failed_event(command, error)
             span.finish(event)
-            self._bus.send_messages(EVENTS_TOPIC, [encode(event)])
+            self._bus.send_messages(EVENTS_TOPIC, [encode(in_current_trace(event))])
         # Another replica may have finished the same job (its event and our poll): no matter.
-        for name in (self.record_name(command), f"{RECORDS_PREFIX}/jobs/{record['job_id']}"):
+        for name in (self.record_name(command), _pointer_name(record["job_id"])):
             with contextlib.suppress(BlobNotFoundError):
                 self._blobs.delete_blob(name)
         log.info("run %s: training job %s %s", command.correlation_id, record["job_id"], status)
@@ -214,13 +216,13 @@ class TrainingJobs:
     ) -> StageSucceeded | StageFailed:
         result = self._read_json(prefix, RESULT_FILE)
         if result is None:
-            return self._failed(
+            return failed_event(
                 command, TrainingJobFailedError(f"the training job wrote no {prefix}/{RESULT_FILE}")
             )
         try:
             training = training_record(result)
         except TrainingJobRejectedError as exc:
-            return self._failed(command, exc)
+            return failed_event(command, exc)
         self._blobs.upload_blob(
             f"{prefix}/{TRAINING_RECORD}", json.dumps(training, indent=2).encode()
         )
@@ -234,18 +236,6 @@ class TrainingJobs:
         submitted = datetime.fromisoformat(record["submitted_at"])
         return succeeded_event(command, MODEL_OUTPUT, prefix, manifest).model_copy(
             update={"duration_s": (datetime.now(UTC) - submitted).total_seconds()}
-        )
-
-    @staticmethod
-    def _failed(command: RunStage, exc: Exception) -> StageFailed:
-        return StageFailed(
-            correlation_id=command.correlation_id,
-            traceparent=command.traceparent,
-            stage=command.stage,
-            attempt=command.attempt,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            retryable=not isinstance(exc, PermanentError),
         )
 
     def _read_json(self, prefix: str, name: str) -> dict[str, Any] | None:

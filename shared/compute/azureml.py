@@ -233,7 +233,7 @@ def _translated(job_id: str) -> Iterator[None]:
         raise ComputeUnavailableError(f"Azure ML unreachable: {exc}") from exc
     except HttpResponseError as exc:
         code = exc.status_code or 0
-        if code in (408, 429) or code >= 500:
+        if _transient(exc):
             raise ComputeUnavailableError(f"Azure ML busy (HTTP {code}): {exc.message}") from exc
         raise ComputeRequestError(
             f"Azure ML rejected the request (HTTP {code}): {exc.message}"
@@ -250,6 +250,7 @@ def _translated(job_id: str) -> Iterator[None]:
 
 
 def _transient(error: BaseException | None) -> bool:
+    """Worth another attempt: a connection failure, a timeout, HTTP 408, 429 or 5xx."""
     if isinstance(error, HttpResponseError) and not isinstance(error, ResourceNotFoundError):
         code = error.status_code or 0
         return code in (408, 429) or code >= 500

@@ -25,7 +25,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.store import RunStore
-from recipes.base import Recipe
 from recipes.registry import get_recipe
 from services.aggregation import build_spec as aggregation_spec
 from services.train.jobs import TrainingJobs
@@ -33,7 +32,6 @@ from shared import telemetry
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.compute.port import JobStatus
-from shared.errors import UnknownRecipeError
 from shared.messages import (
     Message,
     RunStage,
@@ -79,7 +77,7 @@ from shared.topology import (
     command_topic,
 )
 from shared.worker import Worker
-from tests.recipe_fixtures import echo_recipe
+from tests.recipe_fixtures import echo_recipe, only
 
 
 @dataclass
@@ -158,10 +156,7 @@ def events() -> Iterator[_EventCapture]:
 # --- worker --------------------------------------------------------------------------------
 
 
-def lookup(name: str) -> Recipe:
-    if name != "echo":
-        raise UnknownRecipeError(name, ["echo"])
-    return echo_recipe
+lookup = only(echo_recipe)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
-from recipes.base import Recipe
 from services.train import make_handler
 from services.train.jobs import RECORDS_PREFIX, TrainingJobs
 from services.train.settings import ComputeMode, TrainSettings
@@ -33,7 +32,6 @@ from shared.compute.azureml import AzureMLTrainingCompute
 from shared.compute.azureml_events import RUN_STATUS_CHANGED
 from shared.compute.local import LocalTrainingCompute
 from shared.compute.port import JobHandle, JobNotFoundError, JobStatus, TrainingJob
-from shared.errors import UnknownRecipeError
 from shared.messages import (
     CancelStage,
     Message,
@@ -57,7 +55,7 @@ from shared.topology import (
 from shared.worker import StageSpec, Worker
 from tests.azureml_fake import FakeAzureML as FakeWorkspace
 from tests.azureml_fake import fake_ml_client, refuse_network
-from tests.recipe_fixtures import echo_recipe
+from tests.recipe_fixtures import echo_recipe, only
 from tests.servicebus_broker import ServiceBusTestBroker
 
 LOCK_S = 2.0
@@ -90,10 +88,7 @@ class FakeAzureML:
         self.status[handle.job_id] = JobStatus("cancelled", "Azure ML status Canceled")
 
 
-def lookup(name: str) -> Recipe:
-    if name != "echo":
-        raise UnknownRecipeError(name, ["echo"])
-    return gpu_echo
+lookup = only(gpu_echo)
 
 
 @pytest.fixture

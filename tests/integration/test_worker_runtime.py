@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from recipes.base import Recipe
 from services.aggregation import build_spec as aggregation_spec
 from services.split import build_spec as split_spec
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
-from shared.errors import UnknownRecipeError
 from shared.messages import (
     Message,
     RunStage,
@@ -34,15 +32,12 @@ from shared.topology import (
     command_topic,
 )
 from shared.worker import StageContext, StageResult, StageSpec, Worker
-from tests.recipe_fixtures import echo_recipe
+from tests.recipe_fixtures import echo_recipe, only
 
 LOCK_S = 0.6
 
 
-def lookup(name: str) -> Recipe:
-    if name != "echo":
-        raise UnknownRecipeError(name, ["echo"])
-    return echo_recipe
+lookup = only(echo_recipe)
 
 
 @pytest.fixture
