@@ -4,31 +4,44 @@ A worker (or an Azure ML command job) downloads a stage's inputs into local dire
 calls the recipe function and uploads what it wrote. Recipes never see the bus, the blob
 store or the model registry, so the same code runs anywhere.
 
-Stage functions and what they read/write:
+Stage functions and what they read/write (``ctx`` is a ``RecipeContext``: cancellation and the
+cores the stage may use; it defaults to ``None``, i.e. a fresh context, for direct calls):
 
-- ``aggregate(raw_dir, out_dir, params) -> DatasetSummary``: ``raw_dir`` holds the raw blobs of
-  the data set (relative paths kept). Writes one consolidated data set into ``out_dir``.
+- ``aggregate(raw_dir, out_dir, params, ctx) -> DatasetSummary``: ``raw_dir`` holds the raw blobs
+  of the data set (relative paths kept). Writes one consolidated data set into ``out_dir``.
   Raises ``shared.errors.DataValidationError`` naming the bad file/row.
-- ``split(dataset_dir, out_dir, params) -> DatasetSummary``: writes the split (e.g.
+- ``split(dataset_dir, out_dir, params, ctx) -> DatasetSummary``: writes the split (e.g.
   ``train.csv``/``validation.csv``) into ``out_dir``.
-- ``train(split_dir, out_dir, params) -> TrainResult``: fits and evaluates; may write
-  artifacts (plots, reports) into ``out_dir`` and list them in the result.
+- ``train(split_dir, out_dir, params, ctx) -> TrainResult``: fits and evaluates; may write
+  artifacts (plots, reports) into ``out_dir`` and list them in the result, and return child runs
+  (tuning trials, zoo members) that the runtime logs as MLflow child runs of the run.
 - ``write_sample_data(out_dir, seed)``: writes a small raw data set for demos and tests.
+
+A long stage calls ``ctx.check_cancelled()`` at its checkpoints (between epochs, trials, zoo
+members): once the run is cancelled it raises ``StageCancelledError`` and the worker is free.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+import os
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.errors import StageCancelledError
+
 Compute = Literal["cpu", "gpu"]
-ModelFlavor = Literal["sklearn", "tensorflow"]
+# MLflow flavours the runtime logs models with; ``pyfunc`` takes an ``mlflow.pyfunc.PythonModel``.
+ModelFlavor = Literal["sklearn", "tensorflow", "keras", "lightgbm", "onnx", "pyfunc"]
+# The stages that run recipe code, whose outputs are cached.
+RecipeStage = Literal["aggregation", "split", "train"]
+RECIPE_STAGES: tuple[RecipeStage, ...] = ("aggregation", "split", "train")
 Comparison = Literal[">=", ">", "<=", "<"]
 
 _COMPARATORS: dict[str, Callable[[float, float], bool]] = {
@@ -58,10 +71,46 @@ class RecipeParams(BaseModel):
 
 
 @dataclass(frozen=True)
+class RecipeContext:
+    """What the runtime hands a stage function besides its directories and params.
+
+    ``cancelled`` is set by the runtime when the run is cancelled; ``max_workers`` is how many
+    cores the stage may use (process pools, LightGBM threads), so a worker running several
+    stages at once does not oversubscribe the machine.
+    """
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def __post_init__(self) -> None:
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {self.max_workers}")
+
+    def check_cancelled(self) -> None:
+        """Raises ``StageCancelledError`` once the run was cancelled: call it at checkpoints."""
+        if self.cancelled.is_set():
+            raise StageCancelledError()
+
+
+@dataclass(frozen=True)
 class DatasetSummary:
     rows: int
     files: list[str]
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """One tuning trial or zoo member; the runtime logs it as an MLflow child run of the run.
+
+    ``artifacts`` are files the recipe wrote under its ``out_dir`` (e.g. a pickled zoo model).
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    artifacts: Sequence[Path] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,8 +122,32 @@ class TrainResult:
     artifacts: list[Path] = field(default_factory=list)
     input_example: Any = None
     # Extra keyword arguments for the flavor's ``log_model`` (e.g. sklearn's
-    # ``skops_trusted_types`` for custom transformers, ``code_paths`` for portable loading).
+    # ``skops_trusted_types`` for custom transformers, ``code_paths`` for portable loading,
+    # ``signature``).
     log_model_options: dict[str, Any] = field(default_factory=dict)
+    # Trials, zoo members: logged as child runs, in this order.
+    children: list[ChildRun] = field(default_factory=list)
+
+
+class DatasetFunction(Protocol):
+    """``aggregate(raw_dir, out_dir, params, ctx)`` or ``split(dataset_dir, ...)``."""
+
+    def __call__(
+        self, in_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None, /
+    ) -> DatasetSummary: ...
+
+
+class TrainFunction(Protocol):
+    """``train(split_dir, out_dir, params, ctx)``."""
+
+    def __call__(
+        self,
+        split_dir: Path,
+        out_dir: Path,
+        params: RecipeParams,
+        ctx: RecipeContext | None = None,
+        /,
+    ) -> TrainResult: ...
 
 
 @dataclass(frozen=True)
@@ -103,12 +176,33 @@ class Recipe:
     primary_metric: str
     greater_is_better: bool
     compute: Compute
-    aggregate: Callable[[Path, Path, RecipeParams], DatasetSummary]
-    split: Callable[[Path, Path, RecipeParams], DatasetSummary]
-    train: Callable[[Path, Path, RecipeParams], TrainResult]
+    aggregate: DatasetFunction
+    split: DatasetFunction
+    train: TrainFunction
     write_sample_data: Callable[[Path, int], None]
     quality_gate: QualityGate = field(default_factory=QualityGate)
     pip_requirements: tuple[str, ...] = ()
+    # Which params each of aggregation/split/train reads: a stage's cache key covers only
+    # those (so a train-only change reuses aggregation and split). A stage left out reads all.
+    stage_params: Mapping[RecipeStage, Collection[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = set(self.params_model.model_fields)
+        for stage, names in self.stage_params.items():
+            if stage not in RECIPE_STAGES:
+                raise ValueError(
+                    f"recipe {self.name!r}: stage_params names unknown stage {stage!r}"
+                )
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(
+                    f"recipe {self.name!r}: stage_params[{stage!r}] names unknown params {unknown}"
+                )
+
+    def params_read_by(self, stage: RecipeStage) -> frozenset[str]:
+        """The params ``stage`` reads (all of them when the recipe does not say)."""
+        names = self.stage_params.get(stage)
+        return frozenset(self.params_model.model_fields if names is None else names)
 
     def parse_params(self, params: Mapping[str, Any]) -> RecipeParams:
         """Raises pydantic.ValidationError naming each bad parameter."""

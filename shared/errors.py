@@ -86,3 +86,10 @@ class DataValidationError(PermanentError):
         super().__init__(where + message)
         self.file = file
         self.row = row
+
+
+class StageCancelledError(PermanentError):
+    """The run was cancelled while its stage was working; the stage stopped at a checkpoint."""
+
+    def __init__(self, message: str = "stage cancelled") -> None:
+        super().__init__(message)

@@ -8,7 +8,10 @@ only when ``MlflowRegistry`` is built.
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +23,13 @@ from shared.errors import PermanentError, RetryableError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from recipes.base import TrainResult
+    from recipes.base import ChildRun, TrainResult
 
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# MLflow's own tag naming a nested run's parent (the MLflow UI groups child runs by it).
+PARENT_RUN_TAG = "mlflow.parentRunId"
 BEST_MODEL_TAG = "best_model"
 METRIC_TAG_PREFIX = "metric."
 
@@ -112,9 +117,13 @@ class MlflowRegistry:
         mlflow = self._mlflow
         with _translated("log training"):
             experiment_id = self._ensure_experiment(experiment_name)
-            existing = self._client.search_runs(
-                [experiment_id], filter_string=f"tags.correlation_id = '{correlation_id}'"
-            )
+            existing = [
+                found
+                for found in self._client.search_runs(
+                    [experiment_id], filter_string=f"tags.correlation_id = '{correlation_id}'"
+                )
+                if PARENT_RUN_TAG not in found.data.tags
+            ]
             run_kwargs: dict[str, Any] = (
                 {"run_id": existing[0].info.run_id}
                 if existing
@@ -126,16 +135,62 @@ class MlflowRegistry:
                 mlflow.log_metrics(result.metrics)
                 for artifact in result.artifacts:
                     mlflow.log_artifact(str(artifact))
-                flavor = getattr(mlflow, result.flavor)
+                self._log_children(experiment_id, run.info.run_id, correlation_id, result.children)
+                flavor = importlib.import_module(f"mlflow.{result.flavor}")
+                # pyfunc takes a PythonModel by keyword; every other flavour takes the model first.
+                model_args: tuple[Any, ...] = () if result.flavor == "pyfunc" else (result.model,)
+                model_kwargs = {"python_model": result.model} if result.flavor == "pyfunc" else {}
                 # Explicit requirements: inferring them costs seconds per model (measured ~4 s).
                 info = flavor.log_model(
-                    result.model,
+                    *model_args,
                     name="model",
                     pip_requirements=list(pip_requirements),
                     input_example=result.input_example,
+                    **model_kwargs,
                     **result.log_model_options,
                 )
             return TrainingRecord(run.info.run_id, info.model_uri, experiment_id)
+
+    def _log_children(
+        self,
+        experiment_id: str,
+        parent_run_id: str,
+        correlation_id: str,
+        children: Sequence[ChildRun],
+    ) -> None:
+        """Each child (trial, zoo member) as a finished MLflow run nested under the run."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._client
+        # A retried training replaces what an earlier attempt logged instead of doubling it.
+        for old in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+        ):
+            client.delete_run(old.info.run_id)
+        for child in children:
+            child_run = client.create_run(
+                experiment_id,
+                run_name=child.name,
+                tags={PARENT_RUN_TAG: parent_run_id, "correlation_id": correlation_id},
+            )
+            child_id = child_run.info.run_id
+            now_ms = int(time.time() * 1000)
+            metrics = [Metric(k, float(v), now_ms, 0) for k, v in child.metrics.items()]
+            params = [Param(k, _param_value(v)) for k, v in child.params.items()]
+            child_tags = [RunTag(k, str(v)) for k, v in child.tags.items()]
+            # MLflow takes at most 1,000 metrics, 100 params and 100 tags per batch.
+            for batch in itertools.count():
+                chunk = (
+                    metrics[batch * 1000 : (batch + 1) * 1000],
+                    params[batch * 100 : (batch + 1) * 100],
+                    child_tags[batch * 100 : (batch + 1) * 100],
+                )
+                if not any(chunk):
+                    break
+                client.log_batch(child_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+            for artifact in child.artifacts:
+                client.log_artifact(child_id, str(artifact))
+            client.set_terminated(child_id)
 
     def create_model_version(
         self,

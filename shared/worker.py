@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -25,10 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from pydantic import ValidationError
 
-from recipes.base import Recipe, RecipeParams
+from recipes.base import Recipe, RecipeContext, RecipeParams
 from shared.blobs.port import BlobStore
 from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
 from shared.bus.port import MessageBus, ReceivedMessage
@@ -67,6 +69,8 @@ class StageContext:
     blob_store: BlobStore
     # Where the worker uploads ``output_dir`` (and the manifest) when the handler returns.
     output_prefix: str
+    # Handed to the recipe's stage function: cancellation and the cores it may use.
+    recipe_context: RecipeContext = field(default_factory=RecipeContext)
 
     def input_prefix(self, name: str) -> str:
         """The blob prefix of input ``name`` (what ``input_dirs[name]`` is downloaded from)."""
@@ -130,7 +134,10 @@ class Worker:
         work_dir: Path | None = None,
         health_file: Path | None = None,
         name: str | None = None,
+        stage_max_workers: int | None = None,
     ) -> None:
+        """``stage_max_workers``: cores one stage may use (``RecipeContext.max_workers``);
+        default: the machine's cores shared among ``max_concurrency`` stages."""
         self.spec = spec
         self._bus = bus
         self._blobs = blob_store
@@ -141,7 +148,13 @@ class Worker:
         self._work_dir = work_dir
         self._health_file = health_file
         self.name = name or f"{spec.stage}@{socket.gethostname()}"
+        self._stage_max_workers = stage_max_workers or max(
+            1, (os.cpu_count() or 1) // max_concurrency
+        )
         self._stopping = threading.Event()
+        # The recipe context of each attempt in flight, so that a cancel can reach it.
+        self._in_flight: dict[tuple[UUID, int], RecipeContext] = {}
+        self._in_flight_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -170,6 +183,15 @@ class Worker:
 
     def close(self) -> None:
         self._bus.close()
+
+    def cancel_stage(self, correlation_id: UUID, attempt: int) -> bool:
+        """Ask the recipe of that attempt, if it runs here, to stop at its next checkpoint."""
+        with self._in_flight_lock:
+            context = self._in_flight.get((correlation_id, attempt))
+        if context is None:
+            return False
+        context.cancelled.set()
+        return True
 
     @property
     def topic(self) -> str:
@@ -281,12 +303,26 @@ class Worker:
             output_dir = root / "outputs"
             output_dir.mkdir()
             ctx = StageContext(
-                command, recipe, params, input_dirs, output_dir, self._blobs, output_prefix
+                command,
+                recipe,
+                params,
+                input_dirs,
+                output_dir,
+                self._blobs,
+                output_prefix,
+                RecipeContext(max_workers=self._stage_max_workers),
             )
             if self.spec.download_inputs:
                 for name in self.spec.inputs:
                     ctx.download_input(name)
-            result = self.spec.handler(ctx)
+            key = (command.correlation_id, command.attempt)
+            with self._in_flight_lock:
+                self._in_flight[key] = ctx.recipe_context
+            try:
+                result = self.spec.handler(ctx)
+            finally:
+                with self._in_flight_lock:
+                    del self._in_flight[key]
             if result.deferred:
                 log.info(
                     "%s deferred for run %s: %s",

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipes.base import DatasetSummary, QualityGate, Recipe, RecipeParams, TrainResult
+from recipes.base import (
+    DatasetSummary,
+    QualityGate,
+    Recipe,
+    RecipeContext,
+    RecipeParams,
+    TrainResult,
+)
 from shared.errors import DataValidationError, UnknownRecipeError
 
 
@@ -19,7 +26,9 @@ class EchoParams(RecipeParams):
     sleep_s: float = 0.0
 
 
-def _aggregate(raw_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSummary:
+def _aggregate(
+    raw_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> DatasetSummary:
     numbers: list[float] = []
     files = sorted(p for p in raw_dir.rglob("*") if p.is_file())
     for path in files:
@@ -34,13 +43,17 @@ def _aggregate(raw_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSum
     return DatasetSummary(rows=len(numbers), files=[str(p.relative_to(raw_dir)) for p in files])
 
 
-def _split(dataset_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSummary:
+def _split(
+    dataset_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> DatasetSummary:
     numbers = json.loads((dataset_dir / "numbers.json").read_text())
     (out_dir / "train.json").write_text(json.dumps(numbers))
     return DatasetSummary(rows=len(numbers), files=["train.json"])
 
 
-def _train(split_dir: Path, out_dir: Path, params: RecipeParams) -> TrainResult:
+def _train(
+    split_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> TrainResult:
     assert isinstance(params, EchoParams)
     if params.fail_with == "transient":
         raise OSError("disk hiccup")

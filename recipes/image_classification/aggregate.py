@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
-from recipes.base import DatasetSummary, RecipeParams
+from recipes.base import DatasetSummary, RecipeContext, RecipeParams
 from recipes.image_classification.dataset import (
     IMAGES_DIR,
     LABELS_FILE,
@@ -73,7 +73,9 @@ transformations:
 log = logging.getLogger(__name__)
 
 
-def aggregate(raw_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSummary:
+def aggregate(
+    raw_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> DatasetSummary:
     p = coerce_params(params)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     found, ignored = find_images(raw_dir)

@@ -15,7 +15,7 @@ import shutil
 import zlib
 from pathlib import Path
 
-from recipes.base import DatasetSummary, RecipeParams
+from recipes.base import DatasetSummary, RecipeContext, RecipeParams
 from recipes.image_classification.dataset import (
     DATASET_FILE,
     LABELS_FILE,
@@ -31,7 +31,9 @@ from recipes.image_classification.params import coerce_params
 from shared.errors import DataValidationError
 
 
-def split(dataset_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSummary:
+def split(
+    dataset_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> DatasetSummary:
     import pandas as pd
 
     from recipes.splitting import SplitError, random_split

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from recipes.base import RecipeParams, TrainResult, pinned
+from recipes.base import RecipeContext, RecipeParams, TrainResult, pinned
 from recipes.image_classification.dataset import (
     TRAIN_FILE,
     VALIDATION_FILE,
@@ -72,7 +72,9 @@ OUTPUT_DESCRIPTION = "float32 class probabilities, shape (n, len(classes)), in t
 log = logging.getLogger(__name__)
 
 
-def train(split_dir: Path, out_dir: Path, params: RecipeParams) -> TrainResult:
+def train(
+    split_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> TrainResult:
     import numpy as np
 
     p = coerce_params(params)

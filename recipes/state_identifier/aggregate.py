@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recipes.base import DatasetSummary, RecipeParams
+from recipes.base import DatasetSummary, RecipeContext, RecipeParams
 from recipes.state_identifier.params import coerce_params
 from shared.errors import DataValidationError
 
@@ -34,7 +34,9 @@ PROFILE_FILE = "profile.json"
 log = logging.getLogger(__name__)
 
 
-def aggregate(raw_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSummary:
+def aggregate(
+    raw_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> DatasetSummary:
     p = coerce_params(params)
     ts = p.timestamp_column
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)

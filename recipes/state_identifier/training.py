@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 
 import recipes
 import shared
-from recipes.base import DatasetSummary, RecipeParams, TrainResult
+from recipes.base import DatasetSummary, RecipeContext, RecipeParams, TrainResult
 from recipes.splitting import no_split
 from recipes.state_identifier.aggregate import TIMESERIES_FILE
 from recipes.state_identifier.metrics import dunn_index, silhouette
@@ -38,7 +38,9 @@ CLUSTER_PLOT_FILE = "clusters.png"
 log = logging.getLogger(__name__)
 
 
-def split(dataset_dir: Path, out_dir: Path, params: RecipeParams) -> DatasetSummary:
+def split(
+    dataset_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> DatasetSummary:
     """Unsupervised: no validation set, all of ``timeseries.csv`` becomes ``train.csv``."""
     data = _read_csv(Path(dataset_dir) / TIMESERIES_FILE)
     train, validation = no_split(data)
@@ -73,7 +75,9 @@ def build_preprocessing(params: StateIdentifierParams) -> Pipeline:
     )
 
 
-def train(split_dir: Path, out_dir: Path, params: RecipeParams) -> TrainResult:
+def train(
+    split_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> TrainResult:
     """Fits preprocessing + KMeans on all windows and scores the clustering on the same windows.
 
     The model is one ``Pipeline`` whose ``predict`` takes raw readings (gaps allowed, the

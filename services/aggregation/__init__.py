@@ -6,7 +6,9 @@ from shared.worker import StageContext, StageResult, StageSpec
 
 
 def aggregate(ctx: StageContext) -> StageResult:
-    summary = ctx.recipe.aggregate(ctx.input_dirs["data"], ctx.output_dir, ctx.params)
+    summary = ctx.recipe.aggregate(
+        ctx.input_dirs["data"], ctx.output_dir, ctx.params, ctx.recipe_context
+    )
     return StageResult(
         metrics={"rows": float(summary.rows)},
         details={"rows": summary.rows, "files": summary.files, **summary.details},

@@ -6,7 +6,9 @@ from shared.worker import StageContext, StageResult, StageSpec
 
 
 def split(ctx: StageContext) -> StageResult:
-    summary = ctx.recipe.split(ctx.input_dirs["dataset"], ctx.output_dir, ctx.params)
+    summary = ctx.recipe.split(
+        ctx.input_dirs["dataset"], ctx.output_dir, ctx.params, ctx.recipe_context
+    )
     return StageResult(details={"rows": summary.rows, "files": summary.files, **summary.details})
 
 

@@ -62,7 +62,9 @@ def make_handler(
             raise ConfigurationError("in_process training needs the MLflow registry")
         artifacts_dir = ctx.output_dir / "artifacts"
         artifacts_dir.mkdir()
-        result = ctx.recipe.train(ctx.download_input("split"), artifacts_dir, ctx.params)
+        result = ctx.recipe.train(
+            ctx.download_input("split"), artifacts_dir, ctx.params, ctx.recipe_context
+        )
         record = registry.log_training(
             experiment_name=experiment_name(ctx.recipe.name),
             correlation_id=str(ctx.command.correlation_id),

@@ -4,7 +4,7 @@
         [--params-json '{...}' | base64:...] [--correlation-id ID] [--recipe-module MODULE ...]
         [--mlflow --experiment NAME [--tag KEY=VALUE ...]]
 
-Runs ``recipe.train(split, output/artifacts, params)`` and writes ``output/result.json``
+Runs ``recipe.train(split, output/artifacts, params, ctx)`` and writes ``output/result.json``
 (recipe, metrics, params, artifacts relative to ``output``). With ``--mlflow`` it also logs
 the run and the model to MLflow (``RETRAINER_MLFLOW_TRACKING_URI``, or ``MLFLOW_TRACKING_URI``
 as Azure ML sets it in a job) exactly as the train worker does in-process, and adds
@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from recipes.base import RecipeContext
 from shared.compute.port import ARTIFACTS_DIR, ERROR_FILE, PARAMS_BASE64_PREFIX, RESULT_FILE
 from shared.errors import PermanentError
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     artifacts_dir = output_dir / ARTIFACTS_DIR
     artifacts_dir.mkdir(parents=True, exist_ok=True)
 
-    result = recipe.train(split_dir, artifacts_dir, params)
+    result = recipe.train(split_dir, artifacts_dir, params, RecipeContext())
 
     def relative(path: Path) -> str:
         try:
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics": {name: float(value) for name, value in result.metrics.items()},
         "params": {**params.model_dump(mode="json"), **result.params},
         "artifacts": [relative(path) for path in result.artifacts],
+        "children": len(result.children),
     }
     if args.mlflow:
         from shared.settings import CommonSettings, create_registry

@@ -9,13 +9,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-from recipes.base import RecipeParams, TrainResult
+from recipes.base import RecipeContext, RecipeParams, TrainResult
 from recipes.state_identifier import recipe as state_identifier
 
 SLOW_TRAIN_S = 6.0
 
 
-def _slow_train(split_dir: Path, out_dir: Path, params: RecipeParams) -> TrainResult:
+def _slow_train(
+    split_dir: Path, out_dir: Path, params: RecipeParams, ctx: RecipeContext | None = None
+) -> TrainResult:
     time.sleep(SLOW_TRAIN_S)
     return state_identifier.train(split_dir, out_dir, params)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.pyfunc import PythonModel
 from sklearn.cluster import KMeans
 
-from recipes.base import TrainResult
-from shared.tracking import BEST_MODEL_TAG, MlflowRegistry
+from recipes.base import ChildRun, TrainResult
+from shared.tracking import BEST_MODEL_TAG, PARENT_RUN_TAG, MlflowRegistry
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +100,82 @@ def test_training_run_registration_and_promotion(registry: MlflowRegistry, tmp_p
     mlflow.set_tracking_uri(registry.tracking_uri)
     loaded = mlflow.pyfunc.load_model("models:/clusters@champion")
     assert len(loaded.predict([[0.0], [10.0]])) == 2
+
+
+def test_child_runs_are_nested_under_the_run_and_replaced_on_a_retry(
+    registry: MlflowRegistry, tmp_path: Path
+) -> None:
+    table = tmp_path / "trial-1.csv"
+    table.write_text("fold,auc\n0,0.8\n")
+    children = [
+        ChildRun(
+            name=f"trial-{i}",
+            params={"num_leaves": 8 * (i + 1), "space": {"lr": [0.01, 0.3]}},
+            metrics={"cv_auc": 0.7 + i / 100, **{f"fold_{k}_auc": 0.7 for k in range(3)}},
+            artifacts=[table] if i == 1 else [],
+            tags={"trial": str(i)},
+        )
+        for i in range(3)
+    ]
+    result = TrainResult(**{**_train_result(3).__dict__, "children": children})
+
+    def log() -> str:
+        return registry.log_training(
+            experiment_name="retrainer-children",
+            correlation_id="run-children",
+            result=result,
+            pip_requirements=["scikit-learn"],
+            tags={},
+        ).run_id
+
+    parent = log()
+    client = MlflowClient(registry.tracking_uri)
+    experiment = client.get_experiment_by_name("retrainer-children")
+    assert experiment is not None
+
+    def nested() -> list[Run]:
+        return client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}'",
+            order_by=["attributes.run_name"],
+        )
+
+    found = nested()
+    assert [r.info.run_name for r in found] == ["trial-0", "trial-1", "trial-2"]
+    second = found[1]
+    assert second.data.params["num_leaves"] == "16"
+    assert second.data.metrics["cv_auc"] == pytest.approx(0.71)
+    assert second.data.metrics["fold_2_auc"] == pytest.approx(0.7)
+    assert second.data.tags["trial"] == "1" and second.data.tags["correlation_id"] == "run-children"
+    assert second.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(second.info.run_id)] == ["trial-1.csv"]
+
+    assert log() == parent, "a retry finds the run again, not one of its children"
+    assert len(nested()) == 3, "a retry replaces the children instead of doubling them"
+
+
+class _Doubler(PythonModel):
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        return model_input * 2
+
+
+def test_pyfunc_and_lightgbm_flavors_are_logged_and_load(registry: MlflowRegistry) -> None:
+    import lightgbm
+    import mlflow.pyfunc
+
+    rows = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0] * 10, "y": [1.0, 0.0, 1.0, 0.0] * 10})
+    classifier = lightgbm.LGBMClassifier(n_estimators=5, min_child_samples=2, verbose=-1)
+    classifier.fit(rows[["x"]], rows["y"])
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    for flavor, model in (("pyfunc", _Doubler()), ("lightgbm", classifier)):
+        record = registry.log_training(
+            experiment_name="retrainer-flavors",
+            correlation_id=f"run-{flavor}",
+            result=TrainResult(
+                model=model, flavor=flavor, metrics={}, input_example=rows[["x"]].head(2)
+            ),
+            pip_requirements=[],
+            tags={},
+        )
+        predicted = mlflow.pyfunc.load_model(record.model_uri).predict(rows[["x"]].head(2))
+        assert len(predicted) == 2, flavor

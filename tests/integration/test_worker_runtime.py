@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from recipes.base import RecipeContext
 from services.aggregation import build_spec as aggregation_spec
 from services.split import build_spec as split_spec
 from shared.blobs.local import LocalBlobStore
@@ -270,3 +271,45 @@ def test_health_file_is_touched_by_every_receive(
 
     os.utime(health, (old, old))
     assert healthcheck([str(health), "60"]) == 1, "stale: unhealthy"
+
+
+def test_cancel_stage_reaches_the_recipe_of_the_attempt_in_flight(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    entered = threading.Event()
+    seen: list[RecipeContext] = []
+
+    def waits_for_cancel(ctx: StageContext) -> StageResult:
+        seen.append(ctx.recipe_context)
+        entered.set()
+        while True:
+            ctx.recipe_context.check_cancelled()
+            ctx.recipe_context.cancelled.wait(0.05)
+
+    spec = StageSpec(
+        stage="aggregation", inputs=("data",), output="dataset", handler=waits_for_cancel
+    )
+    worker = Worker(
+        spec,
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.2,
+        stage_max_workers=3,
+    )
+    command = send(bus)
+    processing = threading.Thread(target=worker.process_next)
+    processing.start()
+    assert entered.wait(60)
+
+    assert not worker.cancel_stage(command.correlation_id, command.attempt + 1), "another attempt"
+    assert worker.cancel_stage(command.correlation_id, command.attempt)
+    processing.join(60)
+
+    assert not processing.is_alive()
+    assert seen[0].max_workers == 3
+    _, failed = events(bus)
+    assert isinstance(failed, StageFailed)
+    assert failed.error_type == "StageCancelledError" and not failed.retryable
+    assert not worker.cancel_stage(command.correlation_id, command.attempt), "no longer in flight"
