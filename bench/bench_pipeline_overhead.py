@@ -21,10 +21,11 @@ from typing import Any
 
 import httpx
 
-from coordinator.cli import prepare_state, stack_env, upload_sample_data, watch_run
-from coordinator.stack import Stack, free_port
+from cli.main import prepare_state, stack_env, upload_sample_data, watch_run
+from cli.stack import Stack, free_port
 from recipes.registry import get_recipe
-from shared.settings import CommonSettings, create_registry
+from shared.bootstrap import create_registry
+from shared.settings import CommonSettings
 
 RECIPE = "state_identifier"
 

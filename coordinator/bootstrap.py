@@ -8,7 +8,7 @@ from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
 from recipes.registry import get_recipe, list_recipes
-from shared.settings import create_blob_store, create_bus
+from shared.bootstrap import create_blob_store, create_bus
 
 
 def build_coordinator(settings: CoordinatorSettings) -> Coordinator:

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.bus.port import OutgoingMessage
 from shared.errors import MalformedMessageError
-from shared.telemetry import traceparent_properties
 
 Stage = Literal["aggregation", "split", "train", "register", "tag"]
 STAGES: tuple[Stage, ...] = ("aggregation", "split", "train", "register", "tag")
@@ -149,6 +148,19 @@ MESSAGE_CLASSES: dict[str, type[Message]] = {
     cls.message_type: cls
     for cls in (RunStage, CancelStage, StageStarted, StageProgress, StageSucceeded, StageFailed)
 }
+
+# The application properties that carry the W3C traceparent on the bus: Service Bus' own
+# convention (its SDK and other Azure services read Diagnostic-Id) and the W3C name.
+DIAGNOSTIC_ID_PROPERTY = "Diagnostic-Id"
+TRACEPARENT_PROPERTY = "traceparent"
+
+
+def traceparent_properties(traceparent: str | None) -> dict[str, str]:
+    """Message application properties carrying ``traceparent`` (none when it is None)."""
+    if not traceparent:
+        return {}
+    return {DIAGNOSTIC_ID_PROPERTY: traceparent, TRACEPARENT_PROPERTY: traceparent}
+
 
 # (message_type, from_version) -> function turning that version's body into the next one.
 _UPCASTERS: dict[tuple[str, int], Callable[[JsonDict], JsonDict]] = {}

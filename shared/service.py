@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from shared.settings import CommonSettings, create_blob_store, create_bus
+from shared.bootstrap import create_blob_store, create_bus
+from shared.settings import CommonSettings
 from shared.telemetry import configure_from_settings, shutdown_telemetry
 from shared.worker import StageSpec, Worker
 

@@ -1,26 +1,17 @@
-"""Settings every service reads, and the factories that turn them into adapters.
+"""Settings every service reads (``RETRAINER_*`` environment variables or ``.env``).
 
-Adapters are chosen here by configuration (``RETRAINER_*`` environment variables or ``.env``);
-an adapter's SDK is imported only when that adapter is chosen. Nothing connects at import time:
-a service builds its ``Settings`` in ``main()`` and calls these factories there.
+This module only reads configuration; ``shared/bootstrap.py`` turns it into adapters.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import ConfigurationError
-from shared.topology import build_topology
 from shared.triggers import TriggerRule
-
-if TYPE_CHECKING:
-    from shared.blobs.port import BlobStore
-    from shared.bus.port import MessageBus
-    from shared.tracking import ModelRegistry
 
 
 class CommonSettings(BaseSettings):
@@ -93,68 +84,3 @@ class CommonSettings(BaseSettings):
     @property
     def resolved_mlflow_artifact_root(self) -> Path:
         return (self.mlflow_artifact_root or self.state_dir / "mlartifacts").resolve()
-
-
-def create_bus(settings: CommonSettings) -> MessageBus:
-    topology = build_topology(
-        lock_duration_s=settings.bus_lock_duration_s,
-        max_delivery_count=settings.bus_max_delivery_count,
-    )
-    if settings.bus == "sqlite":
-        from shared.bus.sqlite import SqliteMessageBus
-
-        return SqliteMessageBus(
-            settings.resolved_bus_sqlite_path,
-            topology=topology,
-            poll_interval_s=settings.bus_poll_interval_s,
-        )
-    if settings.bus == "servicebus":
-        from shared.bus.servicebus import ServiceBusMessageBus
-
-        if settings.servicebus_connection_string:
-            return ServiceBusMessageBus.from_connection_string(
-                settings.servicebus_connection_string, topology=topology
-            )
-        if settings.servicebus_namespace:
-            return ServiceBusMessageBus(settings.servicebus_namespace, topology=topology)
-        raise ConfigurationError(
-            "RETRAINER_BUS=servicebus needs RETRAINER_SERVICEBUS_CONNECTION_STRING or"
-            " RETRAINER_SERVICEBUS_NAMESPACE"
-        )
-    raise AssertionError(f"unhandled bus adapter {settings.bus!r}")
-
-
-def create_blob_store(settings: CommonSettings) -> BlobStore:
-    if settings.blob == "local":
-        from shared.blobs.local import LocalBlobStore
-        from shared.triggers import blob_event_hook
-
-        return LocalBlobStore(
-            settings.resolved_blob_local_root, on_blob_created=blob_event_hook(settings)
-        )
-    if settings.blob == "azure":
-        from shared.blobs.azure import AzureBlobStore
-
-        if settings.blob_connection_string:
-            return AzureBlobStore.from_connection_string(
-                settings.blob_connection_string, max_concurrency=settings.blob_max_concurrency
-            )
-        if settings.blob_account_url:
-            return AzureBlobStore(
-                settings.blob_account_url, max_concurrency=settings.blob_max_concurrency
-            )
-        raise ConfigurationError(
-            "RETRAINER_BLOB=azure needs RETRAINER_BLOB_CONNECTION_STRING or"
-            " RETRAINER_BLOB_ACCOUNT_URL"
-        )
-    raise AssertionError(f"unhandled blob adapter {settings.blob!r}")
-
-
-def create_registry(settings: CommonSettings) -> ModelRegistry:
-    from shared.tracking import MlflowRegistry
-
-    uri = settings.resolved_mlflow_tracking_uri
-    remote = uri.startswith(("http://", "https://", "databricks", "azureml://"))
-    return MlflowRegistry(
-        uri, artifact_root=None if remote else settings.resolved_mlflow_artifact_root
-    )

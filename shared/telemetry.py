@@ -44,12 +44,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 from uuid import UUID
 
+from shared.messages import StageFailed
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.metrics import Histogram, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
-    from shared.messages import RunStage, StageEvent, StageFailed, StageSucceeded
+    from shared.messages import RunStage, StageEvent, StageSucceeded
     from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -128,11 +130,6 @@ METRIC_NAMES = frozenset({METRIC_STAGE_DURATION, METRIC_QUEUE_WAIT})
 OUTCOMES = frozenset({OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_CACHED, OUTCOME_DEFERRED})
 ALL_NAMES = SPAN_NAMES | ATTRIBUTE_NAMES | EVENT_NAMES | METRIC_NAMES
 
-# The application properties that carry the W3C traceparent on the bus: Service Bus' own
-# convention (its SDK and other Azure services read Diagnostic-Id) and the W3C name.
-DIAGNOSTIC_ID_PROPERTY = "Diagnostic-Id"
-TRACEPARENT_PROPERTY = "traceparent"
-
 # Custom events are log records of this logger carrying ``microsoft.custom_event.name``.
 EVENTS_LOGGER = "retrainer.events"
 _CUSTOM_EVENT_NAME = "microsoft.custom_event.name"
@@ -201,13 +198,6 @@ def run_parent(
     return TraceParent(
         trace_id_of(correlation_id), derived_span_id(correlation_id, *fallback_parts), SAMPLED
     )
-
-
-def traceparent_properties(traceparent: str | None) -> dict[str, str]:
-    """Message application properties carrying ``traceparent`` (none when it is None)."""
-    if not traceparent:
-        return {}
-    return {DIAGNOSTIC_ID_PROPERTY: traceparent, TRACEPARENT_PROPERTY: traceparent}
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -621,8 +611,6 @@ class StageTelemetry(SpanHandle):
 
     def finish(self, event: StageSucceeded | StageFailed | None) -> None:
         """The stage's event, or None when the handler deferred the work."""
-        from shared.messages import StageFailed
-
         if event is None:
             self.outcome = OUTCOME_DEFERRED
         elif isinstance(event, StageFailed):

@@ -25,16 +25,13 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from shared.blobs.port import validate_prefix
 from shared.errors import ConfigurationError, InvalidBlobNameError
-from shared.events import BlobCreated, BlobEventPublisher
-
-if TYPE_CHECKING:
-    from shared.settings import CommonSettings
+from shared.events import BlobCreated
 
 # Where the stage workers write their outputs (shared.worker.ARTIFACTS_CONTAINER): a rule on it
 # would start runs from the runs' own outputs, forever.
@@ -182,16 +179,3 @@ def _drop_folder(path: str, prefix: str) -> str:
 
 def _join(container: str, folder: str) -> str:
     return f"{container}/{folder}" if folder else container
-
-
-def blob_event_hook(settings: CommonSettings) -> BlobEventPublisher | None:
-    """The local blob store's ``on_blob_created`` hook for ``settings``: events for the blobs
-    a trigger rule covers, None when blob events are off or there are no rules."""
-    from shared.settings import create_bus
-
-    rules = load_trigger_rules(settings.trigger_rules, settings.trigger_rules_file)
-    if not settings.blob_events or not rules:
-        return None
-    return BlobEventPublisher(
-        lambda: create_bus(settings), wanted=lambda name: covered(name, rules)
-    )

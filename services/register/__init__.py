@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from services.train import TRAINING_RECORD
-from shared.settings import CommonSettings, create_registry
+from shared.bootstrap import create_registry
+from shared.settings import CommonSettings
 from shared.tracking import METRIC_TAG_PREFIX, ModelRegistry
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
 

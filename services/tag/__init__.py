@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from recipes.base import Recipe
 from services.register import REGISTRATION_RECORD
-from shared.settings import CommonSettings, create_registry
+from shared.bootstrap import create_registry
+from shared.settings import CommonSettings
 from shared.tracking import ModelRegistry, ModelVersionRecord
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
 

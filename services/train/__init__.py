@@ -22,9 +22,9 @@ from services.train.jobs import (
 )
 from services.train.settings import TrainSettings
 from shared.blobs.port import validate_prefix
+from shared.bootstrap import create_blob_store, create_bus, create_registry
 from shared.compute.port import ERROR_FILE, RESULT_FILE, TrainingCompute, TrainingJob
 from shared.errors import ConfigurationError
-from shared.settings import create_blob_store, create_bus, create_registry
 from shared.tracking import ModelRegistry
 from shared.worker import ARTIFACTS_CONTAINER, StageContext, StageHandler, StageResult, StageSpec
 

@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "children": len(result.children),
     }
     if args.mlflow:
-        from shared.settings import CommonSettings, create_registry
+        from shared.bootstrap import create_registry
+        from shared.settings import CommonSettings
 
         settings = CommonSettings()
         if settings.mlflow_tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):

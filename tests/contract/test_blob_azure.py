@@ -32,6 +32,7 @@ from azure.storage.blob import (
 from shared.blobs.azure import AzureBlobStore
 from shared.blobs.port import BlobContent, BlobProperties, BlobStore
 from shared.blobs.transfer import BulkBlobTransfer, download_prefix, upload_directory
+from shared.bootstrap import create_blob_store
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
@@ -42,7 +43,7 @@ from shared.errors import (
     PermanentError,
     RetryableError,
 )
-from shared.settings import CommonSettings, create_blob_store
+from shared.settings import CommonSettings
 from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME, connection_string, free_port
 from tests.contract.blob_contract import BlobStoreContract
 

@@ -19,10 +19,11 @@ from azure.servicebus._pyamqp.message import BatchMessage
 from azure.servicebus._transport._pyamqp_transport import PyamqpTransport
 from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusError
 
+from shared.bootstrap import create_bus
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.bus.servicebus import ServiceBusMessageBus
 from shared.errors import ConfigurationError, MessageLockLostError
-from shared.settings import CommonSettings, create_bus
+from shared.settings import CommonSettings
 from shared.topology import (
     COORDINATOR_SUBSCRIPTION,
     EVENTS_TOPIC,

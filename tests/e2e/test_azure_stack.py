@@ -24,8 +24,8 @@ import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from coordinator.cli import prepare_state, stack_env, watch_run
-from coordinator.stack import Stack, free_port
+from cli.main import prepare_state, stack_env, watch_run
+from cli.stack import Stack, free_port
 from recipes.state_identifier import recipe as state_identifier
 from shared.settings import CommonSettings
 from shared.topology import BLOB_EVENTS_TOPIC, build_topology

@@ -29,10 +29,10 @@ import httpx
 import pytest
 import uvicorn
 
+from cli.stack import free_port
 from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.service import Coordinator
-from coordinator.stack import free_port
 from coordinator.store import RunStore
 from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore

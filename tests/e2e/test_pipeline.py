@@ -1,6 +1,6 @@
 """The whole stack as separate processes: coordinator + five workers on embedded defaults.
 
-These run exactly what ``retrainer up`` runs (coordinator/stack.py), talking over the SQLite
+These run exactly what ``retrainer up`` runs (cli/stack.py), talking over the SQLite
 bus, the local blob store and MLflow on SQLite.
 """
 
@@ -15,9 +15,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from coordinator.cli import prepare_state, stack_env, upload_sample_data, watch_run
-from coordinator.stack import Stack, free_port
-from shared.settings import CommonSettings, create_blob_store
+from cli.main import prepare_state, stack_env, upload_sample_data, watch_run
+from cli.stack import Stack, free_port
+from shared.bootstrap import create_blob_store
+from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Application Insights telemetry from the whole process stack, captured locally.
 
-The coordinator and the five workers run as processes (coordinator/stack.py) with an
+The coordinator and the five workers run as processes (cli/stack.py) with an
 Application Insights connection string whose ingestion endpoint is a local capture server
 (tests/appinsights_capture.py). One state-identifier run later, and once the stack has stopped
 gracefully (every service flushes on SIGTERM), the envelopes must show one trace per run:
@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coordinator.cli import prepare_state, stack_env, upload_sample_data, watch_run
-from coordinator.stack import Stack, free_port
+from cli.main import prepare_state, stack_env, upload_sample_data, watch_run
+from cli.stack import Stack, free_port
 from shared.messages import STAGES
 from shared.settings import CommonSettings
 from shared.telemetry import (

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 from fastapi.testclient import TestClient
 
-from coordinator import cli
+import cli.main as cli
 from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.service import Coordinator

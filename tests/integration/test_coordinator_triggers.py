@@ -18,12 +18,12 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
 from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
+from shared.bootstrap import create_blob_store
 from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
 from shared.errors import ConfigurationError
 from shared.events import BlobEventPublisher, blob_created_event, blob_event_message, parse_events
 from shared.messages import RunStage, decode
-from shared.settings import create_blob_store
 from shared.topology import (
     BLOB_EVENTS_TOPIC,
     COORDINATOR_SUBSCRIPTION,
@@ -467,8 +467,8 @@ def test_background_loops_turn_an_upload_into_a_run(tmp_path: Path) -> None:
 def test_retrainer_upload_on_embedded_defaults_starts_a_run_and_sample_data_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from cli.main import main, upload_sample_data
     from coordinator.bootstrap import build_coordinator
-    from coordinator.cli import main, upload_sample_data
 
     monkeypatch.setenv("RETRAINER_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("RETRAINER_TRIGGER_DEBOUNCE_S", "0")

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator import cli
-from coordinator.cli import (
+import cli.main as cli
+from cli.main import (
     CliError,
     _checked,
     _parse_param,

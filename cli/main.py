@@ -30,8 +30,9 @@ from typing import Any, TextIO
 
 import httpx
 
+from shared.bootstrap import create_blob_store, create_bus
 from shared.messages import STAGES
-from shared.settings import CommonSettings, create_blob_store, create_bus
+from shared.settings import CommonSettings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -400,7 +401,7 @@ def stack_env(settings: CommonSettings, port: int) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from coordinator.stack import Stack
+    from cli.stack import Stack
 
     settings = CommonSettings()
     prepare_state(settings)
@@ -430,7 +431,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from coordinator.stack import Stack, free_port
+    from cli.stack import Stack, free_port
 
     settings = CommonSettings()
     recipe = "state_identifier"
