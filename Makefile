@@ -33,7 +33,18 @@ ifneq ($(RETRAINER_SKIP_BROWSER_TESTS),1)
 	fi
 endif
 
-install: $(VENV)/.installed node_modules/.installed chromium
+# checkov, the IaC scanner the template tests run, in an environment of its own: its pins
+# conflict with the project's lock (deploy/azure/checkov-requirements.in says how to update).
+CHECKOV_ENV := .tools/checkov
+
+$(CHECKOV_ENV)/.installed: deploy/azure/checkov-requirements.txt $(VENV)/.installed
+	rm -rf $(CHECKOV_ENV)
+	$(UV) venv --quiet --no-config --python $(VENV)/bin/python $(CHECKOV_ENV)
+	$(UV) pip install --quiet --no-config --python $(CHECKOV_ENV)/bin/python --require-hashes \
+		-r deploy/azure/checkov-requirements.txt
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed chromium $(CHECKOV_ENV)/.installed
 
 demo: install
 	$(VENV)/bin/retrainer demo

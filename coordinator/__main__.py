@@ -5,12 +5,17 @@ uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which stops the loops (ap
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
 
 from coordinator.api import create_app
+from coordinator.auth import check_exposure
 from coordinator.settings import CoordinatorSettings
+from shared.errors import ConfigurationError
 from shared.telemetry import configure_from_settings
+
+log = logging.getLogger("coordinator")
 
 
 def main() -> None:
@@ -19,6 +24,11 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        check_exposure(settings)
+    except ConfigurationError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
     # Before the app exists, so that its requests are traced too; the lifespan flushes.
     configure_from_settings("coordinator", settings)
     uvicorn.run(

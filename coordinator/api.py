@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from coordinator.auth import Authenticator, authorize
 from coordinator.bootstrap import build_coordinator
 from coordinator.dashboard import add_dashboard_routes
 from coordinator.domain import (
@@ -34,7 +35,7 @@ from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest
 from coordinator.settings import CoordinatorSettings
 from coordinator.webhook import WebhookConfig, add_event_routes
 from shared.messages import Stage
-from shared.telemetry import configure_from_settings, shutdown_telemetry
+from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
 
 # --- schemas -----------------------------------------------------------------------------
 
@@ -213,17 +214,23 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or CoordinatorSettings()
+        auth = Authenticator.from_settings(resolved)
         if coordinator is None:
             # Once per process (python -m coordinator did it already: a no-op then).
             configure_from_settings("coordinator", resolved)
         running = coordinator or build_coordinator(resolved)
+        if coordinator is None:
+            observe_last_successes(running.last_successes)
         loops = BackgroundLoops(running, resolved.loop_intervals) if run_loops else None
         app.state.coordinator = running
         app.state.loops = loops
+        app.state.auth = auth
         secret = resolved.trigger_webhook_secret
         app.state.webhook = WebhookConfig(
             secret=secret.get_secret_value() if secret else None,
             max_bytes=resolved.trigger_webhook_max_bytes,
+            auth=auth,
+            role=resolved.trigger_webhook_role,
         )
         if loops:
             loops.start()
@@ -242,6 +249,9 @@ def create_app(
         description="Starts ML retraining runs and follows them through their five stages.",
         version="1",
         lifespan=lifespan,
+        # Every route needs a token once authentication is configured, but for the public
+        # ones coordinator/auth.py names (probes, dashboard shells, docs, the webhook).
+        dependencies=[Depends(authorize)],
     )
     _add_error_handlers(app)
     _add_routes(app)

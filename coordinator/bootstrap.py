@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from coordinator.service import Coordinator
@@ -18,7 +19,11 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
     # Discovering recipes imports their ML libraries (seconds): do it now rather than in the
     # first POST /runs, and fail at start-up on a recipe module that cannot be imported.
     list_recipes(extra_modules)
-    store = RunStore.from_url(settings.resolved_database_url, schema=settings.database_schema)
+    store = RunStore.from_url(
+        settings.resolved_database_url,
+        schema=settings.database_schema,
+        password=entra_database_password() if settings.database_entra_auth else None,
+    )
     store.create_tables()
     return Coordinator(
         bus=create_bus(settings),
@@ -28,3 +33,15 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         policy=settings.policy,
         triggers=settings.trigger_policy,
     )
+
+
+# Azure Database for PostgreSQL takes an Entra ID access token for this scope as the password.
+POSTGRES_ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
+
+
+def entra_database_password() -> Callable[[], str]:
+    """A fresh access token per connection (the credential caches it until near expiry)."""
+    from azure.identity import DefaultAzureCredential
+
+    credential = DefaultAzureCredential()
+    return lambda: credential.get_token(POSTGRES_ENTRA_SCOPE).token

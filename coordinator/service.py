@@ -189,6 +189,10 @@ class Coordinator:
         """Raises if the run store cannot be queried."""
         self.store.ping()
 
+    def last_successes(self) -> dict[str, datetime]:
+        """Recipe -> when its latest successful run finished."""
+        return self.store.last_successes()
+
     def _validate(self, recipe_name: str, data: str, params: Mapping[str, Any]) -> None:
         problems: list[Problem] = []
         try:

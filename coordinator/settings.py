@@ -18,12 +18,26 @@ from shared.triggers import load_trigger_rules
 
 class CoordinatorSettings(CommonSettings):
     # SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/db; default: SQLite in state_dir.
-    database_url: str | None = None
+    # A SecretStr: it may hold a password.
+    database_url: SecretStr | None = None
+    # PostgreSQL with Microsoft Entra authentication: each new connection's password is an
+    # access token of DefaultAzureCredential (the coordinator's managed identity).
+    database_entra_auth: bool = False
     # A PostgreSQL schema of its own, for a database shared with other applications.
     database_schema: str | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+
+    # API authentication (coordinator/auth.py): a static bearer token for compose and local
+    # stacks, and/or Microsoft Entra ID access tokens of the tenant for the API's audience (its
+    # app registration's client id or application id URI) with the app roles runs.read /
+    # runs.write. With neither, the server refuses to listen beyond 127.0.0.1.
+    api_token: SecretStr | None = None
+    auth_tenant_id: str | None = None
+    auth_audience: str | None = None
+    # The tenant's signing keys; default: login.microsoftonline.com's JWKS for the tenant.
+    auth_jwks_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     max_attempts: int = Field(default=3, ge=1)
@@ -45,15 +59,19 @@ class CoordinatorSettings(CommonSettings):
     # How long seen event ids / (blob, etag) pairs are kept for duplicate detection (Event
     # Grid retries for up to 24 h).
     trigger_dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
-    # POST /events/blob: the shared secret, as ?code=... or an aeg-sas-key header; None
-    # accepts every caller (the API binds to 127.0.0.1 by default).
+    # POST /events/blob: the shared secret, as ?code=... or an aeg-sas-key header, and/or,
+    # with Entra ID configured, Event Grid's Entra-authenticated delivery (a token for the
+    # API's audience carrying this app role). Neither: every caller (on 127.0.0.1 only).
     trigger_webhook_secret: SecretStr | None = None
+    trigger_webhook_role: str = "AzureEventGridSecureWebhookSubscriber"
     # Event Grid batches are at most 1 MB.
     trigger_webhook_max_bytes: int = Field(default=1024 * 1024, gt=0)
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.state_dir / 'coordinator.sqlite').resolve()}"
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.state_dir / 'coordinator.sqlite').resolve()}"
 
     @property
     def policy(self) -> Policy:

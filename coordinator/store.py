@@ -233,10 +233,22 @@ class RunStore:
         self._max_tries = max_tries
 
     @classmethod
-    def from_url(cls, url: str, *, schema: str | None = None) -> RunStore:
+    def from_url(
+        cls, url: str, *, schema: str | None = None, password: Callable[[], str] | None = None
+    ) -> RunStore:
+        """``password``: called for each new connection (an Entra ID access token, which
+        expires, for PostgreSQL with Microsoft Entra authentication)."""
         engine = create_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _configure_sqlite)
+        if password is not None:
+
+            def set_password(
+                _dialect: object, _record: object, _args: object, params: dict[str, Any]
+            ) -> None:
+                params["password"] = password()
+
+            event.listen(engine, "do_connect", set_password)
         return cls(engine, schema=schema)
 
     def create_tables(self) -> None:
@@ -479,6 +491,16 @@ class RunStore:
             query = query.where(runs.c.status == status)
         with self._connection() as conn:
             return int(conn.scalar(query) or 0)
+
+    def last_successes(self) -> dict[str, datetime]:
+        """Recipe -> when its latest successful run finished (a finished run is not updated)."""
+        query = (
+            select(runs.c.recipe, func.max(runs.c.updated_at))
+            .where(runs.c.status == "succeeded")
+            .group_by(runs.c.recipe)
+        )
+        with self._connection() as conn:
+            return {recipe: at for recipe, at in conn.execute(query).all()}
 
     def list_due_deadlines(self, now: datetime, *, limit: int = 100) -> list[DeadlineExpired]:
         query = (

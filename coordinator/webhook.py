@@ -7,7 +7,14 @@
   ``SubscriptionValidationEvent`` is answered with ``{"validationResponse": code}``. Anything
   else is recorded (``Coordinator.receive_blob_events``) and the runs that are due start.
 
-Checks, in order: the key (401) when ``trigger_webhook_secret`` is set, the content type (415),
+Who may post: with ``trigger_webhook_secret`` set, a caller passing it (``?code=`` or the
+``aeg-sas-key`` header, as Event Grid's webhook destination sends it); with API authentication
+configured, a caller with a bearer token that is the static token or an Entra ID token for the
+API's audience carrying the app role ``trigger_webhook_role`` (Event Grid's Entra-authenticated
+delivery: ``AzureEventGridSecureWebhookSubscriber``). With neither configured, anyone (the
+server then listens on 127.0.0.1 only).
+
+Checks, in order: the caller (401), the content type (415),
 the size (413, refused from ``Content-Length`` or after reading at most the limit), JSON and the
 events themselves (400 naming the problem; nothing of the body is recorded). Events that no rule
 covers, and event types other than BlobCreated, are answered 200 and ignored with a log line.
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from uuid import UUID
 
@@ -27,6 +34,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from coordinator.auth import AuthenticationError, AuthenticationUnavailable, Authenticator
 from coordinator.service import Coordinator
 from shared.errors import RetryableError
 from shared.events import MalformedEventError, decode_events
@@ -45,6 +53,9 @@ JSON_TYPES = frozenset(
 class WebhookConfig:
     secret: str | None = None
     max_bytes: int = 1024 * 1024
+    auth: Authenticator = field(default_factory=Authenticator)
+    # The app role of Event Grid's Entra-authenticated deliveries.
+    role: str = "AzureEventGridSecureWebhookSubscriber"
 
 
 class BlobEventsOut(BaseModel):
@@ -91,10 +102,17 @@ def add_event_routes(app: FastAPI) -> None:
     )
     async def blob_events(request: Request) -> Response:
         config: WebhookConfig = request.app.state.webhook
-        if config.secret is not None and not _key_ok(request, config.secret):
+        try:
+            allowed = await run_in_threadpool(_caller_allowed, request, config)
+        except AuthenticationUnavailable as exc:
+            # Event Grid retries a 503.
+            return _problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        if not allowed:
             return _problem(
                 HTTPStatus.UNAUTHORIZED,
-                f"missing or wrong key: pass it as ?{KEY_QUERY}=... or in the {KEY_HEADER} header",
+                f"missing or wrong key: pass it as ?{KEY_QUERY}=... or in the {KEY_HEADER}"
+                " header, or send Event Grid's Entra ID token",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type and content_type not in JSON_TYPES:
@@ -146,6 +164,23 @@ def add_event_routes(app: FastAPI) -> None:
         return JSONResponse(out.model_dump(mode="json"))
 
 
+def _caller_allowed(request: Request, config: WebhookConfig) -> bool:
+    """The shared secret, or a bearer token (static, or Entra ID with the webhook role)."""
+    if config.secret is None and not config.auth.enabled:
+        return True
+    if config.secret is not None and _key_ok(request, config.secret):
+        return True
+    authorization = request.headers.get("authorization")
+    if not authorization or not config.auth.enabled:
+        return False
+    try:
+        principal = config.auth.authenticate(authorization)
+    except AuthenticationError as exc:
+        log.warning("refusing blob events: %s", exc.reason)
+        return False
+    return principal.static or config.role in principal.roles
+
+
 def _key_ok(request: Request, secret: str) -> bool:
     given = request.query_params.get(KEY_QUERY) or request.headers.get(KEY_HEADER)
     return given is not None and hmac.compare_digest(given.encode(), secret.encode())
@@ -163,5 +198,7 @@ async def _read_at_most(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _problem(status: HTTPStatus, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+def _problem(
+    status: HTTPStatus, detail: str, *, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)

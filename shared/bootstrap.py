@@ -39,7 +39,7 @@ def create_bus(settings: CommonSettings) -> MessageBus:
 
         if settings.servicebus_connection_string:
             return ServiceBusMessageBus.from_connection_string(
-                settings.servicebus_connection_string, topology=topology
+                settings.servicebus_connection_string.get_secret_value(), topology=topology
             )
         if settings.servicebus_namespace:
             return ServiceBusMessageBus(settings.servicebus_namespace, topology=topology)
@@ -62,7 +62,8 @@ def create_blob_store(settings: CommonSettings) -> BlobStore:
 
         if settings.blob_connection_string:
             return AzureBlobStore.from_connection_string(
-                settings.blob_connection_string, max_concurrency=settings.blob_max_concurrency
+                settings.blob_connection_string.get_secret_value(),
+                max_concurrency=settings.blob_max_concurrency,
             )
         if settings.blob_account_url:
             return AzureBlobStore(

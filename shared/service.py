@@ -7,7 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from pydantic import Field
+
 from shared.bootstrap import create_blob_store, create_bus
+from shared.healthcheck import serve_health
 from shared.settings import CommonSettings
 from shared.telemetry import configure_from_settings, shutdown_telemetry
 from shared.worker import StageSpec, Worker
@@ -19,7 +22,17 @@ class WorkerSettings(CommonSettings):
     work_dir: Path | None = None
     # Touched after every receive; the container healthcheck reads its age.
     health_file: Path | None = None
+    # Also answer GET /healthz on this port (200 while the health file is fresh), for
+    # platforms whose probes are HTTP only (Azure Container Apps).
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    health_max_age_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
+
+    @property
+    def resolved_health_file(self) -> Path | None:
+        if self.health_file is None and self.health_port is not None:
+            return self.state_dir / "worker.alive"
+        return self.health_file
 
 
 SettingsT = TypeVar("SettingsT", bound=WorkerSettings)
@@ -40,7 +53,7 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
         max_concurrency=settings.max_concurrency,
         receive_wait_s=settings.receive_wait_s,
         work_dir=settings.work_dir,
-        health_file=settings.health_file,
+        health_file=settings.resolved_health_file,
     )
 
 
@@ -56,9 +69,17 @@ def run_stage_service(
     # After basicConfig: the azure exporter adds its own handler to the root logger.
     configure_from_settings(spec.stage, settings)
     worker = build_worker(spec, settings)
+    health = None
+    if settings.health_port is not None and settings.resolved_health_file is not None:
+        settings.resolved_health_file.parent.mkdir(parents=True, exist_ok=True)
+        health = serve_health(
+            settings.health_port, settings.resolved_health_file, settings.health_max_age_s
+        )
     try:
         worker.run_forever()
     finally:
+        if health is not None:
+            health.shutdown()
         worker.close()
         # SIGTERM stops run_forever: what the last stages recorded is sent before exiting.
         shutdown_telemetry()

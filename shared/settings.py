@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.triggers import TriggerRule
@@ -22,7 +22,8 @@ class CommonSettings(BaseSettings):
     bus: Literal["sqlite", "servicebus"] = "sqlite"
     bus_sqlite_path: Path | None = None
     # servicebus: a connection string, or a namespace reached with DefaultAzureCredential.
-    servicebus_connection_string: str | None = None
+    # Connection strings and keys are SecretStr: they never show in a repr, a log or an error.
+    servicebus_connection_string: SecretStr | None = None
     servicebus_namespace: str | None = None
     bus_lock_duration_s: float = 60.0
     bus_max_delivery_count: int = 10
@@ -32,7 +33,7 @@ class CommonSettings(BaseSettings):
     blob: Literal["local", "azure"] = "local"
     blob_local_root: Path | None = None
     # azure: a connection string, or an account URL reached with DefaultAzureCredential.
-    blob_connection_string: str | None = None
+    blob_connection_string: SecretStr | None = None
     blob_account_url: str | None = None
     blob_max_concurrency: int = 32
 
@@ -56,7 +57,7 @@ class CommonSettings(BaseSettings):
     # Telemetry (shared/telemetry.py): none | console | azure; unset: azure when an
     # Application Insights connection string is set, else none.
     telemetry_exporter: Literal["none", "console", "azure"] | None = None
-    applicationinsights_connection_string: str | None = Field(
+    applicationinsights_connection_string: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices(
             "RETRAINER_APPLICATIONINSIGHTS_CONNECTION_STRING",
@@ -68,6 +69,10 @@ class CommonSettings(BaseSettings):
     telemetry_performance_counters: bool = True
     # Telemetry that could not be sent is kept on disk and sent again later.
     telemetry_offline_storage: bool = True
+    # Send to Application Insights with a Microsoft Entra token (DefaultAzureCredential: the
+    # service's managed identity, Monitoring Metrics Publisher) rather than the connection
+    # string's key: needed when the component disables local authentication.
+    telemetry_entra_auth: bool = False
 
     @property
     def resolved_bus_sqlite_path(self) -> Path:

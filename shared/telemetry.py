@@ -37,7 +37,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,6 +88,9 @@ EVENT_MODEL_PROMOTED = "ModelPromoted"
 
 METRIC_STAGE_DURATION = "retrainer.stage.duration"
 METRIC_QUEUE_WAIT = "retrainer.stage.queue_wait"
+# Seconds since each recipe's last successful run (a gauge, by recipe): the "no successful run
+# for N days" alert reads it, since a log alert cannot look further back than two days.
+METRIC_SINCE_LAST_SUCCESS = "retrainer.run.since_last_success"
 
 # Values of ATTR_OUTCOME. ``deferred``: the handler handed the work to something that reports
 # later (an Azure ML job); that stage's outcome arrives as the coordinator's stage event.
@@ -126,7 +129,7 @@ EVENT_NAMES = frozenset(
         EVENT_MODEL_PROMOTED,
     }
 )
-METRIC_NAMES = frozenset({METRIC_STAGE_DURATION, METRIC_QUEUE_WAIT})
+METRIC_NAMES = frozenset({METRIC_STAGE_DURATION, METRIC_QUEUE_WAIT, METRIC_SINCE_LAST_SUCCESS})
 OUTCOMES = frozenset({OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_CACHED, OUTCOME_DEFERRED})
 ALL_NAMES = SPAN_NAMES | ATTRIBUTE_NAMES | EVENT_NAMES | METRIC_NAMES
 
@@ -244,8 +247,12 @@ def configure_telemetry(
     live_metrics: bool = True,
     offline_storage: bool = True,
     performance_counters: bool = True,
+    entra_auth: bool = False,
 ) -> Exporter:
     """Set up tracing, metrics and custom events for this process; returns the exporter used.
+
+    ``entra_auth``: the azure exporter authenticates with a Microsoft Entra token
+    (``DefaultAzureCredential``), as a component with local authentication off requires.
 
     Call once, in the service's main (after ``logging.basicConfig``: the azure exporter adds a
     handler to the root logger, and basicConfig does nothing once the root has a handler).
@@ -275,6 +282,7 @@ def configure_telemetry(
                 live_metrics=live_metrics,
                 offline_storage=offline_storage,
                 performance_counters=performance_counters,
+                entra_auth=entra_auth,
             )
         elif resolved == "console":
             _configure_console(service_name, service_version=service_version)
@@ -290,14 +298,16 @@ def configure_telemetry(
 def configure_from_settings(service_name: str, settings: CommonSettings) -> Exporter:
     """``configure_telemetry`` from the ``RETRAINER_TELEMETRY_*`` settings and
     ``APPLICATIONINSIGHTS_CONNECTION_STRING``; the code version becomes ``service.version``."""
+    secret = settings.applicationinsights_connection_string
     return configure_telemetry(
         service_name,
         exporter=settings.telemetry_exporter,
-        connection_string=settings.applicationinsights_connection_string,
+        connection_string=secret.get_secret_value() if secret else None,
         service_version=settings.code_version,
         live_metrics=settings.telemetry_live_metrics,
         offline_storage=settings.telemetry_offline_storage,
         performance_counters=settings.telemetry_performance_counters,
+        entra_auth=settings.telemetry_entra_auth,
     )
 
 
@@ -324,6 +334,7 @@ def _configure_azure(
     live_metrics: bool,
     offline_storage: bool,
     performance_counters: bool,
+    entra_auth: bool,
 ) -> None:
     from shared.errors import ConfigurationError
 
@@ -341,6 +352,10 @@ def _configure_azure(
         "disable_offline_storage": not offline_storage,
         "enable_performance_counters": performance_counters,
     }
+    if entra_auth:
+        from azure.identity import DefaultAzureCredential
+
+        options["credential"] = DefaultAzureCredential()
     if "OTEL_TRACES_SAMPLER" not in os.environ:
         # The distro's default samples 5 traces/s; a run makes a handful of spans: keep all.
         options["sampling_ratio"] = 1.0
@@ -507,7 +522,8 @@ def _otel_available() -> bool:
 def _active() -> bool:
     """Whether spans and metrics can go anywhere (OTel installed, and configured or a test's
     providers in place); otherwise the helpers skip even OTel's no-op calls."""
-    return _otel_available() and (_state.exporter != "none" or _state.tracer_provider is not None)
+    test_providers = _state.tracer_provider is not None or _state.meter_provider is not None
+    return _otel_available() and (_state.exporter != "none" or test_providers)
 
 
 def _tracer() -> Tracer:
@@ -544,6 +560,37 @@ def _instruments() -> _Instruments:
         )
     instruments: _Instruments = _state.instruments
     return instruments
+
+
+def observe_last_successes(last_successes: Callable[[], Mapping[str, datetime]]) -> None:
+    """Report ``METRIC_SINCE_LAST_SUCCESS`` at every metrics export: for each recipe in
+    ``last_successes()`` (recipe -> when its last successful run finished), the age of that
+    success. Call once per process, after ``configure_telemetry``; a no-op when telemetry is
+    off. A failing ``last_successes`` skips that export with a warning."""
+    if not _active():
+        return
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    def observe(_options: CallbackOptions) -> list[Observation]:
+        try:
+            successes = last_successes()
+        except Exception as exc:
+            log.warning("cannot read the last successful runs: %s", exc)
+            return []
+        now = datetime.now(UTC)
+        return [
+            Observation(max(0.0, (now - at).total_seconds()), {ATTR_RECIPE: recipe})
+            for recipe, at in successes.items()
+        ]
+
+    meter = metrics.get_meter(_SCOPE, meter_provider=_state.meter_provider)
+    meter.create_observable_gauge(
+        METRIC_SINCE_LAST_SUCCESS,
+        callbacks=[observe],
+        unit="s",
+        description="time since each recipe's last successful run",
+    )
 
 
 def _context_of(parent: TraceParent) -> Context:

@@ -28,6 +28,7 @@ from azure.storage.blob import (
     ResourceTypes,
     generate_account_sas,
 )
+from pydantic import SecretStr
 
 from shared.blobs.azure import AzureBlobStore
 from shared.blobs.port import BlobContent, BlobProperties, BlobStore
@@ -445,7 +446,7 @@ def test_a_malformed_connection_string_is_a_configuration_error(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
     settings = CommonSettings(  # type: ignore[call-arg]
-        _env_file=None, blob="azure", blob_connection_string="no key=value pairs here"
+        _env_file=None, blob="azure", blob_connection_string=SecretStr("no key=value pairs here")
     )
     with pytest.raises(ConfigurationError):
         create_blob_store(settings)

@@ -18,6 +18,7 @@ from azure.servicebus._pyamqp._encode import encode_payload
 from azure.servicebus._pyamqp.message import BatchMessage
 from azure.servicebus._transport._pyamqp_transport import PyamqpTransport
 from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusError
+from pydantic import SecretStr
 
 from shared.bootstrap import create_bus
 from shared.bus.port import MessageBus, ReceivedMessage
@@ -256,7 +257,8 @@ def test_scheduled_times_must_carry_a_time_zone(bus: MessageBus) -> None:
 def test_settings_with_a_connection_string_make_a_servicebus_bus() -> None:
     with running_broker(build_topology()) as services_broker:
         settings = CommonSettings(
-            bus="servicebus", servicebus_connection_string=services_broker.connection_string
+            bus="servicebus",
+            servicebus_connection_string=SecretStr(services_broker.connection_string),
         )
 
         bus = create_bus(settings)

@@ -25,6 +25,7 @@ from shared.events import blob_created_event
 from shared.topology import build_topology
 from shared.triggers import TriggerRule
 from tests.clock import Clock
+from tests.entra import FakeTenant, serving_tenant
 
 SECRET = "s3cret-key"
 MAX_BYTES = 8 * 1024
@@ -300,3 +301,50 @@ def test_an_oversized_body_is_413_by_its_length_or_while_read(hook: Hook) -> Non
 def test_the_webhook_is_in_the_openapi_document(hook: Hook) -> None:
     paths = hook.client.get("/openapi.json").json()["paths"]
     assert {"post", "options"} <= set(paths["/events/blob"])
+
+
+# --- Event Grid's Microsoft Entra-authenticated delivery ---------------------------------
+
+
+@pytest.fixture
+def tenant() -> Iterator[FakeTenant]:
+    with serving_tenant() as running:
+        yield running
+
+
+@pytest.fixture
+def entra_hook(tmp_path: Path, tenant: FakeTenant) -> Iterator[Hook]:
+    yield from make_hook(
+        tmp_path,
+        trigger_webhook_secret=SECRET,
+        auth_tenant_id=tenant.tenant_id,
+        auth_audience=tenant.audience,
+        auth_jwks_url=tenant.jwks_url,
+    )
+
+
+def test_event_grid_entra_delivery_is_accepted_beside_the_shared_secret(
+    entra_hook: Hook, tenant: FakeTenant
+) -> None:
+    first = entra_hook.upload("datasets/state-identifier/2025-03-01/a.csv")
+    second = entra_hook.upload("datasets/state-identifier/2025-03-01/b.csv")
+
+    def post(event: dict[str, Any], token: str | None) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return entra_hook.client.post("/events/blob", content=json.dumps([event]), headers=headers)
+
+    event_grid = tenant.token(["AzureEventGridSecureWebhookSubscriber"])
+    assert post(first, None).status_code == 401
+    # A valid token, but not Event Grid's role; a token for another audience.
+    assert post(first, tenant.token(["runs.read"])).status_code == 401
+    wrong_audience = tenant.token(["AzureEventGridSecureWebhookSubscriber"], audience="api://x")
+    assert post(first, wrong_audience).status_code == 401
+    assert entra_hook.nothing_started()
+
+    accepted = post(first, event_grid)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["accepted"] == 1
+    # The shared secret still works.
+    assert entra_hook.post([second]).json()["accepted"] == 1

@@ -82,9 +82,7 @@ def test_settings_only_read_configuration() -> None:
 @pytest.mark.parametrize("upper", ["services", "coordinator", "cli"])
 def test_the_kernel_does_not_import_the_layers_above_it(upper: str) -> None:
     offenders = {
-        module_name(path): sorted(
-            name for name in imports_of(path) if name.split(".")[0] == upper
-        )
+        module_name(path): sorted(name for name in imports_of(path) if name.split(".")[0] == upper)
         for path in (ROOT / "shared").rglob("*.py")
     }
     assert {module: names for module, names in offenders.items() if names} == {}

@@ -49,7 +49,11 @@ def test_names_are_the_agreed_ones() -> None:
         "ModelRegistered",
         "ModelPromoted",
     } == EVENT_NAMES
-    assert {"retrainer.stage.duration", "retrainer.stage.queue_wait"} == METRIC_NAMES
+    assert {
+        "retrainer.stage.duration",
+        "retrainer.stage.queue_wait",
+        "retrainer.run.since_last_success",
+    } == METRIC_NAMES
     assert {
         "retrainer.correlation_id",
         "retrainer.stage_name",
@@ -178,7 +182,9 @@ def test_settings_read_the_standard_connection_string(monkeypatch: pytest.Monkey
     monkeypatch.setenv("RETRAINER_TELEMETRY_LIVE_METRICS", "false")
     settings = CommonSettings()
 
-    assert settings.applicationinsights_connection_string == "InstrumentationKey=abc"
+    secret = settings.applicationinsights_connection_string
+    assert secret is not None
+    assert secret.get_secret_value() == "InstrumentationKey=abc"
     assert settings.telemetry_exporter is None
     assert settings.telemetry_live_metrics is False
     monkeypatch.setenv("RETRAINER_TELEMETRY_EXPORTER", "none")
