@@ -7,6 +7,11 @@ retrainer upload PATH PREFIX        upload a file or directory (a trigger rule m
 retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
 retrainer watch RUN_ID              follow a run stage by stage (a live table on a terminal)
 retrainer runs list | show RUN_ID   what the coordinator knows
+
+A coordinator that authenticates its callers takes --token (RETRAINER_API_TOKEN: its static
+token, or an Entra ID access token), or --scope (RETRAINER_API_SCOPE, e.g.
+api://<client id>/.default: a fresh Entra ID token per request from DefaultAzureCredential, which
+needs azure-identity, as in retrainer[azure]).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -49,7 +54,35 @@ class CliError(Exception):
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    return httpx.Client(base_url=args.url, timeout=10.0)
+    return httpx.Client(base_url=args.url, timeout=10.0, auth=api_auth(args.token, args.scope))
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer <token>`` on every request, the token asked for each time (an
+    Entra ID credential caches it and renews it before it expires)."""
+
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token()}"
+        yield request
+
+
+def api_auth(token: str | None, scope: str | None) -> httpx.Auth | None:
+    """The static (or an already issued) token, else Entra ID tokens for ``scope``."""
+    if token:
+        return BearerAuth(lambda: token)
+    if scope:
+        try:
+            from azure.identity import DefaultAzureCredential
+        except ImportError as exc:
+            raise CliError(
+                f"--scope needs azure-identity (pip install retrainer[azure]): {exc}"
+            ) from exc
+        credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return BearerAuth(lambda: credential.get_token(scope).token)
+    return None
 
 
 def _checked(response: httpx.Response) -> Any:
@@ -590,6 +623,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--url",
         default=os.environ.get("RETRAINER_URL", DEFAULT_URL),
         help="coordinator URL (env RETRAINER_URL)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("RETRAINER_API_TOKEN"),
+        help="bearer token for the API: its static token or an Entra ID access token"
+        " (env RETRAINER_API_TOKEN)",
+    )
+    parser.add_argument(
+        "--scope",
+        default=os.environ.get("RETRAINER_API_SCOPE"),
+        help="Entra ID scope to get tokens for, e.g. api://<client id>/.default"
+        " (env RETRAINER_API_SCOPE)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

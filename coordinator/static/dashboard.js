@@ -115,10 +115,52 @@
     return `v${model.version}`;
   }
 
+  // --- the API token ----------------------------------------------------------------------
+
+  // A coordinator that authenticates its callers wants "Authorization: Bearer <token>" (its
+  // static token, or an Entra ID access token). The token comes from "#token=..." in the
+  // address (moved at once into this tab's sessionStorage and out of the address) or from the
+  // form shown when the API answers 401; it is sent to this origin only.
+  const TOKEN_KEY = "retrainer.apiToken";
+
+  function takeTokenFromAddress() {
+    const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+    if (!match) return;
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+
+  function authHeaders() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
+  function tokenForm() {
+    const input = el("input", {
+      type: "password",
+      placeholder: "API token",
+      "aria-label": "API token",
+      autocomplete: "off",
+    });
+    const form = el("form", { class: "token-form" }, input, el("button", { type: "submit" }, "Use token"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const token = input.value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      window.location.reload();
+    });
+    return form;
+  }
+
+  takeTokenFromAddress();
+
   // --- fetching ---------------------------------------------------------------------------
 
   async function getJson(path) {
-    const response = await fetch(ROOT + path, { headers: { Accept: "application/json" } });
+    const response = await fetch(ROOT + path, {
+      headers: { Accept: "application/json", ...authHeaders() },
+    });
     const date = Date.parse(response.headers.get("Date") || "");
     if (!Number.isNaN(date)) {
       // The header has whole seconds: only a clearly wrong local clock is corrected.
@@ -148,7 +190,7 @@
       banner.hidden = true;
       return;
     }
-    replace(banner, error.message || String(error));
+    replace(banner, error.message || String(error), error.status === 401 ? tokenForm() : null);
     banner.hidden = false;
   }
 
@@ -174,7 +216,8 @@
       } catch (error) {
         if (mine !== latest) return;
         showLoadError(error);
-        if (error.status === 404) return; // nothing will come of asking again
+        // Nothing will come of asking again (and a retry would clear the token form).
+        if (error.status === 404 || error.status === 401) return;
       }
       if (delay) timer = setTimeout(tick, delay);
     }

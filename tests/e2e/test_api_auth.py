@@ -18,6 +18,7 @@ import httpx
 import jwt
 import pytest
 
+from cli.main import main as cli_main
 from cli.stack import Stack, free_port
 from tests.entra import FakeTenant, new_key, serving_tenant
 
@@ -140,6 +141,19 @@ def test_probes_and_dashboard_pages_need_no_token(api: str) -> None:
     assert httpx.get(f"{api}/dashboard/static/dashboard.js").status_code == 200
     # The data behind the pages does.
     assert httpx.get(f"{api}/runs/{NO_RUN}").status_code == 401
+
+
+def test_the_cli_sends_the_token(
+    api: str, tenant: FakeTenant, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["--url", api, "runs", "list"]) == 2
+    assert "401" in capsys.readouterr().err
+    assert cli_main(["--url", api, "--token", STATIC_TOKEN, "runs", "list"]) == 0
+    entra = tenant.token(["runs.read"])
+    assert cli_main(["--url", api, "--token", entra, "runs", "list"]) == 0
+    # runs.read cannot start a run: the CLI reports the refusal.
+    assert cli_main(["--url", api, "--token", entra, "run", "state_identifier", "datasets/x"]) == 2
+    assert "runs.write" in capsys.readouterr().err
 
 
 def test_an_open_api_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:

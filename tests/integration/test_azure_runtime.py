@@ -259,3 +259,26 @@ def test_secrets_do_not_show_in_settings(no_secrets_in_env: None) -> None:
     shown = repr(configured) + str(configured) + configured.model_dump_json()
     for secret in values.values():
         assert secret not in shown
+
+
+# -- the Azure ML workspace's MLflow -----------------------------------------------------------
+
+
+def test_azureml_tracking_uris_resolve_to_the_workspace_plugin() -> None:
+    """On Azure, RETRAINER_MLFLOW_TRACKING_URI is the workspace's azureml:// URI; the tracking
+    store, model registry and artifact repository for it come from azureml-mlflow (built
+    here without contacting Azure)."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    uri = (
+        "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/0000/resourceGroups/rg"
+        "/providers/Microsoft.MachineLearningServices/workspaces/ws"
+    )
+    for builder in (
+        _tracking_store_registry.get_store_builder(uri),
+        _get_store_registry().get_store_builder(uri),
+        _artifact_repository_registry._registry["azureml"],
+    ):
+        assert builder.__module__.startswith("azureml.mlflow"), builder
