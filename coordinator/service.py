@@ -51,6 +51,7 @@ from coordinator.store import OutboxMessage, PendingBurst, RunStore, TriggerHit
 from coordinator.telemetry import decision_span, record_decision
 from recipes.base import Recipe
 from shared.blobs.port import BlobStore, validate_prefix
+from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.errors import (
     ConfigurationError,
@@ -243,16 +244,14 @@ class Coordinator:
             max_message_count=max_messages,
             max_wait_time=max_wait_s,
         )
-        for message in received:
-            handle(message)
-        return len(received)
+        return handle_each(self.bus, received, handle, consumer=f"coordinator {topic}")
 
     def handle_bus_message(self, received: ReceivedMessage) -> None:
         """Decode, decide, commit, then settle: a crash anywhere redelivers, never loses."""
         try:
             event = decode(received.body, received.application_properties)
         except MalformedMessageError as exc:
-            self._dead_letter(received, "MalformedMessage", str(exc))
+            self._dead_letter(received, MALFORMED_MESSAGE, str(exc))
             return
         if not isinstance(event, StageStarted | StageProgress | StageSucceeded | StageFailed):
             self._dead_letter(
@@ -292,8 +291,7 @@ class Coordinator:
             self._after(decision)
 
     def _dead_letter(self, received: ReceivedMessage, reason: str, description: str) -> None:
-        log.warning("dead-lettering %s: %s: %s", received.message_id, reason, description)
-        self.bus.dead_letter_message(received, reason=reason, error_description=description)
+        dead_letter(self.bus, received, reason=reason, description=description)
 
     # --- blob triggers ---------------------------------------------------------------------
 
@@ -406,7 +404,7 @@ class Coordinator:
         try:
             events = decode_events(received.body)
         except MalformedEventError as exc:
-            self._dead_letter(received, "MalformedEvent", str(exc))
+            self._dead_letter(received, MALFORMED_EVENT, str(exc))
             return
         try:
             self.receive_blob_events(events)

@@ -35,6 +35,7 @@ from typing import Any
 from shared.blobs.port import BlobProperties, split_blob_name
 from shared.bus.port import MessageBus, OutgoingMessage
 from shared.errors import InvalidBlobNameError, MalformedMessageError
+from shared.limits import JsonLimits, JsonTooLargeError, check_json, truncate
 from shared.topology import BLOB_EVENTS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ _SUBJECT = re.compile(r"^/blobServices/default/containers/(?P<container>[^/]+)/b
 LOCAL_SOURCE = "/retrainer/local-blob-store"
 # Blob (name, etag) -> event id, so the same write always yields the same event.
 _EVENT_ID_NAMESPACE = uuid.UUID("1b0b5c5e-2f4e-4d8e-9a55-6a1f3c1f0b7e")
+# Event Grid delivers at most 5,000 events (1 MB) per batch; a blob URL is at most ~2 KB.
+EVENT_LIMITS = JsonLimits(max_depth=32, max_string_chars=8192, max_items=5000, max_values=200_000)
 
 
 class MalformedEventError(MalformedMessageError):
@@ -99,16 +102,32 @@ ParsedEvent = BlobCreated | SubscriptionValidation | IgnoredEvent
 
 
 def decode_events(body: bytes | str) -> list[ParsedEvent]:
-    """Parse a JSON body holding one event or an array of events (either schema)."""
+    """Parse a JSON body holding one event or an array of events (either schema); raises
+    MalformedEventError, whatever is wrong with it."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedEventError(f"body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, too deep, a huge int
+        raise MalformedEventError(f"body is not JSON: {truncate(str(exc), 200)}") from exc
     return parse_events(payload)
 
 
 def parse_events(payload: object) -> list[ParsedEvent]:
     """One event (a JSON object) or a batch (a JSON array of objects)."""
+    try:
+        check_json(payload, EVENT_LIMITS)
+    except JsonTooLargeError as exc:
+        raise MalformedEventError(str(exc)) from exc
+    try:
+        return _parse_events(payload)
+    except MalformedEventError:
+        raise
+    except Exception as exc:  # a shape no check above foresaw: still the sender's fault
+        raise MalformedEventError(
+            f"unreadable event: {type(exc).__name__}: {truncate(str(exc), 200)}"
+        ) from exc
+
+
+def _parse_events(payload: object) -> list[ParsedEvent]:
     if isinstance(payload, dict):
         return [parse_event(payload)]
     if not isinstance(payload, list):
@@ -177,6 +196,8 @@ class _Reader:
         if not isinstance(data, dict):
             raise self.fail("data is missing or not an object")
         api = data.get("api")
+        if api is not None and not isinstance(api, str):
+            raise self.fail(f"data.api is not a string: {truncate(repr(api), 100)}")
         if api in _INCOMPLETE_APIS:
             return IgnoredEvent(event_id, event_type, subject, f"api {api}: the file is not final")
         if subject is None:

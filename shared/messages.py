@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.bus.port import OutgoingMessage
 from shared.errors import MalformedMessageError
+from shared.limits import MAX_ERROR_CHARS, MAX_MESSAGE_BYTES, truncate
 
 Stage = Literal["aggregation", "split", "train", "register", "tag"]
 STAGES: tuple[Stage, ...] = ("aggregation", "split", "train", "register", "tag")
@@ -139,6 +140,12 @@ class StageFailed(StageEvent):
     error_type: str
     retryable: bool
 
+    @field_validator("error", "error_type")
+    @classmethod
+    def _bounded(cls, text: str) -> str:
+        # An exception's text may repeat an input of any size; the run store keeps this.
+        return truncate(text, MAX_ERROR_CHARS)
+
     @property
     def message_id(self) -> str:
         return f"{self.correlation_id}:{self.stage}:{self.attempt}:failed"
@@ -184,15 +191,32 @@ def encode(message: Message, *, scheduled_enqueue_time: datetime | None = None) 
 
 
 def decode(body: bytes, application_properties: Mapping[str, Any]) -> Message:
+    """The message, or MalformedMessageError saying why it cannot be read (whatever is wrong
+    with it: a consumer dead-letters it at once instead of failing on it again and again)."""
+    try:
+        return _decode(body, application_properties)
+    except MalformedMessageError:
+        raise
+    except Exception as exc:  # e.g. RecursionError from JSON nested 100,000 levels deep
+        raise MalformedMessageError(
+            f"undecodable message: {type(exc).__name__}: {truncate(str(exc), 200)}"
+        ) from exc
+
+
+def _decode(body: bytes, application_properties: Mapping[str, Any]) -> Message:
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise MalformedMessageError(f"body of {len(body)} bytes exceeds {MAX_MESSAGE_BYTES}")
     message_type = application_properties.get("message_type")
     version = application_properties.get("schema_version")
     cls = MESSAGE_CLASSES.get(str(message_type))
     if cls is None:
-        raise MalformedMessageError(f"unknown message_type {message_type!r}")
+        raise MalformedMessageError(f"unknown message_type {truncate(repr(message_type), 100)}")
     try:
         version = int(version)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise MalformedMessageError(f"schema_version {version!r} is not an integer") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MalformedMessageError(
+            f"schema_version {truncate(repr(version), 100)} is not an integer"
+        ) from exc
     if version > cls.schema_version or version < 1:
         raise MalformedMessageError(
             f"{message_type} schema_version {version} is not supported "
@@ -200,7 +224,7 @@ def decode(body: bytes, application_properties: Mapping[str, Any]) -> Message:
         )
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, too deep, a huge int
         raise MalformedMessageError(f"{message_type} body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MalformedMessageError(f"{message_type} body is not a JSON object")
@@ -210,7 +234,9 @@ def decode(body: bytes, application_properties: Mapping[str, Any]) -> Message:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise MalformedMessageError(f"{message_type} v{version} is invalid: {exc}") from exc
+        raise MalformedMessageError(
+            f"{message_type} v{version} is invalid: {truncate(str(exc), 1000)}"
+        ) from exc
 
 
 def json_schemas() -> dict[str, JsonDict]:

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from recipes.base import Recipe, RecipeContext, RecipeParams
 from shared.blobs.port import BlobStore
 from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
+from shared.bus.consuming import MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.errors import (
     BlobNotFoundError,
@@ -212,9 +213,7 @@ class Worker:
             self.topic, WORKER_SUBSCRIPTION, max_wait_time=self._receive_wait_s
         )
         self._beat()
-        for message in messages:
-            self._process(message)
-        return bool(messages)
+        return bool(handle_each(self._bus, messages, self._process, consumer=self.name))
 
     def _beat(self) -> None:
         if self._health_file is not None:
@@ -230,10 +229,7 @@ class Worker:
                     f"expected a run_stage command for {self.spec.stage}, got {command!r}"
                 )
         except MalformedMessageError as exc:
-            log.error("dead-lettering message %s: %s", message.message_id, exc)
-            self._bus.dead_letter_message(
-                message, reason="MalformedMessage", error_description=str(exc)
-            )
+            dead_letter(self._bus, message, reason=MALFORMED_MESSAGE, description=str(exc))
             return
         with stage_span(command, enqueued_time=message.enqueued_time, worker=self.name) as span:
             span.finish(self._handle(message, command))

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.blobs.port import BlobStore
+from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.compute.azureml_events import parse_run_status_changed
 from shared.compute.port import (
@@ -319,19 +320,18 @@ class TrainingJobs:
             max_message_count=RECEIVE_BATCH,
             max_wait_time=self._receive_wait_s,
         )
-        for message in messages:
-            try:
-                request = decode(message.body, message.application_properties)
-                if not isinstance(request, CancelStage):
-                    raise MalformedMessageError(f"expected cancel_stage, got {request!r}")
-            except MalformedMessageError as exc:
-                self._bus.dead_letter_message(
-                    message, reason="MalformedMessage", error_description=str(exc)
-                )
-                continue
-            self.cancel(request)
-            self._bus.complete_message(message)
-        return len(messages)
+        return handle_each(self._bus, messages, self._on_control, consumer="train run-control")
+
+    def _on_control(self, message: ReceivedMessage) -> None:
+        try:
+            request = decode(message.body, message.application_properties)
+            if not isinstance(request, CancelStage):
+                raise MalformedMessageError(f"expected cancel_stage, got {request!r}")
+        except MalformedMessageError as exc:
+            dead_letter(self._bus, message, reason=MALFORMED_MESSAGE, description=str(exc))
+            return
+        self.cancel(request)
+        self._bus.complete_message(message)
 
     def receive_compute_events(self) -> int:
         messages = self._bus.receive_messages(
@@ -340,21 +340,19 @@ class TrainingJobs:
             max_message_count=RECEIVE_BATCH,
             max_wait_time=self._receive_wait_s,
         )
-        for message in messages:
-            self._on_compute_event(message)
-        return len(messages)
+        return handle_each(
+            self._bus, messages, self._on_compute_event, consumer="train compute-events"
+        )
 
     def _on_compute_event(self, message: ReceivedMessage) -> None:
         try:
             try:
                 event = json.loads(message.body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # also too deep, or a huge integer
                 raise MalformedComputeEventError(f"compute event is not JSON: {exc}") from None
             parsed = parse_run_status_changed(event)
         except MalformedComputeEventError as exc:
-            self._bus.dead_letter_message(
-                message, reason="MalformedEvent", error_description=str(exc)
-            )
+            dead_letter(self._bus, message, reason=MALFORMED_EVENT, description=str(exc))
             return
         if parsed is not None:
             job_id, status = parsed

@@ -43,7 +43,9 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus import exceptions as sb
+from azure.servicebus.amqp import AmqpMessageBodyType
 
+from shared.bus.consuming import MALFORMED_MESSAGE
 from shared.bus.port import OutgoingMessage, PropertyValue, ReceivedMessage
 from shared.errors import (
     BusUnavailableError,
@@ -52,6 +54,7 @@ from shared.errors import (
     MessageLockLostError,
     PermanentError,
 )
+from shared.limits import MAX_DEAD_LETTER_DESCRIPTION_CHARS, truncate
 from shared.topology import Topology, require_subscription, require_topic
 
 if TYPE_CHECKING:
@@ -202,7 +205,14 @@ class ServiceBusMessageBus:
                     receiver.locked_until[token] = _required(message.locked_until_utc)
         finally:
             receiver.lock.release()
-        return [_to_port(message, topic, subscription, dead_letter) for message in received]
+        readable = []
+        for message in received:
+            try:
+                readable.append(_to_port(message, topic, subscription, dead_letter))
+            except MalformedMessageError as exc:
+                # One message nobody can read must not fail the others of its batch.
+                self._put_aside(message, topic, subscription, dead_letter, exc)
+        return readable
 
     def complete_message(self, message: ReceivedMessage) -> None:
         self._settle(message, "completing", lambda r, m: r.complete_message(m))
@@ -299,6 +309,34 @@ class ServiceBusMessageBus:
         return receiver
 
     # -- settling --------------------------------------------------------------------------
+
+    def _put_aside(
+        self,
+        message: ServiceBusReceivedMessage,
+        topic: str,
+        subscription: str,
+        dead_letter: bool,
+        problem: MalformedMessageError,
+    ) -> None:
+        """Dead-letter a message the port cannot represent, at once."""
+        token = str(message.lock_token)
+        with self._lock:
+            entry = self._in_flight.get(token)
+        where = f"message {message.message_id!r} in {topic}/{subscription}"
+        log.warning("%s cannot be read: %s", where, problem)
+        if entry is None or dead_letter:  # already dead-lettered: left to its lock's expiry
+            return
+        try:
+            with entry.receiver.lock, self._translated(f"dead-lettering {where}"):
+                entry.receiver.sdk.dead_letter_message(
+                    entry.message,
+                    reason=MALFORMED_MESSAGE,
+                    error_description=truncate(str(problem), MAX_DEAD_LETTER_DESCRIPTION_CHARS),
+                )
+        except Exception as exc:  # its lock lapses; it comes back and is tried again
+            log.warning("dead-lettering %s failed: %s", where, exc)
+        finally:
+            self._forget(token)
 
     def _settle(
         self,
@@ -408,7 +446,7 @@ def _to_port(
     return ReceivedMessage(
         topic=topic,
         subscription=subscription,
-        body=_body(message),
+        body=_body(message, dead_letter),
         message_id="" if message.message_id is None else str(message.message_id),
         correlation_id=message.correlation_id,
         subject=message.subject,
@@ -423,27 +461,31 @@ def _to_port(
     )
 
 
-def _body(message: ServiceBusReceivedMessage) -> bytes:
+def _body(message: ServiceBusReceivedMessage, dead_letter: bool) -> bytes:
+    if message.body_type != AmqpMessageBodyType.DATA and dead_letter:
+        # Read from the dead-letter queue to be looked at: shown as text rather than lost.
+        return str(message.body).encode()
+    if message.body_type != AmqpMessageBodyType.DATA:
+        # An AMQP value or sequence body, from a client other than this adapter.
+        raise MalformedMessageError(
+            f"message {message.message_id!r} has a {message.body_type} body, not bytes"
+        )
     body: Any = message.body
     if isinstance(body, bytes):
         return body
-    if isinstance(body, str):
-        return body.encode()
     try:
-        return b"".join(body)  # a data body: one bytes object per section
+        return b"".join(body)  # one bytes object per data section
     except TypeError as exc:
-        raise MalformedMessageError(
-            f"message {message.message_id!r} has a {message.body_type} body, not bytes"
-        ) from exc
+        raise MalformedMessageError(f"message {message.message_id!r} has no bytes body") from exc
 
 
 def _decode_properties(raw: Mapping[Any, Any] | None) -> dict[str, PropertyValue]:
     """The SDK returns string keys and values as bytes."""
     decoded: dict[str, PropertyValue] = {}
     for key, value in (raw or {}).items():
-        name = key.decode() if isinstance(key, bytes) else str(key)
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
         if isinstance(value, bytes):
-            decoded[name] = value.decode()
+            decoded[name] = value.decode(errors="replace")
         elif isinstance(value, bool | int | float | str):
             decoded[name] = value
         elif value is not None:  # uuid, timestamp...: not port types, kept readable

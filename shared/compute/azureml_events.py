@@ -6,12 +6,15 @@ must not import ``azure-ai-ml``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from shared.compute.port import JobState, JobStatus, MalformedComputeEventError
 
 RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
+# Azure ML's rule for job names; the follower looks a job up by its name in the blob store.
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")
 
 # Azure ML job/run statuses (azure.ai.ml.entities.Job.status, RunStatusChanged runStatus).
 STATUS_MAP: dict[str, JobState] = {
@@ -63,5 +66,9 @@ def parse_run_status_changed(event: Mapping[str, Any]) -> tuple[str, JobStatus] 
     run_status = _field(data, "runStatus", "data.runStatus")
     if not isinstance(run_id, str) or not isinstance(run_status, str):
         raise MalformedComputeEventError(f"{RUN_STATUS_CHANGED} runId/runStatus must be strings")
+    if not _JOB_NAME.fullmatch(run_id):
+        raise MalformedComputeEventError(
+            f"{RUN_STATUS_CHANGED} runId {run_id[:100]!r} is not an Azure ML job name"
+        )
     experiment = data.get("experimentName") or ""
     return run_id, map_status(run_status, f"Azure ML status {run_status} ({experiment})".strip())

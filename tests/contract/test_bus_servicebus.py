@@ -17,6 +17,7 @@ from azure.servicebus._pyamqp._decode import decode_payload
 from azure.servicebus._pyamqp._encode import encode_payload
 from azure.servicebus._pyamqp.message import BatchMessage
 from azure.servicebus._transport._pyamqp_transport import PyamqpTransport
+from azure.servicebus.amqp import AmqpAnnotatedMessage
 from azure.servicebus.exceptions import OperationTimeoutError, ServiceBusError
 from pydantic import SecretStr
 
@@ -147,6 +148,29 @@ def test_dead_letter_details_are_fields_not_application_properties(bus: MessageB
 
     assert (dead.dead_letter_reason, dead.dead_letter_error_description) == ("Broken", "x")
     assert dict(dead.application_properties) == {"kind": "report"}
+
+
+def test_a_message_the_port_cannot_carry_is_dead_lettered_without_its_batch(
+    bus: MessageBus, broker: ServiceBusTestBroker
+) -> None:
+    # An AMQP value body (another client's message) is not bytes: the port cannot carry it.
+    bus.send_messages(AUDIT, [outgoing(b"first", message_id="first")])
+    client = ServiceBusClient.from_connection_string(broker.connection_string)
+    with client, client.get_topic_sender(AUDIT) as sender:
+        sender.send_messages(AmqpAnnotatedMessage(value_body={"a": 1}))
+    bus.send_messages(AUDIT, [outgoing(b"second", message_id="second")])
+
+    received: list[ReceivedMessage] = []
+    deadline = time.monotonic() + 30
+    while len(received) < 2 and time.monotonic() < deadline:
+        received += bus.receive_messages(AUDIT, ARCHIVE, max_message_count=3, max_wait_time=2.0)
+    for message in received:
+        bus.complete_message(message)
+
+    assert [m.body for m in received] == [b"first", b"second"]
+    dead = receive_one(bus, AUDIT, ARCHIVE, dead_letter=True)
+    assert dead.dead_letter_reason == "MalformedMessage"
+    assert "body" in (dead.dead_letter_error_description or "")
 
 
 def test_messages_beyond_one_batch_are_sent_in_several(bus: MessageBus) -> None:

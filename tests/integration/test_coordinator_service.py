@@ -39,11 +39,12 @@ from shared.topology import (
     command_topic,
 )
 from tests.clock import Clock
+from tests.hostile import undecodable_messages
 
 LOCK_S = 0.3
 
 
-class Crash(Exception):
+class Crash(BaseException):
     """Stands for the process dying at this point."""
 
 
@@ -234,6 +235,55 @@ def test_a_crash_inside_the_transaction_keeps_neither_the_state_nor_the_commands
 
 
 # --- handling bus messages ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", undecodable_messages("stage_succeeded"), ids=lambda message: message.message_id
+)
+def test_an_undecodable_event_between_valid_ones_is_dead_lettered_alone_and_at_once(
+    deployment: Deployment, bad: OutgoingMessage
+) -> None:
+    coordinator = deployment.coordinator()
+    run = deployment.start(coordinator)
+    started = StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")
+    deployment.report(encode(started), bad, encode(succeeded(run.id, "aggregation")))
+
+    assert coordinator.consume_events(max_wait_s=1) == 3
+
+    after = coordinator.get_run(run.id)
+    assert after.stage("aggregation").status == "succeeded"
+    assert after.stage("split").status == "queued"
+    [(reason, description)] = deployment.dead_letters()
+    assert reason == "MalformedMessage"
+    assert description and len(description) <= 1000
+    # Settled, each of them: nothing comes back once the locks would have lapsed.
+    assert coordinator.consume_events(max_wait_s=LOCK_S * 2) == 0
+
+
+def test_a_message_whose_handling_fails_is_abandoned_without_its_neighbours(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator = deployment.coordinator()
+    runs = [deployment.start(coordinator) for _ in range(3)]
+    unlucky = runs[1].id
+    deployment.report(*(encode(succeeded(run.id, "aggregation")) for run in runs))
+    real_apply = coordinator.store.apply
+
+    def apply(run_id: UUID, *args: Any, **kwargs: Any) -> Any:
+        if run_id == unlucky:
+            raise RuntimeError("a bug that only this run meets")
+        return real_apply(run_id, *args, **kwargs)
+
+    monkeypatch.setattr(coordinator.store, "apply", apply)
+    assert coordinator.consume_events(max_wait_s=1) == 3
+
+    statuses = [coordinator.get_run(run.id).stage("split").status for run in runs]
+    assert statuses == ["queued", "pending", "queued"]
+    # Abandoned, not dead-lettered: it comes back at once and, the bug gone, goes through.
+    monkeypatch.setattr(coordinator.store, "apply", real_apply)
+    assert coordinator.consume_events(max_wait_s=1) == 1
+    assert coordinator.get_run(unlucky).stage("split").status == "queued"
+    assert deployment.dead_letters() == []
 
 
 def test_malformed_and_unexpected_messages_are_dead_lettered_with_a_reason(

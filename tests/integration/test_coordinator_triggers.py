@@ -33,6 +33,7 @@ from shared.topology import (
 )
 from shared.triggers import TriggerRule, covered
 from tests.clock import Clock
+from tests.hostile import unreadable_blob_events
 
 DEBOUNCE_S = 5.0
 MAX_WAIT_S = 60.0
@@ -370,6 +371,39 @@ def test_malformed_events_on_the_topic_are_dead_lettered_with_the_reason(
     assert "data.eTag is missing" in str(reasons["no-etag"][1])
     assert "body is not JSON" in str(reasons["not-json"][1])
     assert coordinator.store.pending_bursts() == []
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_an_unreadable_event_between_valid_ones_is_dead_lettered_alone_and_at_once(
+    deployment: Deployment, case: int
+) -> None:
+    coordinator = deployment.coordinator()
+    first = deployment.upload("datasets/state-identifier/bus/part-1.csv")
+    second = deployment.upload("datasets/state-identifier/bus/part-2.csv")
+    bad = unreadable_blob_events(first)[case]
+    deployment.bus.send_messages(
+        BLOB_EVENTS_TOPIC,
+        [
+            OutgoingMessage(json.dumps(first).encode(), message_id="first"),
+            OutgoingMessage(bad, message_id="bad"),
+            OutgoingMessage(json.dumps(second).encode(), message_id="second"),
+        ],
+    )
+
+    assert coordinator.consume_blob_events(max_wait_s=1) == 3
+
+    [burst] = coordinator.store.pending_bursts()
+    assert burst.details["events"] == 2
+    [dead] = deployment.bus.receive_messages(
+        BLOB_EVENTS_TOPIC,
+        COORDINATOR_SUBSCRIPTION,
+        max_message_count=10,
+        max_wait_time=0.2,
+        dead_letter=True,
+    )
+    # After one delivery of the ten the subscription allows.
+    assert (dead.message_id, dead.dead_letter_reason) == ("bad", "MalformedEvent")
+    assert coordinator.consume_blob_events(max_wait_s=0.7) == 0
 
 
 # --- the local blob store's events -------------------------------------------------------

@@ -55,6 +55,7 @@ from shared.topology import (
 from shared.worker import StageSpec, Worker
 from tests.azureml_fake import FakeAzureML as FakeWorkspace
 from tests.azureml_fake import fake_ml_client, refuse_network
+from tests.hostile import undecodable_messages, unreadable_compute_events
 from tests.recipe_fixtures import echo_recipe, only
 from tests.servicebus_broker import ServiceBusTestBroker
 
@@ -356,6 +357,66 @@ def test_malformed_and_foreign_compute_events(train: Train) -> None:
     assert "without data.runId" in reasons
     assert train.bus.receive_messages(COMPUTE_EVENTS_TOPIC, TRAIN_SUBSCRIPTION) == []
     assert train.events() == []
+
+
+@pytest.mark.parametrize(
+    "bad", undecodable_messages("cancel_stage"), ids=lambda message: message.message_id
+)
+def test_an_undecodable_cancel_between_valid_ones_is_dead_lettered_alone_and_at_once(
+    train: Train, bad: OutgoingMessage
+) -> None:
+    commands = [train.send(), train.send()]
+    assert train.worker.process_next() and train.worker.process_next()
+    cancels = [
+        encode(CancelStage(correlation_id=c.correlation_id, stage="train", attempt=1))
+        for c in commands
+    ]
+    train.bus.send_messages(CONTROL_TOPIC, [cancels[0], bad, cancels[1]])
+
+    assert train.jobs.receive_control() == 3
+
+    assert train.azure.cancelled == [
+        f"retrainer-echo-{command.correlation_id}-1" for command in commands
+    ]
+    [dead] = train.bus.receive_messages(
+        CONTROL_TOPIC, TRAIN_SUBSCRIPTION, max_message_count=5, max_wait_time=0.2, dead_letter=True
+    )
+    assert (dead.message_id, dead.dead_letter_reason) == (bad.message_id, "MalformedMessage")
+    time.sleep(LOCK_S)
+    assert train.jobs.receive_control() == 0
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_an_unreadable_compute_event_between_valid_ones_is_dead_lettered_alone_and_at_once(
+    train: Train, case: int
+) -> None:
+    commands = [train.send(), train.send()]
+    assert train.worker.process_next() and train.worker.process_next()
+    train.events()
+    job_ids = [f"retrainer-echo-{command.correlation_id}-1" for command in commands]
+    valid = json.loads(run_status_changed(job_ids[0], "Failed").body)
+    bad = unreadable_compute_events(valid)[case]
+    train.bus.send_messages(
+        COMPUTE_EVENTS_TOPIC,
+        [
+            run_status_changed(job_ids[0], "Failed"),
+            OutgoingMessage(body=bad, message_id="bad"),
+            run_status_changed(job_ids[1], "Failed"),
+        ],
+    )
+
+    assert train.jobs.receive_compute_events() == 3
+
+    failed = [e.correlation_id for e in train.events() if isinstance(e, StageFailed)]
+    assert failed == [command.correlation_id for command in commands]
+    [dead] = train.bus.receive_messages(
+        COMPUTE_EVENTS_TOPIC,
+        TRAIN_SUBSCRIPTION,
+        max_message_count=5,
+        max_wait_time=0.2,
+        dead_letter=True,
+    )
+    assert (dead.message_id, dead.dead_letter_reason) == ("bad", "MalformedEvent")
 
 
 def test_a_subprocess_job_is_cancelled_while_the_worker_waits(

@@ -33,6 +33,7 @@ from shared.topology import (
     command_topic,
 )
 from shared.worker import StageContext, StageResult, StageSpec, Worker
+from tests.hostile import undecodable_messages
 from tests.recipe_fixtures import echo_recipe, only
 
 LOCK_S = 0.6
@@ -219,6 +220,29 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(
     assert "not JSON" in (dead[0].dead_letter_error_description or "")
     assert "schema_version 99" in (dead[1].dead_letter_error_description or "")
     assert events(bus) == [], "nothing reported for a message that is not a command"
+
+
+@pytest.mark.parametrize(
+    "bad", undecodable_messages("run_stage"), ids=lambda message: message.message_id
+)
+def test_an_undecodable_command_between_valid_ones_is_dead_lettered_alone_and_at_once(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, bad: OutgoingMessage
+) -> None:
+    topic = command_topic("aggregation")
+    first = send(bus)
+    bus.send_messages(topic, [bad])
+    second = send(bus)
+    worker = make_worker(aggregation_spec(), bus, blobs)
+
+    assert [worker.process_next() for _ in range(3)] == [True, True, True]
+
+    succeeded = [e.correlation_id for e in events(bus) if isinstance(e, StageSucceeded)]
+    assert succeeded == [first.correlation_id, second.correlation_id]
+    [dead] = bus.receive_messages(
+        topic, WORKER_SUBSCRIPTION, max_message_count=5, max_wait_time=0.2, dead_letter=True
+    )
+    assert (dead.message_id, dead.dead_letter_reason) == (bad.message_id, "MalformedMessage")
+    assert not worker.process_next()
 
 
 def test_lock_is_renewed_while_a_long_stage_runs(
