@@ -4,6 +4,7 @@ retrainer demo                      the whole thing on embedded defaults, one co
 retrainer up                        coordinator + five workers as supervised processes
 retrainer sample-data RECIPE        upload a generated sample data set to the blob store
 retrainer upload PATH PREFIX        upload a file or directory (a trigger rule may start a run)
+retrainer baseline RECIPE DATA --out BLOB   write a first baseline profile from a data set
 retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
 retrainer watch RUN_ID              follow a run stage by stage (a live table on a terminal)
 retrainer runs list | show RUN_ID   what the coordinator knows
@@ -413,6 +414,43 @@ def upload_sample_data(settings: CommonSettings, recipe_name: str, prefix: str, 
         return len(upload_directory(store, Path(tmp), prefix.rstrip("/")))
 
 
+def write_baseline(
+    settings: CommonSettings,
+    recipe_name: str,
+    data_prefix: str,
+    out_blob: str,
+    params: dict[str, Any],
+    *,
+    overwrite: bool = False,
+) -> str:
+    """A first baseline profile of the data under ``data_prefix``, uploaded to ``out_blob``
+    (never over an existing one unless ``overwrite``: a person keeps it from then on)."""
+    from pydantic import ValidationError
+
+    from recipes.registry import get_recipe
+    from shared.blobs.transfer import download_prefix
+    from shared.errors import BlobExistsError, RetrainerError
+
+    try:
+        recipe = get_recipe(recipe_name, tuple(settings.recipe_modules))
+        if recipe.write_baseline is None:
+            raise CliError(f"recipe {recipe_name!r} does not validate against a baseline profile")
+        parsed = recipe.parse_params(params)
+        store = create_blob_store(settings.model_copy(update={"blob_events": False}))
+        with tempfile.TemporaryDirectory() as tmp:
+            data_dir, out_file = Path(tmp) / "data", Path(tmp) / "baseline.json"
+            if not download_prefix(store, data_prefix.rstrip("/") + "/", data_dir):
+                raise CliError(f"no blobs under {data_prefix.rstrip('/')}/")
+            recipe.write_baseline(data_dir, out_file, parsed)
+            return store.upload_blob(out_blob, out_file.read_bytes(), overwrite=overwrite).name
+    except BlobExistsError as exc:
+        raise CliError(f"{out_blob} exists; pass --force to replace it") from exc
+    except ValidationError as exc:
+        raise CliError(f"invalid params: {exc}") from exc
+    except RetrainerError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def prepare_state(settings: CommonSettings) -> None:
     """Create the bus and MLflow databases once, before several processes race to do it."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -511,6 +549,16 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     prefix = args.prefix or f"datasets/{args.recipe.replace('_', '-')}/sample"
     count = upload_sample_data(settings, args.recipe, prefix, seed=args.seed)
     print(f"{count} blobs under {prefix}/")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    params = dict(_parse_param(p) for p in args.param)
+    name = write_baseline(
+        CommonSettings(), args.recipe, args.data, args.out, params, overwrite=args.force
+    )
+    print(f"baseline profile written to {name}; review it, then run with")
+    print(f"  retrainer run {args.recipe} DATA -p baseline_profile={name}")
     return 0
 
 
@@ -659,6 +707,16 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("path", help="a file, or a directory uploaded with its tree")
     upload.add_argument("prefix", help="blob prefix to upload under, e.g. datasets/x/2025-06-01")
     upload.set_defaults(func=cmd_upload)
+
+    baseline = commands.add_parser(
+        "baseline", help="write a first baseline profile from a data set (to edit by hand)"
+    )
+    baseline.add_argument("recipe")
+    baseline.add_argument("data", help="blob prefix of the data set, e.g. datasets/x/sample")
+    baseline.add_argument("--out", required=True, help="blob to write, e.g. baselines/x.json")
+    baseline.add_argument("-p", "--param", action="append", default=[], help="key=value")
+    baseline.add_argument("--force", action="store_true", help="replace an existing profile")
+    baseline.set_defaults(func=cmd_baseline)
 
     run = commands.add_parser("run", help="start a run")
     run.add_argument("recipe")

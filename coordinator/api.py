@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from http import HTTPStatus
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -34,8 +35,24 @@ from coordinator.domain import (
 from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest
 from coordinator.settings import CoordinatorSettings
 from coordinator.webhook import WebhookConfig, add_event_routes
+from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.messages import Stage
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
+
+# A stage lists its reports in this detail: {name: path relative to its output prefix}.
+REPORTS_DETAIL = "reports"
+MAX_REPORT_BYTES = 20 * 1024 * 1024
+_REPORT_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+class ReportNotFound(Exception):
+    pass
+
 
 # --- schemas -----------------------------------------------------------------------------
 
@@ -150,6 +167,29 @@ class RunSummary(BaseModel):
         )
 
 
+class ReportOut(BaseModel):
+    stage: Stage
+    name: str = Field(examples=["drift_report"])
+    url: str = Field(description="GET it for the report (HTML, Markdown, JSON or text)")
+
+
+def _reports(run: Run) -> list[ReportOut]:
+    """What stages listed in their ``reports`` detail (e.g. aggregation's drift report)."""
+    return [
+        ReportOut(stage=stage.stage, name=name, url=f"/runs/{run.id}/reports/{stage.stage}/{name}")
+        for stage in run.stages
+        if stage.status == "succeeded"
+        for name in sorted(_stage_reports(stage))
+    ]
+
+
+def _stage_reports(stage: StageState) -> dict[str, str]:
+    reports = stage.details.get(REPORTS_DETAIL)
+    if not isinstance(reports, dict):
+        return {}
+    return {str(name): str(path) for name, path in reports.items()}
+
+
 class RunOut(RunSummary):
     correlation_id: UUID
     params: dict[str, Any]
@@ -159,6 +199,7 @@ class RunOut(RunSummary):
     stages: list[StageOut]
     outputs: dict[str, str]
     metrics: dict[str, float]
+    reports: list[ReportOut] = Field(description="human-readable reports the stages wrote")
 
     @classmethod
     def of(cls, run: Run) -> RunOut:
@@ -170,6 +211,7 @@ class RunOut(RunSummary):
             stages=[StageOut.of(stage) for stage in run.stages],
             outputs=run.outputs,
             metrics=run.metrics,
+            reports=_reports(run),
         )
 
 
@@ -309,6 +351,44 @@ def _add_routes(app: FastAPI) -> None:
     def retry_run(run_id: UUID, coordinator: CoordinatorDep) -> RunOut:
         return RunOut.of(coordinator.retry_run(run_id))
 
+    @app.get(
+        "/runs/{run_id}/reports/{stage}/{name}",
+        response_class=Response,
+        responses={
+            HTTPStatus.OK: {"content": {media: {} for media in _REPORT_MEDIA_TYPES.values()}},
+            HTTPStatus.NOT_FOUND: {},
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE: {},
+        },
+    )
+    def get_report(run_id: UUID, stage: Stage, name: str, coordinator: CoordinatorDep) -> Response:
+        """A report a stage wrote beside its output (e.g. aggregation's drift report)."""
+        run = coordinator.get_run(run_id)
+        state = next(s for s in run.stages if s.stage == stage)
+        path = _stage_reports(state).get(name)
+        if path is None or state.status != "succeeded" or len(state.outputs) != 1:
+            raise ReportNotFound(f"run {run_id} has no {stage} report {name!r}")
+        blob = f"{next(iter(state.outputs.values())).rstrip('/')}/{path}"
+        try:
+            if coordinator.blobs.get_blob_properties(blob).size > MAX_REPORT_BYTES:
+                return JSONResponse(
+                    {"detail": f"report {name!r} is over {MAX_REPORT_BYTES} bytes"},
+                    status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                )
+            content = coordinator.blobs.download_blob(blob).data
+        except (BlobNotFoundError, InvalidBlobNameError) as exc:
+            raise ReportNotFound(f"report {name!r} of run {run_id}: {exc}") from exc
+        media_type = _REPORT_MEDIA_TYPES.get(PurePosixPath(path).suffix.lower(), "text/plain")
+        return Response(
+            content,
+            media_type=media_type,
+            # A report is data, not part of the app: no scripts, no requests, no sniffing.
+            headers={
+                "Content-Security-Policy": "sandbox; default-src 'none'; "
+                "style-src 'unsafe-inline'; img-src data:",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -353,6 +433,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RunNotFound)
     def run_not_found(_: Request, exc: RunNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
+
+    @app.exception_handler(ReportNotFound)
+    def report_not_found(_: Request, exc: ReportNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
 
     @app.exception_handler(InvalidTransition)

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.errors import StageCancelledError
+from shared.errors import ConfigurationError, StageCancelledError
 
 Compute = Literal["cpu", "gpu"]
 # MLflow flavours the runtime logs models with; ``pyfunc`` takes an ``mlflow.pyfunc.PythonModel``.
@@ -81,6 +81,9 @@ class RecipeContext:
 
     cancelled: threading.Event = field(default_factory=threading.Event)
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Local copies of the blobs that this stage's blob params name (``Recipe.blob_params``),
+    # by param name; a param left unset has none.
+    blob_inputs: Mapping[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_workers < 1:
@@ -91,12 +94,33 @@ class RecipeContext:
         if self.cancelled.is_set():
             raise StageCancelledError()
 
+    def blob_input(self, param: str) -> Path:
+        """The local copy of the blob that blob param ``param`` names."""
+        try:
+            return self.blob_inputs[param]
+        except KeyError:
+            raise ConfigurationError(
+                f"no blob was fetched for param {param!r}: the recipe must list it in "
+                "blob_params and stage_params of this stage (or, called directly, pass "
+                "RecipeContext(blob_inputs=...))"
+            ) from None
+
+
+HistoryValue = str | int | float | bool
+
 
 @dataclass(frozen=True)
 class DatasetSummary:
+    """What aggregate/split wrote. ``reports``: human-readable files in ``out_dir`` by title
+    (the API serves them and the dashboard links them from the run's page).
+    ``history_record``: one flat row describing the data set; the runtime appends it, with the
+    run's id and data-set version, to the recipe's profile history when the run succeeds."""
+
     rows: int
     files: list[str]
     details: dict[str, Any] = field(default_factory=dict)
+    reports: Mapping[str, str] = field(default_factory=dict)
+    history_record: Mapping[str, HistoryValue] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,13 @@ class Recipe:
     # Which params each of aggregation/split/train reads: a stage's cache key covers only
     # those (so a train-only change reuses aggregation and split). A stage left out reads all.
     stage_params: Mapping[RecipeStage, Collection[str]] = field(default_factory=dict)
+    # Params whose value (when set) is a blob path, ``container/path``: the worker downloads
+    # that blob for each stage that reads the param (``RecipeContext.blob_input``) and its
+    # etag joins the stage's cache key, so editing the blob re-runs the stage.
+    blob_params: Collection[str] = ()
+    # ``write_baseline(data_dir, out_file, params)``: a first baseline profile from a data
+    # set (``retrainer baseline``), for recipes that validate against one.
+    write_baseline: Callable[[Path, Path, RecipeParams], None] | None = None
 
     def __post_init__(self) -> None:
         known = set(self.params_model.model_fields)
@@ -198,11 +229,20 @@ class Recipe:
                 raise ValueError(
                     f"recipe {self.name!r}: stage_params[{stage!r}] names unknown params {unknown}"
                 )
+        unknown_blobs = sorted(set(self.blob_params) - known)
+        if unknown_blobs:
+            raise ValueError(
+                f"recipe {self.name!r}: blob_params names unknown params {unknown_blobs}"
+            )
 
     def params_read_by(self, stage: RecipeStage) -> frozenset[str]:
         """The params ``stage`` reads (all of them when the recipe does not say)."""
         names = self.stage_params.get(stage)
         return frozenset(self.params_model.model_fields if names is None else names)
+
+    def blob_params_read_by(self, stage: RecipeStage) -> list[str]:
+        """The blob params ``stage`` reads, sorted."""
+        return sorted(set(self.blob_params) & self.params_read_by(stage))
 
     def parse_params(self, params: Mapping[str, Any]) -> RecipeParams:
         """Raises pydantic.ValidationError naming each bad parameter."""

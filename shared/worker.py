@@ -30,16 +30,19 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from recipes.base import Recipe, RecipeContext, RecipeParams
-from shared.blobs.port import BlobStore
+from recipes.base import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
+from shared.blobs.port import BlobProperties, BlobStore
 from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
 from shared.bus.consuming import MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.errors import (
     BlobNotFoundError,
+    ConfigurationError,
+    InvalidBlobNameError,
     MalformedMessageError,
     MessageLockLostError,
     PermanentError,
+    RetryableError,
 )
 from shared.messages import (
     RunStage,
@@ -58,6 +61,10 @@ log = logging.getLogger(__name__)
 
 ARTIFACTS_CONTAINER = "artifacts"
 MANIFEST = "_manifest.json"
+
+
+class BlobChangedError(RetryableError):
+    """A blob a stage reads changed between computing its cache key and downloading it."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +290,8 @@ class Worker:
         missing = [name for name in self.spec.inputs if name not in command.inputs]
         if missing:
             raise MalformedMessageError(f"{command.stage} command lacks inputs {missing}")
-        output_prefix = self._output_prefix(command, recipe)
+        blob_params = self._blob_params(command, recipe, params)
+        output_prefix = self._output_prefix(command, recipe, blob_params)
         cached = self._read_manifest(output_prefix)
         if cached is not None:
             log.info(
@@ -306,7 +314,10 @@ class Worker:
                 output_dir,
                 self._blobs,
                 output_prefix,
-                RecipeContext(max_workers=self._stage_max_workers),
+                RecipeContext(
+                    max_workers=self._stage_max_workers,
+                    blob_inputs=self._download_blob_params(blob_params, root / "params"),
+                ),
             )
             if self.spec.download_inputs:
                 for name in self.spec.inputs:
@@ -343,27 +354,64 @@ class Worker:
         )
         return self._succeeded(command, output_prefix, manifest, cached=False)
 
-    def _output_prefix(self, command: RunStage, recipe: Recipe) -> str:
+    def _blob_params(
+        self, command: RunStage, recipe: Recipe, params: RecipeParams
+    ) -> dict[str, BlobProperties]:
+        """The blobs this stage's blob params name (``Recipe.blob_params``), by param."""
+        if command.stage not in RECIPE_STAGES:
+            return {}
+        found = {}
+        for name in recipe.blob_params_read_by(command.stage):
+            value = getattr(params, name)
+            if value is None:
+                continue
+            try:
+                found[name] = self._blobs.get_blob_properties(str(value))
+            except (BlobNotFoundError, InvalidBlobNameError) as exc:
+                raise ConfigurationError(f"param {name!r}: {exc}") from exc
+        return found
+
+    def _download_blob_params(
+        self, blobs: Mapping[str, BlobProperties], dest: Path
+    ) -> dict[str, Path]:
+        paths = {}
+        for name, properties in blobs.items():
+            content = self._blobs.download_blob(properties.name)
+            if content.properties.etag != properties.etag:
+                # The cache key holds the old etag: a retry keys the new content correctly.
+                raise BlobChangedError(f"param {name!r}: blob {properties.name!r} changed")
+            path = dest / name / properties.name.rsplit("/", 1)[-1]
+            path.parent.mkdir(parents=True)
+            path.write_bytes(content.data)
+            paths[name] = path
+        return paths
+
+    def _output_prefix(
+        self,
+        command: RunStage,
+        recipe: Recipe,
+        blob_params: Mapping[str, BlobProperties] | None = None,
+    ) -> str:
         if not self.spec.cacheable:
             return (
                 f"{ARTIFACTS_CONTAINER}/runs/{command.correlation_id}/"
                 f"{command.stage}/attempt-{command.attempt}"
             )
-        key = hashlib.sha256(
-            json.dumps(
-                {
-                    "stage": command.stage,
-                    "recipe": recipe.name,
-                    "recipe_version": recipe.version,
-                    "params": command.params,
-                    "inputs": {
-                        name: digest_prefix(self._blobs, _as_prefix(command.inputs[name]))
-                        for name in self.spec.inputs
-                    },
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
+        key_parts: dict[str, Any] = {
+            "stage": command.stage,
+            "recipe": recipe.name,
+            "recipe_version": recipe.version,
+            "params": command.params,
+            "inputs": {
+                name: digest_prefix(self._blobs, _as_prefix(command.inputs[name]))
+                for name in self.spec.inputs
+            },
+        }
+        if blob_params:
+            key_parts["blob_params"] = {
+                name: [blob.name, blob.etag] for name, blob in blob_params.items()
+            }
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
         return f"{ARTIFACTS_CONTAINER}/cache/{command.stage}/{key}"
 
     def _read_manifest(self, output_prefix: str) -> dict[str, Any] | None:

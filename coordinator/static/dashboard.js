@@ -587,6 +587,7 @@
       tbody,
       run.stages.map((stage) => {
         const outputs = Object.entries(stage.outputs || {});
+        const reports = (run.reports || []).filter((report) => report.stage === stage.name);
         return el(
           "tr",
           { dataset: { stage: stage.name } },
@@ -611,7 +612,19 @@
           el(
             "td",
             { class: "outputs mono small" },
-            outputs.length ? outputs.map(([k, v]) => el("div", { title: v }, `${k}: ${v}`)) : "—"
+            outputs.length ? outputs.map(([k, v]) => el("div", { title: v }, `${k}: ${v}`)) : "—",
+            // Reports the stage wrote (e.g. the drift report): opened from the API, sandboxed.
+            reports.map((report) =>
+              el(
+                "div",
+                null,
+                el(
+                  "a",
+                  { class: "report", href: ROOT + report.url, target: "_blank", rel: "noopener" },
+                  report.name.replace(/_/g, " ")
+                )
+              )
+            )
           )
         );
       })

@@ -9,7 +9,10 @@ def split(ctx: StageContext) -> StageResult:
     summary = ctx.recipe.split(
         ctx.input_dirs["dataset"], ctx.output_dir, ctx.params, ctx.recipe_context
     )
-    return StageResult(details={"rows": summary.rows, "files": summary.files, **summary.details})
+    details = {"rows": summary.rows, "files": summary.files, **summary.details}
+    if summary.reports:
+        details["reports"] = dict(summary.reports)
+    return StageResult(details=details)
 
 
 def build_spec(_settings: object = None) -> StageSpec:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from recipes.base import Recipe
 from services.register import REGISTRATION_RECORD
 from shared.bootstrap import create_registry
+from shared.history import append_run
 from shared.settings import CommonSettings
 from shared.tracking import ModelRegistry, ModelVersionRecord
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
@@ -60,17 +61,37 @@ def make_handler(registry: ModelRegistry) -> StageHandler:
         promotion = decide_promotion(ctx.recipe, version, registration["metrics"], champion)
         if promotion.promote:
             registry.promote(name, version)
-        return StageResult(
-            details={
-                "model_name": name,
-                "model_version": version,
-                "promoted": promotion.promote,
-                "champion_version": version
-                if promotion.promote
-                else (champion and champion.version),
-                "reason": promotion.reason,
-            }
+        details = {
+            "model_name": name,
+            "model_version": version,
+            "promoted": promotion.promote,
+            "champion_version": version if promotion.promote else (champion and champion.version),
+            "reason": promotion.reason,
+        }
+        # The last stage: the run succeeds with it, so its row joins the profile history.
+        inputs = ctx.command.inputs
+        history = (
+            append_run(
+                ctx.blob_store,
+                recipe=ctx.recipe.name,
+                run_id=str(ctx.command.correlation_id),
+                data=inputs.get("data", ""),
+                dataset_version=inputs.get("dataset", ""),
+                outcome={
+                    "model_name": name,
+                    "model_version": str(version),
+                    "promoted": promotion.promote,
+                    f"metric_{ctx.recipe.primary_metric}": registration["metrics"].get(
+                        ctx.recipe.primary_metric
+                    ),
+                },
+            )
+            if "dataset" in inputs
+            else None
         )
+        if history is not None:
+            details["history_record"] = history
+        return StageResult(details=details)
 
     return tag
 

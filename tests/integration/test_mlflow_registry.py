@@ -12,7 +12,7 @@ from mlflow.entities import Run
 from mlflow.pyfunc import PythonModel
 from sklearn.cluster import KMeans
 
-from recipes.base import ChildRun, TrainResult
+from recipes.base import ChildRun, ModelFlavor, TrainResult
 from shared.tracking import BEST_MODEL_TAG, PARENT_RUN_TAG, MlflowRegistry
 
 
@@ -167,7 +167,8 @@ def test_pyfunc_and_lightgbm_flavors_are_logged_and_load(registry: MlflowRegistr
     classifier = lightgbm.LGBMClassifier(n_estimators=5, min_child_samples=2, verbose=-1)
     classifier.fit(rows[["x"]], rows["y"])
     mlflow.set_tracking_uri(registry.tracking_uri)
-    for flavor, model in (("pyfunc", _Doubler()), ("lightgbm", classifier)):
+    cases: tuple[tuple[ModelFlavor, Any], ...] = (("pyfunc", _Doubler()), ("lightgbm", classifier))
+    for flavor, model in cases:
         record = registry.log_training(
             experiment_name="retrainer-flavors",
             correlation_id=f"run-{flavor}",
