@@ -13,7 +13,7 @@ from datetime import datetime
 from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import Annotated, Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -32,9 +32,10 @@ from coordinator.domain import (
     StageState,
     StageStatus,
 )
-from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest
+from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest, RunConflict
 from coordinator.settings import CoordinatorSettings
 from coordinator.webhook import WebhookConfig, add_event_routes
+from recipes.base import RECIPE_STAGES, RecipeStage
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.messages import Stage
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
@@ -65,6 +66,29 @@ class RunCreate(BaseModel):
         examples=["raw/state-identifier/2025-03-01"],
     )
     params: dict[str, Any] = Field(default_factory=dict, examples=[{"n_clusters": 3}])
+    entity: str | None = Field(
+        default=None,
+        description="what the model is for (a species, a site): the run registers the "
+        "recipe's model for this entity, which has a champion of its own",
+        examples=["cygnus-buccinator"],
+    )
+    force: bool | list[RecipeStage] = Field(
+        default=False,
+        description="skip the cache of every stage (true) or of the stages named",
+    )
+    correlation_id: UUID | None = Field(
+        default=None,
+        description="the run's id, chosen by the caller (e.g. a CI pipeline): asking again with "
+        "the same body returns the existing run (200); with another body is 409",
+    )
+
+    @property
+    def forced_stages(self) -> tuple[RecipeStage, ...]:
+        if self.force is True:
+            return RECIPE_STAGES
+        if self.force is False:
+            return ()
+        return tuple(stage for stage in RECIPE_STAGES if stage in self.force)
 
 
 class AttemptOut(BaseModel):
@@ -138,6 +162,8 @@ class RunSummary(BaseModel):
     id: UUID
     recipe: str
     data: str
+    entity: str | None
+    group_id: UUID | None
     trigger: str
     status: RunStatus
     stage: Stage | None = Field(description="the stage in flight, or where the run stopped")
@@ -155,6 +181,8 @@ class RunSummary(BaseModel):
             id=run.id,
             recipe=run.recipe,
             data=run.data,
+            entity=run.entity,
+            group_id=run.group_id,
             trigger=run.trigger,
             status=run.status,
             stage=reached[-1].stage if reached else None,
@@ -193,6 +221,7 @@ def _stage_reports(stage: StageState) -> dict[str, str]:
 class RunOut(RunSummary):
     correlation_id: UUID
     params: dict[str, Any]
+    force: list[Stage] = Field(description="the stages whose cache this run skips")
     trigger_details: dict[str, Any] = Field(
         description="for trigger 'blob': the rule, the number of events, the first and last blob"
     )
@@ -207,6 +236,7 @@ class RunOut(RunSummary):
             **RunSummary.of(run).model_dump(),
             correlation_id=run.id,
             params=run.params,
+            force=list(run.force),
             trigger_details=run.trigger_details,
             stages=[StageOut.of(stage) for stage in run.stages],
             outputs=run.outputs,
@@ -308,13 +338,25 @@ def _add_routes(app: FastAPI) -> None:
         status_code=HTTPStatus.ACCEPTED,
         response_model=RunOut,
         responses={
+            HTTPStatus.OK: {"description": "a run with this correlation_id and body exists"},
+            HTTPStatus.CONFLICT: {"description": "a run with this correlation_id asked for else"},
             HTTPStatus.UNPROCESSABLE_ENTITY: {
-                "description": "unknown recipe, invalid params or unusable data"
-            }
+                "description": "unknown recipe, invalid params or entity, or unusable data"
+            },
         },
     )
     def start_run(body: RunCreate, coordinator: CoordinatorDep, response: Response) -> RunOut:
-        run = coordinator.start_run(body.recipe, body.data, body.params, trigger="api")
+        run, created = coordinator.ensure_run(
+            body.correlation_id or uuid4(),
+            body.recipe,
+            body.data,
+            body.params,
+            trigger="api",
+            entity=body.entity,
+            force=body.forced_stages,
+        )
+        if not created:
+            response.status_code = HTTPStatus.OK
         response.headers["Location"] = f"/runs/{run.id}"
         return RunOut.of(run)
 
@@ -438,6 +480,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReportNotFound)
     def report_not_found(_: Request, exc: ReportNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
+
+    @app.exception_handler(RunConflict)
+    def run_conflict(_: Request, exc: RunConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.CONFLICT)
 
     @app.exception_handler(InvalidTransition)
     def invalid_transition(_: Request, exc: InvalidTransition) -> JSONResponse:

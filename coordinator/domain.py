@@ -24,7 +24,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, assert_never
@@ -46,11 +46,13 @@ from shared.messages import (
 )
 from shared.telemetry import command_traceparent
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# ``waiting``: a run-group member not yet admitted (the group's concurrency limit is reached).
+RunStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
 StageStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
 AttemptOutcome = Literal["succeeded", "failed", "timed_out", "superseded", "cancelled"]
 
 ACTIVE_RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
+UNFINISHED_RUN_STATUSES: tuple[RunStatus, ...] = ("waiting", "queued", "running")
 FINISHED_RUN_STATUSES: tuple[RunStatus, ...] = ("succeeded", "failed", "cancelled")
 _IN_FLIGHT: tuple[StageStatus, ...] = ("queued", "running")
 
@@ -154,6 +156,14 @@ class Run(_Frozen):
     updated_at: datetime
     finished_at: datetime | None = None
     stages: tuple[StageState, ...]
+    # What the model is for (shared/entities.py): the model registered is the recipe's model
+    # for this entity, with a champion of its own.
+    entity: str | None = None
+    # The stages whose cache this run skips.
+    force: tuple[Stage, ...] = ()
+    # The run group this run is a member of, and since when it waits for admission there.
+    group_id: UUID | None = None
+    waiting_since: datetime | None = None
 
     def stage(self, name: Stage) -> StageState:
         return self.stages[STAGES.index(name)]
@@ -206,12 +216,24 @@ class Run(_Frozen):
 
 @dataclass(frozen=True)
 class StartRun:
+    """A new run; a run-group member (``group_id``) starts ``waiting`` for admission."""
+
     run_id: UUID
     recipe: str
     data: str
     params: Mapping[str, Any]
     trigger: str = "api"
     trigger_details: Mapping[str, Any] = field(default_factory=dict)
+    entity: str | None = None
+    force: tuple[Stage, ...] = ()
+    group_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class AdmitRun:
+    """A waiting group member may go: its group has a free slot (``admit``)."""
+
+    run_id: UUID
 
 
 @dataclass(frozen=True)
@@ -233,6 +255,7 @@ class DeadlineExpired:
 
 CoordinatorInput = (
     StartRun
+    | AdmitRun
     | CancelRun
     | RetryRun
     | DeadlineExpired
@@ -302,6 +325,8 @@ def decide(
             message.correlation_id if isinstance(message, StageEvent) else message.run_id
         )
     match message:
+        case AdmitRun():
+            return _admit(run, now, policy)
         case CancelRun():
             return _cancel(run, now)
         case RetryRun():
@@ -332,8 +357,28 @@ def _start(message: StartRun, now: datetime, policy: Policy) -> Decision:
         created_at=now,
         updated_at=now,
         stages=tuple(StageState(stage=stage) for stage in STAGES),
+        entity=message.entity,
+        force=message.force,
+        group_id=message.group_id,
     )
+    if message.group_id is not None:
+        run = run.model_copy(update={"status": "waiting", "waiting_since": now})
+        return Decision(run, notes=[f"run created in group {message.group_id}; waiting"])
     return _queue(run, run.stages[0], now, policy, not_before=None, note="run started")
+
+
+def _admit(run: Run, now: datetime, policy: Policy) -> Decision:
+    if run.status != "waiting":
+        return _ignore(run, f"admission of a run that is {run.status}")
+    # A retried member resumes at the stage that stopped; a new one starts at the first.
+    stopped = next((s for s in run.stages if s.status in ("failed", "cancelled")), None)
+    run = run.model_copy(update={"waiting_since": None})
+    if stopped is None:
+        run = run.model_copy(update={"status": "queued"})
+        return _queue(run, run.stages[0], now, policy, not_before=None, note="run admitted")
+    run = run.model_copy(update={"status": "running"})
+    stage = stopped.model_copy(update={"budget_start": stopped.attempt + 1})
+    return _queue(run, stage, now, policy, not_before=None, note=f"run admitted at {stage.stage}")
 
 
 def _cancel(run: Run, now: datetime) -> Decision:
@@ -353,13 +398,32 @@ def _cancel(run: Run, now: datetime) -> Decision:
             }
         )
         run = _put(run, cancelled)
-    run = run.model_copy(update={"status": "cancelled", "updated_at": now, "finished_at": now})
+    run = run.model_copy(
+        update={
+            "status": "cancelled",
+            "updated_at": now,
+            "finished_at": now,
+            "waiting_since": None,
+        }
+    )
     return Decision(run, commands, notes=["run cancelled"])
 
 
 def _retry_run(run: Run, now: datetime, policy: Policy) -> Decision:
     if run.status not in ("failed", "cancelled"):
         raise InvalidTransition(run.id, run.status, "retry")
+    if run.group_id is not None:
+        # A group member waits for a slot again, behind the members already waiting.
+        run = run.model_copy(
+            update={
+                "status": "waiting",
+                "waiting_since": now,
+                "error": None,
+                "finished_at": None,
+                "updated_at": now,
+            }
+        )
+        return Decision(run, notes=["run retried; waiting for a slot in its group"])
     # A run stops at the stage that failed or was cancelled: the stages after it are still
     # pending, so only this one needs a new attempt.
     stopped = next(s for s in run.stages if s.status in ("failed", "cancelled"))
@@ -584,6 +648,8 @@ def _queue(
         recipe=run.recipe,
         params=dict(run.params),
         inputs={"data": run.data, **run.outputs},
+        entity=run.entity,
+        force=queued.stage in run.force,
     )
     notes = [note] if note else []
     notes.append(f"{queued.stage} attempt {attempt} queued")
@@ -615,3 +681,74 @@ def _traceparent(run_id: UUID, stage: Stage, attempt: int) -> str:
 
     The span id is derived, not random, so that deciding twice yields the same command."""
     return command_traceparent(run_id, stage, attempt)
+
+
+# --- run groups --------------------------------------------------------------------------
+
+GroupStatus = Literal["running", "succeeded", "failed", "cancelled"]
+FINISHED_GROUP_STATUSES: tuple[GroupStatus, ...] = ("succeeded", "failed", "cancelled")
+
+
+class RunGroup(_Frozen):
+    """A parent of ordinary runs (its members), admitted ``concurrency`` at a time."""
+
+    id: UUID
+    recipe: str
+    # Shared by every member; a member's own params override these.
+    params: JsonDict
+    concurrency: int = Field(ge=1)
+    trigger: str
+    # How the members were listed: given, one per sub-prefix, or one per row of a CSV blob.
+    source: JsonDict = Field(default_factory=dict)
+    trigger_details: JsonDict = Field(default_factory=dict)
+    status: GroupStatus = "running"
+    cancelled: bool = False
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MemberSlot:
+    """What admission needs to know of one member."""
+
+    run_id: UUID
+    position: int
+    status: RunStatus
+    waiting_since: datetime | None
+
+
+def admit(group: RunGroup, members: Sequence[MemberSlot]) -> list[UUID]:
+    """The waiting members to start now: as many as the group has free slots (members in a
+    stage count against ``concurrency``), longest-waiting first, then in member order; so a
+    retried member queues behind those already waiting. Nothing for a cancelled group."""
+    if group.cancelled:
+        return []
+    active = sum(1 for member in members if member.status in ACTIVE_RUN_STATUSES)
+    free = max(0, group.concurrency - active)
+    waiting = sorted(
+        (m for m in members if m.status == "waiting"),
+        key=lambda m: (m.waiting_since or group.created_at, m.position),
+    )
+    return [member.run_id for member in waiting[:free]]
+
+
+def group_status(group: RunGroup, statuses: Mapping[RunStatus, int]) -> GroupStatus:
+    """``running`` while a member is unfinished; then ``cancelled`` if the group was,
+    ``succeeded`` if every member did, else ``failed``."""
+    if any(statuses.get(status, 0) for status in UNFINISHED_RUN_STATUSES):
+        return "running"
+    if group.cancelled:
+        return "cancelled"
+    if sum(statuses.values()) == statuses.get("succeeded", 0):
+        return "succeeded"
+    return "failed"
+
+
+def settle_group(group: RunGroup, statuses: Mapping[RunStatus, int], now: datetime) -> RunGroup:
+    """``group`` with the status its members' statuses give (and when it finished)."""
+    status = group_status(group, statuses)
+    if status == group.status:
+        return group
+    finished = None if status == "running" else now
+    return group.model_copy(update={"status": status, "updated_at": now, "finished_at": finished})

@@ -53,6 +53,7 @@ from recipes.base import Recipe
 from shared.blobs.port import BlobStore, validate_prefix
 from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
+from shared.entities import InvalidEntityError
 from shared.errors import (
     ConfigurationError,
     InvalidBlobNameError,
@@ -71,6 +72,7 @@ from shared.events import (
     decode_events,
 )
 from shared.messages import (
+    Stage,
     StageFailed,
     StageProgress,
     StageStarted,
@@ -100,6 +102,38 @@ class InvalidRunRequest(PermanentError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
         self.problems = problems
+
+
+class RunConflict(PermanentError):
+    """A correlation id that names an existing run asked for something else (HTTP 409)."""
+
+    def __init__(self, run_id: UUID, differences: list[str]) -> None:
+        super().__init__(f"run {run_id} exists with a different request: {'; '.join(differences)}")
+        self.run_id = run_id
+
+
+def _same_request(run: Run, start: StartRun) -> Run:
+    """``run`` if ``start`` asks for exactly it; raises RunConflict naming the differences."""
+    asked = {
+        "recipe": start.recipe,
+        "data": start.data,
+        "params": dict(start.params),
+        "entity": start.entity,
+        "force": list(start.force),
+    }
+    has = {
+        "recipe": run.recipe,
+        "data": run.data,
+        "params": run.params,
+        "entity": run.entity,
+        "force": list(run.force),
+    }
+    differences = [
+        f"{key} is {has[key]!r}, not {asked[key]!r}" for key in asked if asked[key] != has[key]
+    ]
+    if differences:
+        raise RunConflict(run.id, differences)
+    return run
 
 
 @dataclass(frozen=True)
@@ -157,12 +191,53 @@ class Coordinator:
     # --- requests --------------------------------------------------------------------------
 
     def start_run(
-        self, recipe: str, data: str, params: Mapping[str, Any], *, trigger: str = "api"
+        self,
+        recipe: str,
+        data: str,
+        params: Mapping[str, Any],
+        *,
+        trigger: str = "api",
+        entity: str | None = None,
+        force: Sequence[Stage] = (),
     ) -> Run:
         """Validate the request and start a run; raises InvalidRunRequest naming each problem."""
-        self._validate(recipe, data, params)
-        run_id = uuid4()
-        return self._apply(run_id, StartRun(run_id, recipe, data, dict(params), trigger))
+        run, _ = self.ensure_run(
+            uuid4(), recipe, data, params, trigger=trigger, entity=entity, force=force
+        )
+        return run
+
+    def ensure_run(
+        self,
+        run_id: UUID,
+        recipe: str,
+        data: str,
+        params: Mapping[str, Any],
+        *,
+        trigger: str = "api",
+        entity: str | None = None,
+        force: Sequence[Stage] = (),
+    ) -> tuple[Run, bool]:
+        """Start run ``run_id`` unless it exists; returns the run and whether it is new.
+
+        A caller-supplied correlation id makes the request idempotent: asking again with the
+        same recipe, data, params, entity and force returns the existing run; asking with
+        anything else raises RunConflict (HTTP 409). Raises InvalidRunRequest for a bad one."""
+        start = StartRun(
+            run_id, recipe, data, dict(params), trigger, entity=entity, force=tuple(force)
+        )
+        try:
+            existing = self.store.get_run(run_id)
+        except RunNotFound:
+            pass
+        else:
+            return _same_request(existing, start), False
+        self._validate(recipe, data, params, entity=entity)
+        run = self._apply(run_id, start)
+        _, previous = self._decided.start
+        if previous is not None:
+            # Another request with this id won the race; it must have asked the same.
+            return _same_request(previous, start), False
+        return run, True
 
     def cancel_run(self, run_id: UUID) -> Run:
         """Raises RunNotFound, or InvalidTransition if the run already finished."""
@@ -194,7 +269,9 @@ class Coordinator:
         """Recipe -> when its latest successful run finished."""
         return self.store.last_successes()
 
-    def _validate(self, recipe_name: str, data: str, params: Mapping[str, Any]) -> None:
+    def _validate(
+        self, recipe_name: str, data: str, params: Mapping[str, Any], *, entity: str | None = None
+    ) -> None:
         problems: list[Problem] = []
         try:
             recipe = self._recipes(recipe_name)
@@ -207,6 +284,10 @@ class Coordinator:
                 problems.extend(
                     Problem(("params", *error["loc"]), error["msg"]) for error in exc.errors()
                 )
+            try:
+                recipe.registered_model_name(entity)
+            except InvalidEntityError as exc:
+                problems.append(Problem(("entity",), str(exc)))
         try:
             validate_prefix(data)
         except InvalidBlobNameError as exc:

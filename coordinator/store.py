@@ -36,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     create_engine,
     delete,
@@ -55,12 +56,16 @@ from coordinator.domain import (
     ACTIVE_RUN_STATUSES,
     DeadlineExpired,
     Decision,
+    GroupStatus,
+    MemberSlot,
     Run,
+    RunGroup,
     RunNotFound,
     RunStatus,
+    settle_group,
 )
 from shared.bus.port import OutgoingMessage
-from shared.errors import RetryableError
+from shared.errors import PermanentError, RetryableError
 from shared.messages import CancelStage, encode, utcnow
 from shared.topology import CONTROL_TOPIC, command_topic
 
@@ -73,6 +78,12 @@ class ConcurrencyConflict(RetryableError):
     def __init__(self, run_id: UUID, tries: int) -> None:
         super().__init__(f"run {run_id} changed under {tries} consecutive attempts to update it")
         self.run_id = run_id
+
+
+class GroupNotFound(PermanentError):
+    def __init__(self, group_id: UUID) -> None:
+        super().__init__(f"run group {group_id} not found")
+        self.group_id = group_id
 
 
 class StoreUnavailableError(RetryableError):
@@ -178,6 +189,34 @@ trigger_bursts = Table(
     Column("version", Integer, nullable=False),
     Column("created_at", _UtcDateTime, nullable=False),
     Index("ix_trigger_bursts_due_at", "due_at"),
+)
+
+
+# Run groups: the group's own state, and one row per member (its run, in member order) whose
+# status and waiting_since mirror the run's, written in the same transaction as the run, so
+# admission reads a group's members without loading every run.
+run_groups = Table(
+    "run_groups",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("created_at", _UtcDateTime, nullable=False),
+    Column("state", _Json, nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_run_groups_created_at", "created_at"),
+    Index("ix_run_groups_status", "status"),
+)
+
+run_group_members = Table(
+    "run_group_members",
+    metadata,
+    Column("group_id", Uuid, primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("run_id", Uuid, nullable=False, unique=True),
+    Column("entity", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("waiting_since", _UtcDateTime, nullable=True),
+    UniqueConstraint("group_id", "entity", name="uq_run_group_members_entity"),
 )
 
 
@@ -330,6 +369,15 @@ class RunStore:
             )
             if updated.rowcount != 1:
                 raise _VersionChanged
+        if new.group_id is not None and (
+            current is None
+            or (new.status, new.waiting_since) != (current.status, current.waiting_since)
+        ):
+            conn.execute(
+                update(run_group_members)
+                .where(run_group_members.c.run_id == new.id)
+                .values(status=new.status, waiting_since=new.waiting_since)
+            )
         now = utcnow()
         if decision.commands:
             conn.execute(insert(outbox), [_outbox_row(cmd, now) for cmd in _encoded(decision)])
@@ -464,6 +512,187 @@ class RunStore:
             )
         )
         return bool(deleted.rowcount == 1)
+
+    # --- run groups ------------------------------------------------------------------------
+
+    def create_group(
+        self,
+        group: RunGroup,
+        members: Sequence[tuple[UUID, str]],
+        decide: Callable[[UUID], Callable[[Run | None], Decision]],
+    ) -> list[Decision]:
+        """Insert the group, its members (run id, entity; in order) and their runs, deciding
+        each run with ``decide(run_id)``, all in one transaction."""
+        for tries in range(self._max_tries):
+            try:
+                with self._connection() as conn, conn.begin():
+                    conn.execute(
+                        insert(run_groups).values(
+                            id=group.id,
+                            status=group.status,
+                            created_at=group.created_at,
+                            state=group.model_dump(mode="json"),
+                            version=1,
+                        )
+                    )
+                    if members:
+                        conn.execute(
+                            insert(run_group_members),
+                            [
+                                {
+                                    "group_id": group.id,
+                                    "position": position,
+                                    "run_id": run_id,
+                                    "entity": entity,
+                                    "status": "waiting",
+                                    "waiting_since": group.created_at,
+                                }
+                                for position, (run_id, entity) in enumerate(members)
+                            ],
+                        )
+                    decisions = []
+                    for run_id, _ in members:
+                        decision = self._apply_once(conn, run_id, decide(run_id), None)
+                        assert decision is not None
+                        decisions.append(decision)
+                    return decisions
+            except _VersionChanged:
+                time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+        raise ConcurrencyConflict(group.id, self._max_tries)
+
+    def update_group(
+        self,
+        group_id: UUID,
+        change: Callable[[RunGroup, list[MemberSlot]], tuple[RunGroup, list[UUID]]],
+        decide: Callable[[UUID], Callable[[Run | None], Decision]],
+        *,
+        now: datetime,
+    ) -> tuple[RunGroup, list[Decision]]:
+        """The unit of work of a group: ``change`` gets the group and its members and returns
+        the group's new state and the members to decide on (``decide(run_id)``); the group,
+        those runs and their commands are written in one transaction, which a concurrent
+        change of the same group makes try again, so admission never overfills a group.
+        Afterwards the group's status follows its members'. Raises GroupNotFound."""
+        lost_race: Exception | None = None
+        for tries in range(self._max_tries):
+            try:
+                with self._connection() as conn, conn.begin():
+                    return self._update_group_once(conn, group_id, change, decide, now)
+            except (_VersionChanged, IntegrityError) as exc:
+                lost_race = exc
+            time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+        raise ConcurrencyConflict(group_id, self._max_tries) from lost_race
+
+    def _update_group_once(
+        self,
+        conn: Connection,
+        group_id: UUID,
+        change: Callable[[RunGroup, list[MemberSlot]], tuple[RunGroup, list[UUID]]],
+        decide: Callable[[UUID], Callable[[Run | None], Decision]],
+        now: datetime,
+    ) -> tuple[RunGroup, list[Decision]]:
+        row = conn.execute(
+            select(run_groups.c.state, run_groups.c.version).where(run_groups.c.id == group_id)
+        ).one_or_none()
+        if row is None:
+            raise GroupNotFound(group_id)
+        current = RunGroup.model_validate(row.state)
+        group, chosen = change(current, self._member_slots(conn, group_id))
+        decisions = []
+        for run_id in chosen:
+            decision = self._apply_once(conn, run_id, decide(run_id), None)
+            assert decision is not None
+            decisions.append(decision)
+        counts = self._member_counts(conn, group_id)
+        group = settle_group(group, counts, now)
+        updated = conn.execute(
+            update(run_groups)
+            .where(run_groups.c.id == group_id, run_groups.c.version == row.version)
+            .values(
+                status=group.status, state=group.model_dump(mode="json"), version=row.version + 1
+            )
+        )
+        if updated.rowcount != 1:
+            raise _VersionChanged
+        return group, decisions
+
+    @staticmethod
+    def _member_slots(conn: Connection, group_id: UUID) -> list[MemberSlot]:
+        rows = conn.execute(
+            select(
+                run_group_members.c.run_id,
+                run_group_members.c.position,
+                run_group_members.c.status,
+                run_group_members.c.waiting_since,
+            )
+            .where(run_group_members.c.group_id == group_id)
+            .order_by(run_group_members.c.position)
+        ).all()
+        return [MemberSlot(r.run_id, r.position, r.status, r.waiting_since) for r in rows]
+
+    @staticmethod
+    def _member_counts(conn: Connection, group_id: UUID) -> dict[RunStatus, int]:
+        rows = conn.execute(
+            select(run_group_members.c.status, func.count())
+            .where(run_group_members.c.group_id == group_id)
+            .group_by(run_group_members.c.status)
+        ).all()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def get_group(self, group_id: UUID) -> tuple[RunGroup, dict[RunStatus, int]]:
+        """The group and how many of its members are in each status."""
+        with self._connection() as conn:
+            state = conn.scalar(select(run_groups.c.state).where(run_groups.c.id == group_id))
+            if state is None:
+                raise GroupNotFound(group_id)
+            return RunGroup.model_validate(state), self._member_counts(conn, group_id)
+
+    def list_group_members(
+        self, group_id: UUID, *, status: RunStatus | None = None
+    ) -> list[tuple[int, str, Run]]:
+        """(position, entity, run) of each member, in member order."""
+        query = (
+            select(run_group_members.c.position, run_group_members.c.entity, runs.c.state)
+            .join(runs, runs.c.id == run_group_members.c.run_id)
+            .where(run_group_members.c.group_id == group_id)
+            .order_by(run_group_members.c.position)
+        )
+        if status is not None:
+            query = query.where(run_group_members.c.status == status)
+        with self._connection() as conn:
+            rows = conn.execute(query).all()
+        return [(row.position, row.entity, Run.model_validate(row.state)) for row in rows]
+
+    def list_groups(
+        self, *, status: GroupStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[tuple[RunGroup, dict[RunStatus, int]]], int]:
+        """A page of groups, newest first, with their member counts; and how many match."""
+        query = select(run_groups.c.id, run_groups.c.state).order_by(
+            run_groups.c.created_at.desc(), run_groups.c.id.desc()
+        )
+        total = select(func.count()).select_from(run_groups)
+        if status is not None:
+            query = query.where(run_groups.c.status == status)
+            total = total.where(run_groups.c.status == status)
+        with self._connection() as conn:
+            rows = conn.execute(query.limit(limit).offset(offset)).all()
+            page = [
+                (RunGroup.model_validate(row.state), self._member_counts(conn, row.id))
+                for row in rows
+            ]
+            return page, int(conn.scalar(total) or 0)
+
+    def list_unsettled_groups(self, limit: int = 1000) -> list[UUID]:
+        """Groups with members still to run, oldest first."""
+        with self._connection() as conn:
+            return list(
+                conn.scalars(
+                    select(run_groups.c.id)
+                    .where(run_groups.c.status == "running")
+                    .order_by(run_groups.c.created_at)
+                    .limit(limit)
+                ).all()
+            )
 
     # --- queries ---------------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ from shared.errors import RetrainerError
 from shared.messages import StageEvent, StageFailed
 from shared.telemetry import (
     ATTR_CORRELATION_ID,
+    ATTR_ENTITY,
     ATTR_ERROR,
     ATTR_ERROR_TYPE,
+    ATTR_GROUP_ID,
     ATTR_MODEL_NAME,
     ATTR_MODEL_VERSION,
     ATTR_PRIMARY_METRIC,
@@ -122,8 +124,10 @@ def _record(
         ATTR_RECIPE: run.recipe,
         ATTR_TRIGGER: run.trigger,
         ATTR_RUN_STATUS: run.status,
+        ATTR_ENTITY: run.entity,
+        ATTR_GROUP_ID: None if run.group_id is None else str(run.group_id),
     }
-    current_span().set(common)
+    current_span().set({key: value for key, value in common.items() if value is not None})
     if previous is None and isinstance(message, StartRun):
         emit_event(EVENT_RUN_STARTED, common)
 

@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.entities import entity_in_model_name, validate_model_name
 from shared.errors import ConfigurationError, StageCancelledError
 
 Compute = Literal["cpu", "gpu"]
@@ -216,6 +217,11 @@ class Recipe:
     # ``write_baseline(data_dir, out_file, params)``: a first baseline profile from a data
     # set (``retrainer baseline``), for recipes that validate against one.
     write_baseline: Callable[[Path, Path, RecipeParams], None] | None = None
+    # The registered model's name: ``model_name`` (default: the recipe's name) for a run
+    # without an entity; for a run with one, ``model_name_template`` filled with {model} and
+    # {entity} (shared/entities.py), so each entity has its own model and champion.
+    model_name: str | None = None
+    model_name_template: str = "{model}.{entity}"
 
     def __post_init__(self) -> None:
         known = set(self.params_model.model_fields)
@@ -234,6 +240,24 @@ class Recipe:
             raise ValueError(
                 f"recipe {self.name!r}: blob_params names unknown params {unknown_blobs}"
             )
+        if "{entity}" not in self.model_name_template:
+            raise ValueError(f"recipe {self.name!r}: model_name_template lacks {{entity}}")
+        try:
+            self.model_name_template.format(model="m", entity="e")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"recipe {self.name!r}: model_name_template {self.model_name_template!r}"
+                f" may use only {{model}} and {{entity}} ({exc})"
+            ) from None
+
+    def registered_model_name(self, entity: str | None = None) -> str:
+        """The model a run of this recipe registers, for ``entity``; raises
+        InvalidEntityError for an entity (or resulting name) MLflow would refuse."""
+        model = self.model_name or self.name
+        if entity is None:
+            return validate_model_name(model)
+        named = self.model_name_template.format(model=model, entity=entity_in_model_name(entity))
+        return validate_model_name(named)
 
     def params_read_by(self, stage: RecipeStage) -> frozenset[str]:
         """The params ``stage`` reads (all of them when the recipe does not say)."""

@@ -57,13 +57,19 @@ class Event(Message):
 
 
 class RunStage(Command):
+    """v2 added ``entity`` (the registered model is the recipe's model for that entity) and
+    ``force`` (skip the stage's cache); a v1 command means neither."""
+
     message_type: ClassVar[str] = "run_stage"
+    schema_version: ClassVar[int] = 2
 
     stage: Stage
     attempt: int = Field(ge=1)
     recipe: str
     params: JsonDict = Field(default_factory=dict)
     inputs: dict[str, str] = Field(default_factory=dict)
+    entity: str | None = None
+    force: bool = False
 
     @property
     def message_id(self) -> str:
@@ -170,7 +176,10 @@ def traceparent_properties(traceparent: str | None) -> dict[str, str]:
 
 
 # (message_type, from_version) -> function turning that version's body into the next one.
-_UPCASTERS: dict[tuple[str, int], Callable[[JsonDict], JsonDict]] = {}
+_UPCASTERS: dict[tuple[str, int], Callable[[JsonDict], JsonDict]] = {
+    # v2's new fields have defaults that mean what v1 meant.
+    ("run_stage", 1): lambda body: body,
+}
 
 
 def encode(message: Message, *, scheduled_enqueue_time: datetime | None = None) -> OutgoingMessage:

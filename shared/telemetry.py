@@ -73,6 +73,9 @@ ATTR_MODEL_NAME = "retrainer.model_name"
 ATTR_MODEL_VERSION = "retrainer.model_version"
 ATTR_PRIMARY_METRIC = "retrainer.primary_metric"
 ATTR_PRIMARY_METRIC_VALUE = "retrainer.primary_metric_value"
+# What the run's model is for (a species, a site), and the run group it belongs to.
+ATTR_ENTITY = "retrainer.entity"
+ATTR_GROUP_ID = "retrainer.group_id"
 # Beyond the workbook's names: the error message, what the coordinator decided on
 # (start_run, cancel_run, retry_run, deadline_expired, stage_started, ...) and the worker.
 ATTR_ERROR = "retrainer.error"
@@ -114,6 +117,8 @@ ATTRIBUTE_NAMES = frozenset(
         ATTR_MODEL_VERSION,
         ATTR_PRIMARY_METRIC,
         ATTR_PRIMARY_METRIC_VALUE,
+        ATTR_ENTITY,
+        ATTR_GROUP_ID,
         ATTR_ERROR,
         ATTR_INPUT,
         ATTR_WORKER,

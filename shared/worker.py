@@ -60,11 +60,49 @@ from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, command_topic
 log = logging.getLogger(__name__)
 
 ARTIFACTS_CONTAINER = "artifacts"
+# Cacheable stages write under artifacts/cache/<stage>/<cache_key>.
+CACHE_FOLDER = "cache"
 MANIFEST = "_manifest.json"
 
 
 class BlobChangedError(RetryableError):
     """A blob a stage reads changed between computing its cache key and downloading it."""
+
+
+def cache_key(
+    command: RunStage,
+    recipe: Recipe,
+    params: RecipeParams,
+    input_digests: Mapping[str, str],
+    blob_params: Mapping[str, BlobProperties] | None = None,
+) -> str:
+    """The content hash a cacheable stage's output is stored under: the stage, the recipe's
+    name and version, the *parsed* values (defaults filled) of only the params this stage
+    reads (``Recipe.stage_params``), its inputs' digests and the (name, etag) of the blobs its
+    blob params name (``Recipe.blob_params``). So ``{}`` and the defaults
+    spelled out are one entry, and a train-only param change reuses aggregation and split.
+    A forced stage (``RunStage.force``) gets a key of its own run: it reuses nothing earlier
+    and never overwrites an entry that other runs' lineage may point at."""
+    read = recipe.params_read_by(command.stage) if command.stage in RECIPE_STAGES else None
+    values = {
+        name: value
+        for name, value in params.model_dump(mode="json").items()
+        if read is None or name in read
+    }
+    material: dict[str, Any] = {
+        "stage": command.stage,
+        "recipe": recipe.name,
+        "recipe_version": recipe.version,
+        "params": values,
+        "inputs": dict(input_digests),
+    }
+    if blob_params:
+        material["blob_params"] = {
+            name: [blob.name, blob.etag] for name, blob in blob_params.items()
+        }
+    if command.force:
+        material["forced_by"] = str(command.correlation_id)
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -291,7 +329,8 @@ class Worker:
         if missing:
             raise MalformedMessageError(f"{command.stage} command lacks inputs {missing}")
         blob_params = self._blob_params(command, recipe, params)
-        output_prefix = self._output_prefix(command, recipe, blob_params)
+        output_prefix = self._output_prefix(command, recipe, params, blob_params)
+        # A forced stage writes under its own key (cache_key) and reads no earlier output.
         cached = self._read_manifest(output_prefix)
         if cached is not None:
             log.info(
@@ -390,6 +429,7 @@ class Worker:
         self,
         command: RunStage,
         recipe: Recipe,
+        params: RecipeParams,
         blob_params: Mapping[str, BlobProperties] | None = None,
     ) -> str:
         if not self.spec.cacheable:
@@ -397,22 +437,12 @@ class Worker:
                 f"{ARTIFACTS_CONTAINER}/runs/{command.correlation_id}/"
                 f"{command.stage}/attempt-{command.attempt}"
             )
-        key_parts: dict[str, Any] = {
-            "stage": command.stage,
-            "recipe": recipe.name,
-            "recipe_version": recipe.version,
-            "params": command.params,
-            "inputs": {
-                name: digest_prefix(self._blobs, _as_prefix(command.inputs[name]))
-                for name in self.spec.inputs
-            },
+        digests = {
+            name: digest_prefix(self._blobs, _as_prefix(command.inputs[name]))
+            for name in self.spec.inputs
         }
-        if blob_params:
-            key_parts["blob_params"] = {
-                name: [blob.name, blob.etag] for name, blob in blob_params.items()
-            }
-        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()
-        return f"{ARTIFACTS_CONTAINER}/cache/{command.stage}/{key}"
+        key = cache_key(command, recipe, params, digests, blob_params)
+        return f"{ARTIFACTS_CONTAINER}/{CACHE_FOLDER}/{command.stage}/{key}"
 
     def _read_manifest(self, output_prefix: str) -> dict[str, Any] | None:
         try:

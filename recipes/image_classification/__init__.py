@@ -55,4 +55,6 @@ recipe = Recipe(
     write_sample_data=write_sample_data,
     quality_gate=QualityGate({"f1_macro": (">=", MIN_F1_MACRO)}),
     pip_requirements=pinned_requirements(),
+    # Aggregation resizes every image once; split draws the validation share per label.
+    stage_params={"aggregation": ("image_size",), "split": ("validation_fraction", "seed")},
 )

@@ -51,4 +51,7 @@ recipe = Recipe(
     write_sample_data=write_sample_data,
     quality_gate=QualityGate({"silhouette": (">=", MIN_SILHOUETTE)}),
     pip_requirements=pinned("scikit-learn", "pandas", "numpy", "scipy", "pydantic"),
+    # Aggregation only orders by the timestamp column and split keeps every row; the
+    # preprocessing and clustering params are all train's.
+    stage_params={"aggregation": ("timestamp_column",), "split": ()},
 )

@@ -26,12 +26,16 @@ def make_handler(registry: ModelRegistry, *, code_version: str) -> StageHandler:
             "split_version": inputs.get("split", ""),
             "params": json.dumps(ctx.command.params, sort_keys=True),
             "mlflow_run_id": training["mlflow_run_id"],
+            "training_output": inputs.get("model", ""),
         }
+        entity = ctx.command.entity
+        if entity is not None:
+            lineage["entity"] = entity
         metric_tags = {
             METRIC_TAG_PREFIX + k: repr(float(v)) for k, v in training["metrics"].items()
         }
         version = registry.create_model_version(
-            ctx.recipe.name,
+            ctx.recipe.registered_model_name(entity),
             model_uri=training["model_uri"],
             run_id=training["mlflow_run_id"],
             correlation_id=str(ctx.command.correlation_id),

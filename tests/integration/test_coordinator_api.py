@@ -420,3 +420,56 @@ def test_settings_come_from_the_environment(
     assert settings.policy.max_attempts == 5
     assert settings.policy.run_timeout("train") == 60
     assert settings.policy.run_timeout("split") == settings.run_timeout_s
+
+
+def test_a_caller_supplied_correlation_id_is_idempotent_for_the_same_body(stack: Stack) -> None:
+    run_id = str(uuid4())
+    first = stack.start(correlation_id=run_id)
+    assert first["id"] == first["correlation_id"] == run_id
+
+    again = stack.client.post(
+        "/runs",
+        json={
+            "recipe": "state_identifier",
+            "data": "raw/set1",
+            "params": {"n_clusters": 3},
+            "correlation_id": run_id,
+        },
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == run_id
+    assert stack.coordinator.relay_outbox() == 1, "one run, one command"
+
+    other = stack.client.post(
+        "/runs",
+        json={"recipe": "state_identifier", "data": "raw/set1", "correlation_id": run_id},
+    )
+    assert other.status_code == 409, other.text
+    assert "params" in other.json()["detail"]
+    assert stack.client.get("/runs").json()["total"] == 1
+
+
+def test_entity_and_force_travel_to_the_stage_commands(stack: Stack) -> None:
+    run = stack.start(entity="site=A/species=B", force=["train"])
+    assert (run["entity"], run["force"]) == ("site=A/species=B", ["train"])
+    stack.coordinator.relay_outbox()
+    (command,) = stack.worker_receives("aggregation")
+    assert (command.entity, command.force) == ("site=A/species=B", False)
+
+    forced_everywhere = stack.start(force=True)
+    assert forced_everywhere["force"] == ["aggregation", "split", "train"]
+    stack.coordinator.relay_outbox()
+    (command,) = stack.worker_receives("aggregation")
+    assert command.force
+
+
+@pytest.mark.parametrize("entity", ["a/..", "sp:1", "Cygnus buccinator"])
+def test_an_entity_mlflow_would_refuse_is_422_and_starts_nothing(stack: Stack, entity: str) -> None:
+    response = stack.client.post(
+        "/runs", json={"recipe": "state_identifier", "data": "raw/set1", "entity": entity}
+    )
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", "entity"]
+    assert entity in problem["msg"]
+    assert stack.client.get("/runs").json()["total"] == 0

@@ -45,7 +45,9 @@ from shared.messages import (
 from shared.telemetry import (
     ATTR_ATTEMPT,
     ATTR_CORRELATION_ID,
+    ATTR_ENTITY,
     ATTR_ERROR_TYPE,
+    ATTR_GROUP_ID,
     ATTR_INPUT,
     ATTR_MODEL_NAME,
     ATTR_MODEL_VERSION,
@@ -446,6 +448,27 @@ def test_a_run_not_promoted_emits_no_model_promoted(
         EVENT_MODEL_REGISTERED,
         EVENT_RUN_SUCCEEDED,
     ]
+
+
+def test_the_entity_is_a_property_of_the_run_and_model_events(
+    events: _EventCapture, otel: Otel, coordinator: Coordinator
+) -> None:
+    run = coordinator.start_run("state_identifier", "raw/set1", {}, entity="cygnus-buccinator").id
+    for stage in ("aggregation", "split", "train", "register"):
+        deliver(
+            coordinator,
+            StageSucceeded(
+                correlation_id=run,
+                stage=stage,
+                attempt=1,
+                details={"model_name": "state_identifier.cygnus-buccinator", "model_version": "1"}
+                if stage == "register"
+                else {},
+            ),
+        )
+    assert [e.name for e in events.events] == [EVENT_RUN_STARTED, EVENT_MODEL_REGISTERED]
+    assert all(e.properties[ATTR_ENTITY] == "cygnus-buccinator" for e in events.events)
+    assert ATTR_GROUP_ID not in events.events[0].properties
 
 
 def test_a_permanent_failure_emits_run_failed_naming_the_stage_and_error_type(

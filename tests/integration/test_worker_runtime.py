@@ -143,6 +143,22 @@ def test_unchanged_inputs_hit_the_cache_and_changed_inputs_do_not(
     assert len(calls) == 2
 
 
+def test_a_forced_stage_runs_again_and_leaves_the_cached_entry_alone(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    worker = make_worker(aggregation_spec(), bus, blobs)
+    send(bus)
+    worker.process_next()
+    send(bus, force=True)
+    worker.process_next()
+    send(bus)
+    worker.process_next()
+
+    first, forced, again = (e for e in events(bus) if isinstance(e, StageSucceeded))
+    assert (first.cached, forced.cached, again.cached) == (False, False, True)
+    assert forced.outputs != first.outputs == again.outputs
+
+
 def test_bad_data_is_a_permanent_failure_naming_file_and_row(
     bus: SqliteMessageBus, blobs: LocalBlobStore
 ) -> None:

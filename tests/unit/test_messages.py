@@ -45,8 +45,8 @@ def test_event_ids_are_deterministic_per_run_stage_attempt_and_outcome() -> None
         (b"{}", {"message_type": "launch_rockets", "schema_version": 1}, "unknown message_type"),
         (
             b"{}",
-            {"message_type": "run_stage", "schema_version": 2},
-            "schema_version 2 is not supported",
+            {"message_type": "run_stage", "schema_version": 3},
+            "schema_version 3 is not supported",
         ),
         (b"{}", {"message_type": "run_stage", "schema_version": "one"}, "not an integer"),
         (b"\xff", {"message_type": "run_stage", "schema_version": 1}, "not JSON"),
@@ -74,3 +74,12 @@ def test_exported_schemas_in_docs_match_the_code() -> None:
         assert (exported / name).read_text() == text, (
             f"docs/messages/{name} is stale: run python -m shared.schemas docs/messages"
         )
+
+
+def test_a_v1_run_stage_is_read_as_no_entity_and_not_forced() -> None:
+    body = b'{"correlation_id": "%s", "stage": "train", "attempt": 1, "recipe": "r"}' % (
+        str(RUN).encode()
+    )
+    command = decode(body, {"message_type": "run_stage", "schema_version": 1})
+    assert isinstance(command, RunStage)
+    assert (command.entity, command.force) == (None, False)

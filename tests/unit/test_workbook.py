@@ -22,6 +22,7 @@ from shared.messages import STAGES
 from shared.telemetry import (
     ATTR_ATTEMPT,
     ATTR_CORRELATION_ID,
+    ATTR_ENTITY,
     ATTR_ERROR_TYPE,
     ATTR_MODEL_NAME,
     ATTR_MODEL_VERSION,
@@ -85,6 +86,7 @@ ATTRIBUTES = frozenset(
         ATTR_MODEL_VERSION,
         ATTR_PRIMARY_METRIC,
         ATTR_PRIMARY_METRIC_VALUE,
+        ATTR_ENTITY,
     }
 )
 # cloud_RoleName: the coordinator and one role per stage worker.
