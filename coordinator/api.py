@@ -24,6 +24,7 @@ from coordinator.bootstrap import build_coordinator
 from coordinator.dashboard import add_dashboard_routes
 from coordinator.domain import (
     AttemptRecord,
+    GroupStatus,
     InvalidTransition,
     ModelInfo,
     Run,
@@ -32,11 +33,22 @@ from coordinator.domain import (
     StageState,
     StageStatus,
 )
-from coordinator.service import BackgroundLoops, Coordinator, InvalidRunRequest, RunConflict
+from coordinator.groups import MemberRequest
+from coordinator.service import (
+    BackgroundLoops,
+    Coordinator,
+    GroupRequest,
+    GroupTransitionError,
+    GroupView,
+    InvalidRunRequest,
+    RunConflict,
+)
 from coordinator.settings import CoordinatorSettings
+from coordinator.store import GroupNotFound
 from coordinator.webhook import WebhookConfig, add_event_routes
 from recipes.base import RECIPE_STAGES, RecipeStage
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
+from shared.groups import Expansion
 from shared.messages import Stage
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
 
@@ -84,11 +96,15 @@ class RunCreate(BaseModel):
 
     @property
     def forced_stages(self) -> tuple[RecipeStage, ...]:
-        if self.force is True:
-            return RECIPE_STAGES
-        if self.force is False:
-            return ()
-        return tuple(stage for stage in RECIPE_STAGES if stage in self.force)
+        return forced_stages(self.force)
+
+
+def forced_stages(force: bool | list[RecipeStage]) -> tuple[RecipeStage, ...]:
+    if force is True:
+        return RECIPE_STAGES
+    if force is False:
+        return ()
+    return tuple(stage for stage in RECIPE_STAGES if stage in force)
 
 
 class AttemptOut(BaseModel):
@@ -243,6 +259,114 @@ class RunOut(RunSummary):
             metrics=run.metrics,
             reports=_reports(run),
         )
+
+
+class MemberCreate(BaseModel):
+    entity: str = Field(min_length=1, examples=["cygnus-buccinator"])
+    data: str = Field(min_length=1, examples=["datasets/species/cygnus-buccinator"])
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the group's params for this member"
+    )
+
+
+class RunGroupCreate(BaseModel):
+    recipe: str = Field(min_length=1, examples=["state_identifier"])
+    params: dict[str, Any] = Field(default_factory=dict, description="params every member shares")
+    members: list[MemberCreate] | None = Field(
+        default=None, description="the members, each an entity with its data; or use expand"
+    )
+    expand: Expansion | None = Field(
+        default=None,
+        description="list the members from the blob store: one per sub-prefix of a prefix, or "
+        "one per row of a CSV blob",
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, description="members in a stage at once (default: the setting)"
+    )
+    force: bool | list[RecipeStage] = Field(
+        default=False, description="skip the cache of every stage (true) or of the stages named"
+    )
+
+
+class MemberOut(BaseModel):
+    position: int
+    entity: str
+    run_id: UUID
+    data: str
+    status: RunStatus
+    stage: Stage | None
+    error: str | None
+    model: ModelOut | None
+
+    @classmethod
+    def of(cls, position: int, entity: str, run: Run) -> MemberOut:
+        summary = RunSummary.of(run)
+        return cls(
+            position=position,
+            entity=entity,
+            run_id=run.id,
+            data=run.data,
+            status=run.status,
+            stage=summary.stage,
+            error=run.error,
+            model=summary.model,
+        )
+
+
+class RunGroupSummary(BaseModel):
+    id: UUID
+    recipe: str
+    status: GroupStatus
+    concurrency: int
+    trigger: str
+    members: int
+    counts: dict[RunStatus, int] = Field(description="members by status")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, view: GroupView) -> RunGroupSummary:
+        group = view.group
+        return cls(
+            id=group.id,
+            recipe=group.recipe,
+            status=group.status,
+            concurrency=group.concurrency,
+            trigger=group.trigger,
+            members=sum(view.counts.values()),
+            counts=view.counts,
+            created_at=group.created_at,
+            updated_at=group.updated_at,
+            finished_at=group.finished_at,
+        )
+
+
+class RunGroupOut(RunGroupSummary):
+    params: dict[str, Any]
+    source: dict[str, Any] = Field(description="how the members were listed")
+    trigger_details: dict[str, Any]
+    cancelled: bool
+    member_runs: list[MemberOut] = Field(description="each member, in member order")
+
+    @classmethod
+    def of(cls, view: GroupView) -> RunGroupOut:
+        group = view.group
+        return cls(
+            **RunGroupSummary.of(view).model_dump(),
+            params=group.params,
+            source=group.source,
+            trigger_details=group.trigger_details,
+            cancelled=group.cancelled,
+            member_runs=[MemberOut.of(*member) for member in view.members],
+        )
+
+
+class RunGroupPage(BaseModel):
+    groups: list[RunGroupSummary]
+    total: int
+    limit: int
+    offset: int
 
 
 class RunPage(BaseModel):
@@ -431,6 +555,78 @@ def _add_routes(app: FastAPI) -> None:
             },
         )
 
+    @app.post(
+        "/run-groups",
+        status_code=HTTPStatus.ACCEPTED,
+        response_model=RunGroupOut,
+        responses={
+            HTTPStatus.UNPROCESSABLE_ENTITY: {
+                "description": "no members, too many, a duplicate or bad entity, bad params or "
+                "data: nothing started"
+            }
+        },
+    )
+    def start_group(
+        body: RunGroupCreate, coordinator: CoordinatorDep, response: Response
+    ) -> RunGroupOut:
+        members = (
+            None
+            if body.members is None
+            else [MemberRequest(m.entity, m.data, m.params) for m in body.members]
+        )
+        view = coordinator.start_group(
+            GroupRequest(
+                recipe=body.recipe,
+                params=body.params,
+                members=members,
+                expand=body.expand,
+                concurrency=body.concurrency,
+                force=forced_stages(body.force),
+            )
+        )
+        response.headers["Location"] = f"/run-groups/{view.group.id}"
+        return RunGroupOut.of(view)
+
+    @app.get("/run-groups", response_model=RunGroupPage)
+    def list_groups(
+        coordinator: CoordinatorDep,
+        status: GroupStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> RunGroupPage:
+        views, total = coordinator.list_groups(status=status, limit=limit, offset=offset)
+        return RunGroupPage(
+            groups=[RunGroupSummary.of(view) for view in views],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
+
+    @app.get(
+        "/run-groups/{group_id}", response_model=RunGroupOut, responses={HTTPStatus.NOT_FOUND: {}}
+    )
+    def get_group(
+        group_id: UUID, coordinator: CoordinatorDep, status: RunStatus | None = None
+    ) -> RunGroupOut:
+        return RunGroupOut.of(coordinator.get_group(group_id, status=status))
+
+    @app.post(
+        "/run-groups/{group_id}/cancel",
+        response_model=RunGroupOut,
+        responses={HTTPStatus.NOT_FOUND: {}, HTTPStatus.CONFLICT: {}},
+    )
+    def cancel_group(group_id: UUID, coordinator: CoordinatorDep) -> RunGroupOut:
+        return RunGroupOut.of(coordinator.cancel_group(group_id))
+
+    @app.post(
+        "/run-groups/{group_id}/retry-failed",
+        status_code=HTTPStatus.ACCEPTED,
+        response_model=RunGroupOut,
+        responses={HTTPStatus.NOT_FOUND: {}, HTTPStatus.CONFLICT: {}},
+    )
+    def retry_group(group_id: UUID, coordinator: CoordinatorDep) -> RunGroupOut:
+        return RunGroupOut.of(coordinator.retry_group(group_id))
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -480,6 +676,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReportNotFound)
     def report_not_found(_: Request, exc: ReportNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
+
+    @app.exception_handler(GroupNotFound)
+    def group_not_found(_: Request, exc: GroupNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.NOT_FOUND)
+
+    @app.exception_handler(GroupTransitionError)
+    def group_transition(_: Request, exc: GroupTransitionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=HTTPStatus.CONFLICT)
 
     @app.exception_handler(RunConflict)
     def run_conflict(_: Request, exc: RunConflict) -> JSONResponse:

@@ -32,6 +32,7 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         recipes=partial(get_recipe, extra_modules=extra_modules),
         policy=settings.policy,
         triggers=settings.trigger_policy,
+        groups=settings.group_policy,
     )
 
 

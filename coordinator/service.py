@@ -1,14 +1,15 @@
 """The coordinator's glue: requests and bus events in, decisions stored, commands published.
 
 No HTTP here. ``Coordinator`` turns each input into a call of the pure state machine through
-the store's unit of work; ``BackgroundLoops`` runs the five loops that keep runs moving:
+the store's unit of work; ``BackgroundLoops`` runs the six loops that keep runs moving:
 
 * consumer: stage events from ``stage-events/coordinator`` -> ``handle_bus_message``;
 * relay: outbox -> bus, woken at once after every decision that produced commands;
 * watchdog: overdue stages -> ``DeadlineExpired``;
 * blob-events: ``Microsoft.Storage.BlobCreated`` events from ``blob-events/coordinator`` ->
   ``handle_blob_event_message`` (the webhook in ``coordinator/webhook.py`` is the other way in);
-* triggers: pending bursts of uploads whose quiet window has passed -> runs.
+* triggers: pending bursts of uploads whose quiet window has passed -> runs;
+* groups: run groups with a free slot -> their next waiting members admitted.
 
 Blob triggers: each event is routed by the trigger rules (``shared/triggers.py``) and recorded
 with its duplicate check and its pending burst in one transaction (``receive_blob_events``);
@@ -36,17 +37,25 @@ from uuid import UUID, uuid4
 from pydantic import ValidationError
 
 from coordinator.domain import (
+    FINISHED_GROUP_STATUSES,
+    AdmitRun,
     CancelRun,
     CoordinatorInput,
     Decision,
+    GroupStatus,
+    InvalidTransition,
+    MemberSlot,
     Policy,
     RetryRun,
     Run,
+    RunGroup,
     RunNotFound,
     RunStatus,
     StartRun,
+    admit,
     decide,
 )
+from coordinator.groups import MemberRequest, Problem, check_members, members_of
 from coordinator.store import OutboxMessage, PendingBurst, RunStore, TriggerHit
 from coordinator.telemetry import decision_span, record_decision
 from recipes.base import Recipe
@@ -71,6 +80,7 @@ from shared.events import (
     SubscriptionValidation,
     decode_events,
 )
+from shared.groups import CsvRows, SubPrefixes
 from shared.messages import (
     Stage,
     StageFailed,
@@ -88,20 +98,46 @@ log = logging.getLogger(__name__)
 RecipeLookup = Callable[[str], Recipe]
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One reason a request was refused; ``loc`` is the path of the field in the request."""
-
-    loc: tuple[str | int, ...]
-    msg: str
-
-
 class InvalidRunRequest(PermanentError):
     """A run request that names an unknown recipe, bad params or unusable data (HTTP 422)."""
 
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    # More members than this in one group is refused (RETRAINER_GROUP_MAX_MEMBERS).
+    max_members: int = 1000
+    # Members in a stage at once when the request does not say.
+    default_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class GroupRequest:
+    """A run group to start: its members given, or an expansion that lists them."""
+
+    recipe: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    members: Sequence[MemberRequest] | None = None
+    expand: SubPrefixes | CsvRows | None = None
+    concurrency: int | None = None
+    force: tuple[Stage, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A group, how many members are in each status, and (when asked for) the members:
+    (position, entity, run), in member order."""
+
+    group: RunGroup
+    counts: dict[RunStatus, int]
+    members: list[tuple[int, str, Run]] = field(default_factory=list)
+
+
+class GroupTransitionError(PermanentError):
+    """A group request that the group's state does not allow (HTTP 409)."""
 
 
 class RunConflict(PermanentError):
@@ -168,6 +204,7 @@ class Coordinator:
         recipes: RecipeLookup,
         policy: Policy,
         triggers: TriggerPolicy | None = None,
+        groups: GroupPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         relay_batch_size: int = 100,
     ) -> None:
@@ -177,12 +214,15 @@ class Coordinator:
         self._recipes = recipes
         self._policy = policy
         self._triggers = triggers or TriggerPolicy()
+        self._groups = groups or GroupPolicy()
         self._clock = clock
         self._relay_batch_size = relay_batch_size
         # Set whenever a decision wrote commands, so the relay publishes them at once.
         self.outbox_written = threading.Event()
         # Set when a blob event made a burst due at once (a marker), to wake the trigger loop.
         self.trigger_due = threading.Event()
+        # Set when a group member finished or waits again, to wake the admission loop.
+        self.admission_due = threading.Event()
         self._pruned_at: float | None = None
         # The input and run the latest decision in this thread started from (for telemetry).
         self._decided = threading.local()
@@ -256,6 +296,147 @@ class Coordinator:
         """A page of runs, newest first, and how many runs match in all."""
         runs = self.store.list_runs(status=status, limit=limit, offset=offset)
         return runs, self.store.count_runs(status=status)
+
+    # --- run groups ------------------------------------------------------------------------
+
+    def start_group(
+        self,
+        request: GroupRequest,
+        *,
+        trigger: str = "api",
+        trigger_details: Mapping[str, Any] | None = None,
+    ) -> GroupView:
+        """Check every member, create the group and its members (waiting) in one transaction,
+        then admit the first ``concurrency``. Raises InvalidRunRequest naming each problem,
+        having started nothing."""
+        try:
+            recipe = self._recipes(request.recipe)
+        except UnknownRecipeError as exc:
+            raise InvalidRunRequest([Problem(("recipe",), str(exc))]) from None
+        members, problems = members_of(
+            self.blobs, request.members, request.expand, max_members=self._groups.max_members
+        )
+        if not problems:
+            problems = check_members(
+                self.blobs, recipe, request.params, members, max_members=self._groups.max_members
+            )
+        if problems:
+            raise InvalidRunRequest(problems)
+        now = self._clock()
+        group = RunGroup(
+            id=uuid4(),
+            recipe=request.recipe,
+            params=dict(request.params),
+            concurrency=request.concurrency or self._groups.default_concurrency,
+            trigger=trigger,
+            source=_source(request, len(members)),
+            trigger_details=dict(trigger_details or {}),
+            created_at=now,
+            updated_at=now,
+        )
+        starts: dict[UUID, StartRun] = {}
+        for member in members:
+            run_id = uuid4()
+            starts[run_id] = StartRun(
+                run_id,
+                request.recipe,
+                member.data,
+                {**request.params, **member.params},
+                trigger,
+                trigger_details={"group_id": str(group.id), **(trigger_details or {})},
+                entity=member.entity,
+                force=request.force,
+                group_id=group.id,
+            )
+        decided = _Decided()
+        decisions = self.store.create_group(
+            group,
+            [(run_id, start.entity or "") for run_id, start in starts.items()],
+            lambda run_id: decided.deciding(run_id, starts[run_id], self._clock, self._policy),
+        )
+        self._after_group(decisions, decided)
+        log.info("run group %s: %d %s members", group.id, len(members), request.recipe)
+        self.admit_group(group.id)
+        return self.get_group(group.id)
+
+    def get_group(self, group_id: UUID, *, status: RunStatus | None = None) -> GroupView:
+        """The group with its members (those in ``status`` only, if given)."""
+        group, counts = self.store.get_group(group_id)
+        return GroupView(group, counts, self.store.list_group_members(group_id, status=status))
+
+    def list_groups(
+        self, *, status: GroupStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[GroupView], int]:
+        page, total = self.store.list_groups(status=status, limit=limit, offset=offset)
+        return [GroupView(group, counts) for group, counts in page], total
+
+    def cancel_group(self, group_id: UUID) -> GroupView:
+        """Cancel every unfinished member and admit no more. Raises GroupNotFound, or
+        GroupTransitionError if the group has finished."""
+
+        def change(group: RunGroup, members: list[MemberSlot]) -> tuple[RunGroup, list[UUID]]:
+            if group.status in FINISHED_GROUP_STATUSES:
+                raise GroupTransitionError(f"cannot cancel run group {group.id}: {group.status}")
+            unfinished = [m.run_id for m in members if m.status in ("waiting", "queued", "running")]
+            return group.model_copy(update={"cancelled": True, "updated_at": self._clock()}), (
+                unfinished
+            )
+
+        self._change_group(group_id, change, CancelRun)
+        return self.get_group(group_id)
+
+    def retry_group(self, group_id: UUID) -> GroupView:
+        """Retry the failed and cancelled members only (each resumes at the stage that
+        stopped, through admission). Raises GroupTransitionError if there are none."""
+
+        def change(group: RunGroup, members: list[MemberSlot]) -> tuple[RunGroup, list[UUID]]:
+            stopped = [m.run_id for m in members if m.status in ("failed", "cancelled")]
+            if not stopped:
+                raise GroupTransitionError(
+                    f"run group {group.id} has no failed or cancelled member to retry"
+                )
+            return group.model_copy(update={"cancelled": False, "updated_at": self._clock()}), (
+                stopped
+            )
+
+        self._change_group(group_id, change, RetryRun)
+        self.admit_group(group_id)
+        return self.get_group(group_id)
+
+    def admit_group(self, group_id: UUID) -> int:
+        """Start as many waiting members as the group has free slots; returns how many."""
+
+        def change(group: RunGroup, members: list[MemberSlot]) -> tuple[RunGroup, list[UUID]]:
+            return group, admit(group, members)
+
+        return len(self._change_group(group_id, change, AdmitRun))
+
+    def admission_tick(self) -> int:
+        """Admit members of every group that has some left; returns how many started."""
+        return sum(self.admit_group(group_id) for group_id in self.store.list_unsettled_groups())
+
+    def _change_group(
+        self,
+        group_id: UUID,
+        change: Callable[[RunGroup, list[MemberSlot]], tuple[RunGroup, list[UUID]]],
+        make_input: Callable[[UUID], AdmitRun | CancelRun | RetryRun],
+    ) -> list[Decision]:
+        decided = _Decided()
+        _, decisions = self.store.update_group(
+            group_id,
+            change,
+            lambda run_id: decided.deciding(run_id, make_input(run_id), self._clock, self._policy),
+            now=self._clock(),
+        )
+        self._after_group(decisions, decided)
+        return decisions
+
+    def _after_group(self, decisions: list[Decision], decided: _Decided) -> None:
+        for decision in decisions:
+            message, previous = decided.inputs[decision.run.id]
+            with decision_span(message):
+                self._decided.start = (message, previous)
+                self._after(decision)
 
     def close(self) -> None:
         self.bus.close()
@@ -558,9 +739,51 @@ class Coordinator:
             log.info("run %s: %s", decision.run.id, note)
         if decision.commands:
             self.outbox_written.set()
+        if decision.run.group_id is not None and decision.run.status in (
+            "waiting",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
+            # A slot may be free, or a member waits for one.
+            self.admission_due.set()
         # The store decided in this thread; the last call of ``fn`` is the committed one.
         message, previous = getattr(self._decided, "start", (None, None))
         record_decision(decision, message, previous, recipes=self._recipes)
+
+
+class _Decided:
+    """Decide functions for the runs of one group transaction that remember, per run, the
+    input and the state each decision started from (for telemetry after the commit)."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[UUID, tuple[CoordinatorInput, Run | None]] = {}
+
+    def deciding(
+        self,
+        run_id: UUID,
+        message: CoordinatorInput,
+        clock: Callable[[], datetime],
+        policy: Policy,
+    ) -> Callable[[Run | None], Decision]:
+        def fn(run: Run | None) -> Decision:
+            self.inputs[run_id] = (message, run)
+            if isinstance(message, CancelRun | RetryRun) and run is not None:
+                try:
+                    return decide(run, message, now=clock(), policy=policy)
+                except InvalidTransition:
+                    # The member finished (or restarted) since the group looked: leave it.
+                    return Decision(run, notes=[f"ignored: {type(message).__name__}"])
+            return decide(run, message, now=clock(), policy=policy)
+
+        return fn
+
+
+def _source(request: GroupRequest, count: int) -> dict[str, Any]:
+    """How the members were listed, for the group's record."""
+    if request.expand is not None:
+        return {**request.expand.model_dump(mode="json"), "members": count}
+    return {"kind": "members", "members": count}
 
 
 @dataclass(frozen=True)
@@ -570,13 +793,15 @@ class LoopIntervals:
     watchdog_interval_s: float = 5.0
     # How often pending bursts of uploads are checked for a passed quiet window.
     trigger_interval_s: float = 0.5
+    # How often run groups are checked for free slots (a finished member wakes it at once).
+    group_interval_s: float = 2.0
     # Pause after an error so a broken dependency is not hammered.
     error_backoff_s: float = 2.0
 
 
 class BackgroundLoops:
-    """The consumer, relay, watchdog, blob-events and triggers threads; ``stop`` ends them
-    within about one wait."""
+    """The consumer, relay, watchdog, blob-events, triggers and groups threads; ``stop`` ends
+    them within about one wait."""
 
     def __init__(self, coordinator: Coordinator, intervals: LoopIntervals) -> None:
         self._coordinator = coordinator
@@ -594,6 +819,7 @@ class BackgroundLoops:
             ("watchdog", self._watchdog),
             ("blob-events", self._consume_blob_events),
             ("triggers", self._fire_triggers),
+            ("groups", self._admit_members),
         ):
             thread = threading.Thread(target=target, name=f"coordinator-{name}", daemon=True)
             thread.start()
@@ -604,6 +830,7 @@ class BackgroundLoops:
         # Wake the relay and the triggers loop from their waits; they see the stop flag.
         self._coordinator.outbox_written.set()
         self._coordinator.trigger_due.set()
+        self._coordinator.admission_due.set()
         for thread in self._threads:
             thread.join(timeout_s)
             if thread.is_alive():
@@ -649,6 +876,14 @@ class BackgroundLoops:
             trigger_due.clear()
             if not self._stop.is_set():
                 self._guarded("triggers", self._coordinator.trigger_tick)
+
+    def _admit_members(self) -> None:
+        admission_due = self._coordinator.admission_due
+        while not self._stop.is_set():
+            admission_due.wait(self._intervals.group_interval_s)
+            admission_due.clear()
+            if not self._stop.is_set():
+                self._guarded("groups", self._coordinator.admission_tick)
 
     def _guarded(self, loop: str, step: Callable[[], object]) -> None:
         try:

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from coordinator.domain import Policy
-from coordinator.service import LoopIntervals, TriggerPolicy
+from coordinator.service import GroupPolicy, LoopIntervals, TriggerPolicy
 from shared.settings import CommonSettings
 from shared.triggers import load_trigger_rules
 
@@ -67,6 +67,13 @@ class CoordinatorSettings(CommonSettings):
     # Event Grid batches are at most 1 MB.
     trigger_webhook_max_bytes: int = Field(default=1024 * 1024, gt=0)
 
+    # Run groups: the most members one group may have, how many are in a stage at once when
+    # the request does not say, and how often groups are checked for free slots (a finishing
+    # member wakes the check at once).
+    group_max_members: int = Field(default=1000, ge=1)
+    group_default_concurrency: int = Field(default=4, ge=1)
+    group_interval_s: float = Field(default=2.0, gt=0)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url is not None:
@@ -91,6 +98,14 @@ class CoordinatorSettings(CommonSettings):
             relay_interval_s=self.relay_interval_s,
             watchdog_interval_s=self.watchdog_interval_s,
             trigger_interval_s=self.trigger_interval_s,
+            group_interval_s=self.group_interval_s,
+        )
+
+    @property
+    def group_policy(self) -> GroupPolicy:
+        return GroupPolicy(
+            max_members=self.group_max_members,
+            default_concurrency=self.group_default_concurrency,
         )
 
     @property

@@ -217,6 +217,7 @@ run_group_members = Table(
     Column("status", String(20), nullable=False),
     Column("waiting_since", _UtcDateTime, nullable=True),
     UniqueConstraint("group_id", "entity", name="uq_run_group_members_entity"),
+    Index("ix_run_group_members_status", "status"),
 )
 
 
@@ -605,6 +606,8 @@ class RunStore:
             decisions.append(decision)
         counts = self._member_counts(conn, group_id)
         group = settle_group(group, counts, now)
+        if not chosen and group == current:
+            return group, decisions
         updated = conn.execute(
             update(run_groups)
             .where(run_groups.c.id == group_id, run_groups.c.version == row.version)
@@ -683,12 +686,16 @@ class RunStore:
             return page, int(conn.scalar(total) or 0)
 
     def list_unsettled_groups(self, limit: int = 1000) -> list[UUID]:
-        """Groups with members still to run, oldest first."""
+        """Groups with members still to run (or a finished group with a member retried on
+        its own, waiting again), oldest first."""
+        waiting = select(run_group_members.c.group_id).where(
+            run_group_members.c.status == "waiting"
+        )
         with self._connection() as conn:
             return list(
                 conn.scalars(
                     select(run_groups.c.id)
-                    .where(run_groups.c.status == "running")
+                    .where((run_groups.c.status == "running") | run_groups.c.id.in_(waiting))
                     .order_by(run_groups.c.created_at)
                     .limit(limit)
                 ).all()

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from coordinator.domain import (
+    AdmitRun,
     CancelRun,
     CoordinatorInput,
     DeadlineExpired,
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 _INPUT_NAMES: dict[type, str] = {
     StartRun: "start_run",
+    AdmitRun: "admit_run",
     CancelRun: "cancel_run",
     RetryRun: "retry_run",
     DeadlineExpired: "deadline_expired",
@@ -69,8 +71,8 @@ _STATUS_EVENTS = {
 
 
 def input_name(message: CoordinatorInput) -> str:
-    """``start_run``, ``cancel_run``, ``retry_run``, ``deadline_expired`` or the stage event's
-    message type."""
+    """``start_run``, ``admit_run``, ``cancel_run``, ``retry_run``, ``deadline_expired`` or the
+    stage event's message type."""
     if isinstance(message, StageEvent):
         return message.message_type
     return _INPUT_NAMES[type(message)]
