@@ -8,6 +8,8 @@ retrainer baseline RECIPE DATA --out BLOB   write a first baseline profile from 
 retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
 retrainer watch RUN_ID              follow a run stage by stage (a live table on a terminal)
 retrainer runs list | show RUN_ID   what the coordinator knows
+retrainer group start RECIPE ...    a run per member (entity + data), K at a time; and
+          group watch|list|show|cancel|retry
 
 A coordinator that authenticates its callers takes --token (RETRAINER_API_TOKEN: its static
 token, or an Entra ID access token), or --scope (RETRAINER_API_SCOPE, e.g.
@@ -756,6 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs_retry.add_argument("--watch", action="store_true", help="follow it until it finishes")
     runs_retry.add_argument("--plain", action="store_true", help=_PLAIN_HELP)
     runs_retry.set_defaults(func=cmd_runs_retry)
+
+    # Imported here: cli.groups uses this module's HTTP helpers.
+    from cli.groups import add_group_commands
+
+    add_group_commands(commands)
     return parser
 
 

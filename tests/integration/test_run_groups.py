@@ -3,6 +3,7 @@ the test plays the stage workers."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from uuid import UUID
 import pytest
 from fastapi.testclient import TestClient
 
+import cli.groups as cli_groups
+import cli.main as cli
 from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.service import Coordinator, GroupPolicy
@@ -413,3 +416,48 @@ def test_no_more_than_k_members_are_in_a_stage_at_once_under_load(tmp_path: Path
     assert final["status"] == "succeeded", final["counts"]
     assert final["counts"] == {"succeeded": count}
     assert most == limit
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+def test_the_cli_starts_shows_lists_cancels_and_retries_groups(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli_groups, "_client", lambda _args: contextlib.nullcontext(stack.client))
+
+    assert (
+        cli.main(
+            [
+                "group",
+                "start",
+                "state_identifier",
+                "--member",
+                "sp-a=datasets/species/sp-a",
+                "--member",
+                "sp-b=datasets/species/sp-b",
+                "--concurrency",
+                "1",
+                "-p",
+                "n_clusters=4",
+            ]
+        )
+        == 0
+    )
+    group_id, counts = capsys.readouterr().out.splitlines()
+    assert counts == "[0/2] running: waiting 1, queued 1"
+    (command,) = stack.commands("aggregation")
+    assert command.params == {"n_clusters": 4}
+
+    assert cli.main(["group", "show", group_id]) == 0
+    shown = capsys.readouterr().out
+    assert "sp-a" in shown and "queued" in shown and "waiting" in shown
+    assert cli.main(["group", "list"]) == 0
+    assert group_id in capsys.readouterr().out
+
+    assert cli.main(["group", "cancel", group_id]) == 0
+    assert capsys.readouterr().out.strip() == "[2/2] cancelled: cancelled 2"
+    assert cli.main(["group", "retry", group_id]) == 0
+    assert capsys.readouterr().out.strip() == "[0/2] running: waiting 1, running 1"
+    assert cli.main(["group", "start", "state_identifier", "--member", "x=datasets/nope"]) == 2
+    assert "members.0.data: no blobs" in capsys.readouterr().err
