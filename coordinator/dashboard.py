@@ -2,10 +2,13 @@
 
 GET /dashboard                 the runs, newest first, filtered by status
 GET /dashboard/runs/{run_id}   one run: its stage timeline, metrics and model version
+GET /dashboard/groups          the run groups, newest first
+GET /dashboard/groups/{id}     one group: a row per member, filtered by status and entity
 GET /dashboard/static/...      the pages' script, stylesheet and icon (``coordinator/static/``)
 GET /                          redirects to /dashboard
 
-The pages are static shells: the script reads the JSON API (``GET /runs``, ``GET /runs/{id}``),
+The pages are static shells: the script reads the JSON API (``GET /runs``, ``GET /runs/{id}``,
+``GET /run-groups``, ``GET /run-groups/{id}``),
 builds the DOM with text nodes only (run data is never parsed as HTML) and refreshes while runs
 are active. Nothing is loaded from anywhere else, and the pages say so in their
 Content-Security-Policy.
@@ -68,6 +71,16 @@ def runs_page(request: Request) -> HTMLResponse:
 @router.get("/dashboard/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: UUID) -> HTMLResponse:
     return _page(request, "run.html", run_id=str(run_id))
+
+
+@router.get("/dashboard/groups", response_class=HTMLResponse)
+def groups_page(request: Request) -> HTMLResponse:
+    return _page(request, "groups.html")
+
+
+@router.get("/dashboard/groups/{group_id}", response_class=HTMLResponse)
+def group_page(request: Request, group_id: UUID) -> HTMLResponse:
+    return _page(request, "group.html", group_id=str(group_id))
 
 
 def add_dashboard_routes(app: FastAPI) -> None:

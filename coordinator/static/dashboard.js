@@ -4,7 +4,7 @@
 
 (() => {
   const ROOT = document.body.dataset.root || "";
-  const ACTIVE = new Set(["queued", "running"]);
+  const ACTIVE = new Set(["waiting", "queued", "running"]);
   const REFRESH_ACTIVE_MS = 1500;
   const REFRESH_IDLE_MS = 10000;
   const RETRY_MS = 5000;
@@ -648,6 +648,137 @@
     });
   }
 
-  if (document.body.dataset.page === "runs") runsPage();
-  else if (document.body.dataset.page === "run") runPage();
+  // --- run groups ---------------------------------------------------------------------------
+
+  function countsText(group) {
+    const order = ["waiting", "queued", "running", "succeeded", "failed", "cancelled"];
+    return order
+      .filter((status) => group.counts[status])
+      .map((status) => `${group.counts[status]} ${status}`)
+      .join(" · ");
+  }
+
+  function groupsPage() {
+    const tbody = document.querySelector("#groups tbody");
+    poll(async (isCurrent) => {
+      const page = await getJson(`/run-groups?limit=${PAGE_SIZE}`);
+      if (!isCurrent()) return 0;
+      replace(
+        tbody,
+        page.groups.map((group) => {
+          const href = `${ROOT}/dashboard/groups/${encodeURIComponent(group.id)}`;
+          return el(
+            "tr",
+            { class: "run-row", dataset: { groupId: group.id, status: group.status } },
+            el("td", { class: "status" }, badge(group.status)),
+            el("td", { class: "id" }, el("a", { href, title: group.id }, group.id.slice(0, 8))),
+            el("td", { class: "recipe" }, group.recipe),
+            el("td", { class: "members" }, `${group.members}: ${countsText(group)}`),
+            el("td", { class: "started", title: group.created_at }, formatTime(group.created_at)),
+            el("td", { class: "num" }, String(group.concurrency))
+          );
+        })
+      );
+      document.getElementById("empty").hidden = page.groups.length > 0;
+      replace(document.getElementById("count"), `${page.total} group${page.total === 1 ? "" : "s"}`);
+      const anyActive = page.groups.some((group) => group.status === "running");
+      setLive(anyActive ? "live" : "", anyActive);
+      return anyActive ? REFRESH_ACTIVE_MS : REFRESH_IDLE_MS;
+    });
+  }
+
+  function groupPage() {
+    const groupId = document.body.dataset.groupId;
+    const statusFilter = document.getElementById("status-filter");
+    const entityFilter = document.getElementById("entity-filter");
+    const tbody = document.querySelector("#members tbody");
+    const params = new URLSearchParams(window.location.search);
+    statusFilter.value = params.get("status") || "";
+    entityFilter.value = params.get("entity") || "";
+    let latest = null;
+
+    function memberRow(member) {
+      const href = `${ROOT}/dashboard/runs/${encodeURIComponent(member.run_id)}`;
+      const model = member.model;
+      return el(
+        "tr",
+        { class: "run-row member-row", dataset: { entity: member.entity, status: member.status } },
+        el("td", { class: "status" }, badge(member.status)),
+        el("td", { class: "entity" }, member.entity),
+        el("td", { class: "id" }, el("a", { href, title: member.run_id }, member.run_id.slice(0, 8))),
+        el("td", { class: "stage" }, member.stage || "—"),
+        el(
+          "td",
+          { class: "model" },
+          model && model.version
+            ? [
+                el("span", { class: "version", title: model.name }, `${model.name} v${model.version}`),
+                model.champion ? " " : null,
+                model.champion ? el("span", { class: "champion" }, "★ promoted") : null,
+              ]
+            : "—"
+        ),
+        el("td", { class: "row-error small", title: member.error || "" }, member.error || "")
+      );
+    }
+
+    function render() {
+      if (!latest) return;
+      const needle = entityFilter.value.trim().toLowerCase();
+      const shown = latest.member_runs.filter(
+        (member) =>
+          (!statusFilter.value || member.status === statusFilter.value) &&
+          (!needle || member.entity.toLowerCase().includes(needle))
+      );
+      replace(tbody, shown.map(memberRow));
+      document.getElementById("empty").hidden = shown.length > 0;
+      replace(document.getElementById("count"), `${shown.length} of ${latest.members} members`);
+    }
+
+    function syncUrl() {
+      const query = new URLSearchParams();
+      if (statusFilter.value) query.set("status", statusFilter.value);
+      if (entityFilter.value.trim()) query.set("entity", entityFilter.value.trim());
+      const search = query.toString();
+      window.history.replaceState(null, "", window.location.pathname + (search ? `?${search}` : ""));
+    }
+
+    poll(async () => {
+      const group = await getJson(`/run-groups/${encodeURIComponent(groupId)}`);
+      latest = group;
+      replace(
+        document.getElementById("group-header"),
+        el(
+          "h1",
+          null,
+          badge(group.status),
+          " ",
+          `${group.recipe} group `,
+          el("span", { class: "mono small", title: group.id }, group.id.slice(0, 8))
+        ),
+        el(
+          "p",
+          { class: "muted", id: "group-counts" },
+          `${group.members} members, ${group.concurrency} at a time: ${countsText(group)}`
+        )
+      );
+      render();
+      document.body.dataset.groupStatus = group.status;
+      const active = group.status === "running";
+      setLive(active ? "live" : "", active);
+      return active ? REFRESH_ACTIVE_MS : REFRESH_IDLE_MS;
+    });
+    statusFilter.addEventListener("change", () => {
+      syncUrl();
+      render();
+    });
+    entityFilter.addEventListener("input", () => {
+      syncUrl();
+      render();
+    });
+  }
+
+  const pages = { runs: runsPage, run: runPage, groups: groupsPage, group: groupPage };
+  const page = pages[document.body.dataset.page];
+  if (page) page();
 })();
