@@ -80,7 +80,7 @@ from shared.events import (
     SubscriptionValidation,
     decode_events,
 )
-from shared.groups import CsvRows, SubPrefixes
+from shared.groups import CsvRows, GroupRule, SubPrefixes
 from shared.messages import (
     Stage,
     StageFailed,
@@ -309,6 +309,17 @@ class Coordinator:
         """Check every member, create the group and its members (waiting) in one transaction,
         then admit the first ``concurrency``. Raises InvalidRunRequest naming each problem,
         having started nothing."""
+        view = self._start_group(request, trigger, trigger_details, None)
+        assert view is not None, "only a burst can lose a race"
+        return view
+
+    def _start_group(
+        self,
+        request: GroupRequest,
+        trigger: str,
+        trigger_details: Mapping[str, Any] | None,
+        burst: PendingBurst | None,
+    ) -> GroupView | None:
         try:
             recipe = self._recipes(request.recipe)
         except UnknownRecipeError as exc:
@@ -353,7 +364,11 @@ class Coordinator:
             group,
             [(run_id, start.entity or "") for run_id, start in starts.items()],
             lambda run_id: decided.deciding(run_id, starts[run_id], self._clock, self._policy),
+            burst=burst,
         )
+        if decisions is None:
+            # Another upload extended the burst, or another coordinator started it.
+            return None
         self._after_group(decisions, decided)
         log.info("run group %s: %d %s members", group.id, len(members), request.recipe)
         self.admit_group(group.id)
@@ -619,6 +634,7 @@ class Coordinator:
             quiet_s=0.0 if routed.immediate else quiet,
             max_wait_s=max(quiet, self._triggers.debounce_max_s),
             rule=rule.describe(),
+            group=None if rule.group is None else rule.group.model_dump(mode="json"),
         )
 
     def fire_due_triggers(self) -> list[Run]:
@@ -631,6 +647,9 @@ class Coordinator:
         return started
 
     def _fire(self, burst: PendingBurst) -> Run | None:
+        if burst.details.get("group") is not None:
+            self._fire_group(burst)
+            return None
         try:
             self._validate(burst.recipe, burst.data, burst.params)
         except InvalidRunRequest as exc:
@@ -654,6 +673,28 @@ class Coordinator:
                 return None
             self._after(decision)
         return decision.run
+
+    def _fire_group(self, burst: PendingBurst) -> GroupView | None:
+        rule = GroupRule.model_validate(burst.details["group"])
+        request = GroupRequest(
+            recipe=burst.recipe,
+            params=burst.params,
+            expand=rule.expansion(burst.data),
+            concurrency=rule.concurrency,
+        )
+        details = {k: v for k, v in burst.details.items() if k != "group"}
+        try:
+            return self._start_group(request, "blob", details, burst)
+        except InvalidRunRequest as exc:
+            if self.store.drop_burst(burst):
+                log.warning(
+                    "dropping the %s group on %s that %d blob event(s) asked for: %s",
+                    burst.recipe,
+                    burst.data,
+                    burst.details.get("events", 0),
+                    exc,
+                )
+            return None
 
     def consume_blob_events(self, *, max_messages: int = 10, max_wait_s: float = 1.0) -> int:
         """Receive and handle one batch from ``blob-events``; returns how many were received."""

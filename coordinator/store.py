@@ -236,6 +236,8 @@ class TriggerHit:
     # ... but no later than this after the burst's first hit.
     max_wait_s: float
     rule: str = ""
+    # A rule that starts a run group (shared.groups.GroupRule, as JSON) instead of a run.
+    group: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -421,12 +423,20 @@ class RunStore:
             insert(trigger_events_seen),
             [{"key": key, "description": text, "seen_at": now} for key, text in seen.items()],
         )
-        key = _digest("burst", hit.recipe, hit.data, json.dumps(hit.params, sort_keys=True))
+        key = _digest(
+            "burst",
+            hit.recipe,
+            hit.data,
+            json.dumps(hit.params, sort_keys=True),
+            *([json.dumps(hit.group, sort_keys=True)] if hit.group is not None else []),
+        )
         this = {"blob": hit.blob_name, "event_id": hit.event_id, "received_at": now.isoformat()}
         row = conn.execute(select(trigger_bursts).where(trigger_bursts.c.key == key)).one_or_none()
         if row is None:
             fire_by = now + timedelta(seconds=hit.max_wait_s)
-            details = {"rule": hit.rule, "events": 1, "first": this, "last": this}
+            details: dict[str, Any] = {"rule": hit.rule, "events": 1, "first": this, "last": this}
+            if hit.group is not None:
+                details["group"] = hit.group
             conn.execute(
                 insert(trigger_bursts).values(
                     key=key,
@@ -521,12 +531,17 @@ class RunStore:
         group: RunGroup,
         members: Sequence[tuple[UUID, str]],
         decide: Callable[[UUID], Callable[[Run | None], Decision]],
-    ) -> list[Decision]:
+        *,
+        burst: PendingBurst | None = None,
+    ) -> list[Decision] | None:
         """Insert the group, its members (run id, entity; in order) and their runs, deciding
-        each run with ``decide(run_id)``, all in one transaction."""
+        each run with ``decide(run_id)``, all in one transaction; with ``burst``, remove it
+        in the same transaction, and return None, creating nothing, if it changed or is gone."""
         for tries in range(self._max_tries):
             try:
                 with self._connection() as conn, conn.begin():
+                    if burst is not None and not self._delete_burst(conn, burst):
+                        return None
                     conn.execute(
                         insert(run_groups).values(
                             id=group.id,

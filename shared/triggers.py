@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from shared.blobs.port import validate_prefix
 from shared.errors import ConfigurationError, InvalidBlobNameError
 from shared.events import BlobCreated
+from shared.groups import GroupRule
 
 # Where the stage workers write their outputs (shared.worker.ARTIFACTS_CONTAINER): a rule on it
 # would start runs from the runs' own outputs, forever.
@@ -52,6 +53,9 @@ class TriggerRule(BaseModel):
     marker: str | None = None
     # Quiet window for this rule; None: the coordinator's trigger_debounce_s.
     debounce_s: float | None = Field(default=None, ge=0)
+    # Start a run group over the data prefix (one member per sub-folder, or per CSV row)
+    # instead of one run.
+    group: GroupRule | None = None
 
     @field_validator("container")
     @classmethod
@@ -103,7 +107,8 @@ class TriggerRule(BaseModel):
 
     def describe(self) -> str:
         how = f"marker {self.marker}" if self.marker else "debounce"
-        return f"{self.container}/{self.prefix}* -> {self.recipe} ({how})"
+        what = f"a {self.recipe} group" if self.group else self.recipe
+        return f"{self.container}/{self.prefix}* -> {what} ({how})"
 
 
 DEFAULT_TRIGGER_RULES: tuple[TriggerRule, ...] = (

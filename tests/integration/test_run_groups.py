@@ -18,11 +18,13 @@ import cli.groups as cli_groups
 import cli.main as cli
 from coordinator.api import create_app
 from coordinator.domain import Policy
-from coordinator.service import Coordinator, GroupPolicy
+from coordinator.service import Coordinator, GroupPolicy, TriggerPolicy
 from coordinator.store import RunStore
 from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
+from shared.events import blob_created_event, parse_events
+from shared.groups import GroupRule
 from shared.messages import (
     STAGES,
     CancelStage,
@@ -41,6 +43,7 @@ from shared.topology import (
     build_topology,
     command_topic,
 )
+from shared.triggers import TriggerRule
 
 CSV = b"timestamp,a\n1,2\n"
 SPECIES = ("sp-a", "sp-b", "sp-c")
@@ -461,3 +464,53 @@ def test_the_cli_starts_shows_lists_cancels_and_retries_groups(
     assert capsys.readouterr().out.strip() == "[0/2] running: waiting 1, running 1"
     assert cli.main(["group", "start", "state_identifier", "--member", "x=datasets/nope"]) == 2
     assert "members.0.data: no blobs" in capsys.readouterr().err
+
+
+# --- a trigger rule that starts a group --------------------------------------------------
+
+
+def test_a_marker_under_a_group_rule_starts_a_group_over_its_folder(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    store = RunStore.from_url(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    store.create_tables()
+    rule = TriggerRule(
+        container="datasets",
+        prefix="species/",
+        recipe="state_identifier",
+        marker="_READY",
+        params={"n_clusters": 2},
+        group=GroupRule(concurrency=1),
+    )
+    coordinator = Coordinator(
+        bus=SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology()),
+        blobs=blobs,
+        store=store,
+        recipes=get_recipe,
+        policy=Policy(),
+        triggers=TriggerPolicy(rules=(rule,)),
+    )
+    events = [
+        blob_created_event(blobs.upload_blob(f"datasets/species/2025-06/{name}", CSV))
+        for name in ("sp-a/1.csv", "sp-b/1.csv", "sp-b/2.csv")
+    ]
+    coordinator.receive_blob_events(parse_events(events))
+    assert coordinator.fire_due_triggers() == []
+    assert coordinator.list_groups()[1] == 0, "no marker yet"
+
+    marker = blob_created_event(blobs.upload_blob("datasets/species/2025-06/_READY", b""))
+    coordinator.receive_blob_events(parse_events([marker]))
+    coordinator.receive_blob_events(parse_events([marker]))  # redelivered: counted once
+    coordinator.fire_due_triggers()
+
+    (view,), total = coordinator.list_groups()
+    assert total == 1
+    group = coordinator.get_group(view.group.id)
+    assert (group.group.trigger, group.group.concurrency) == ("blob", 1)
+    assert [(entity, run.data, run.params, run.status) for _, entity, run in group.members] == [
+        ("sp-a", "datasets/species/2025-06/sp-a", {"n_clusters": 2}, "queued"),
+        ("sp-b", "datasets/species/2025-06/sp-b", {"n_clusters": 2}, "waiting"),
+    ]
+    assert group.group.trigger_details["rule"] == rule.describe()
+    coordinator.fire_due_triggers()
+    assert coordinator.list_groups()[1] == 1, "the burst started one group"
+    coordinator.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -153,3 +154,34 @@ def test_an_unreadable_rules_file_is_a_configuration_error(tmp_path: Path) -> No
     bad.write_text('[{"container": "artifacts", "recipe": "r"}]')
     with pytest.raises(ConfigurationError, match="workers' outputs"):
         load_trigger_rules(None, bad)
+
+
+def test_a_group_rule_expands_over_the_run_data() -> None:
+    rule = TriggerRule.model_validate(
+        {
+            "container": "datasets",
+            "prefix": "species/",
+            "recipe": "r",
+            "group": {"expand": "csv_rows", "csv": "candidate_species.csv", "concurrency": 8},
+        }
+    )
+    assert rule.group is not None
+    expansion = rule.group.expansion("datasets/species/2025-06")
+    assert expansion.model_dump() == {
+        "kind": "csv_rows",
+        "blob": "datasets/species/2025-06/candidate_species.csv",
+        "entity_column": "entity",
+        "data_column": None,
+        "data_template": "datasets/species/2025-06/{entity}",
+        "param_columns": (),
+    }
+    assert rule.describe() == "datasets/species/* -> a r group (debounce)"
+
+
+@pytest.mark.parametrize(
+    "group",
+    [{"expand": "csv_rows"}, {"csv": "x.csv"}, {"expand": "csv_rows", "csv": "a/b.csv"}],
+)
+def test_a_group_rule_needs_a_csv_file_name_exactly_for_csv_rows(group: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="csv"):
+        TriggerRule.model_validate({"container": "datasets", "recipe": "r", "group": group})
