@@ -74,11 +74,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             pass
 
     swan = runs["cygnus-buccinator"]
+    stage_details: dict[str, dict[str, Any]] = {
+        "register": {"model_name": "state_identifier.cygnus-buccinator", "model_version": "1"},
+        "tag": {"promoted": True, "reason": "first"},
+    }
     for stage in STAGES:
-        details: dict[str, Any] = {
-            "register": {"model_name": "state_identifier.cygnus-buccinator", "model_version": "1"},
-            "tag": {"promoted": True, "reason": "first"},
-        }.get(stage, {})
+        details = stage_details.get(stage, {})
         send(StageSucceeded(correlation_id=swan, stage=stage, attempt=1, details=details))
     send(
         StageFailed(
