@@ -37,7 +37,11 @@ from recipes.species_distribution.dataset import (
     SEARCH_SPACE_FILE,
     DatasetSchema,
 )
-from recipes.species_distribution.params import SpeciesDistributionParams, coerce_params
+from recipes.species_distribution.params import (
+    DEFAULT_SEARCH_SPACE_FILE,
+    SpeciesDistributionParams,
+    coerce_params,
+)
 from recipes.species_distribution.search_space import (
     SearchSpaceError,
     parse_search_space,
@@ -256,18 +260,17 @@ def _dedupe_gold(gold: pd.DataFrame, id_column: str, target: str) -> tuple[pd.Da
 
 def _copy_search_space(site: Path, out_dir: Path, p: SpeciesDistributionParams) -> str | None:
     """Validates the site's search-space file into ``search_space.json``; its name if any."""
-    if p.search_space_file is None:
-        return None
-    path = site / p.search_space_file
+    name = p.search_space_file or DEFAULT_SEARCH_SPACE_FILE
+    path = site / name
     if not path.is_file():
-        if "search_space_file" in p.model_fields_set:
+        if p.search_space_file is not None:
             raise DataValidationError(
                 "the search space file named by search_space_file is not in the site folder",
-                file=p.search_space_file,
+                file=name,
             )
         return None
     try:
-        space = parse_search_space(path.read_text(encoding="utf-8"), source=p.search_space_file)
+        space = parse_search_space(path.read_text(encoding="utf-8"), source=name)
     except (SearchSpaceError, UnicodeDecodeError) as exc:
         raise DataValidationError(str(exc)) from exc
     (out_dir / SEARCH_SPACE_FILE).write_text(to_json(space))

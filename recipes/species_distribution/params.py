@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from recipes.base import RecipeParams
 from recipes.species_distribution.search_space import SearchSpace, parse_search_space
 
+DEFAULT_SEARCH_SPACE_FILE = "lgbm_params.yml"
+
 # The params each stage reads: a stage's cache key covers only these, so a run that changes
 # only tuning (max_evals, the search space ...) reuses the aggregation and the split.
 AGGREGATION_PARAMS = (
@@ -81,11 +83,13 @@ class SpeciesDistributionParams(RecipeParams):
         max_length=1000,
     )
     search_space_file: str | None = Field(
-        default="lgbm_params.yml",
+        default=None,
         description=(
-            "the tuning search space (YAML or JSON) in the site folder, used when present "
-            "and no inline search_space is given"
+            "the tuning search space (YAML or JSON) in the site folder, which must exist; "
+            f"None: {DEFAULT_SEARCH_SPACE_FILE} when the site has one. An inline "
+            "search_space overrides it"
         ),
+        min_length=1,
         max_length=200,
     )
     # -- split --------------------------------------------------------------------------------

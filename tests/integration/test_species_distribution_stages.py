@@ -191,3 +191,32 @@ def test_trials_are_child_runs_and_the_model_predicts_presence_on_raw_rows(
     assert np.asarray(model.predict(integers)).shape == (40, 2), "integers where floats were"
     unseen = raw.assign(landcover="glacier")
     assert np.all(np.isfinite(np.asarray(model.predict(unseen)))), "an unseen category"
+
+
+def test_a_rerun_changing_only_tuning_reuses_aggregation_and_split(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    aggregation = worker(aggregation_spec(), bus, blobs, 1)
+    splitting = worker(split_spec(), bus, blobs, 1)
+
+    def prepare(params: dict[str, Any]) -> tuple[StageSucceeded, StageSucceeded]:
+        aggregated = run_stage(bus, aggregation, "aggregation", {"data": SITE}, params)
+        dataset = {"dataset": aggregated.outputs["dataset"]}
+        return aggregated, run_stage(bus, splitting, "split", dataset, params)
+
+    first = prepare(QUICK)
+    tuning_only = {
+        **QUICK,
+        "max_evals": 60,
+        "no_progress_trials": 10,
+        "search_space": {"tune": ["learning_rate", "num_leaves"]},
+    }
+    again = prepare(tuning_only)
+    assert [s.cached for s in first] == [False, False]
+    assert [s.cached for s in again] == [True, True]
+    assert [s.outputs for s in again] == [s.outputs for s in first]
+
+    reseeded = prepare({**QUICK, "seed": 1})
+    assert [s.cached for s in reseeded] == [True, False], "the seed is the split's"
+    other_species = prepare({**QUICK, "species": "Lynx lynx"})
+    assert [s.cached for s in other_species] == [False, False]
