@@ -127,6 +127,12 @@ def recipe_tuner(
     return result.best.score
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the tuner's pool workers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=20_000)
@@ -163,26 +169,34 @@ def main() -> None:
         )
 
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in contenders}
     scores: dict[str, list[float]] = {name: [] for name in contenders}
+    load_before = os.getloadavg()[0]
     for repeat in range(args.repeats):
         for name, run in contenders.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), _cpu_seconds()
             score = run()
             seconds[name].append(time.perf_counter() - started)
+            cpu_seconds[name].append(_cpu_seconds() - cpu_started)
             scores[name].append(score)
             print(
-                f"  repeat {repeat + 1}: {name:<28} {seconds[name][-1]:7.1f} s  "
-                f"best CV ROC-AUC {score:.4f}",
+                f"  repeat {repeat + 1}: {name:<28} {seconds[name][-1]:7.1f} s wall "
+                f"{cpu_seconds[name][-1]:7.1f} s CPU  best CV ROC-AUC {score:.4f}  "
+                f"(load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
 
     median = {name: float(np.median(values)) for name, values in seconds.items()}
     baseline = min(median[n] for n in contenders if n.startswith("fmin"))
-    print(f"\n{'contender':<30} {'wall s':>8} {'vs better fmin':>15} {'best CV AUC':>12}")
+    print(
+        f"\n{'contender':<30} {'wall s':>8} {'CPU s':>8} {'vs better fmin':>15} "
+        f"{'best CV AUC':>12}   (1-min load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end)"
+    )
     for name in contenders:
         print(
-            f"{name:<30} {median[name]:8.1f} {baseline / median[name]:14.2f}x "
-            f"{np.median(scores[name]):12.4f}"
+            f"{name:<30} {median[name]:8.1f} {np.median(cpu_seconds[name]):8.1f} "
+            f"{baseline / median[name]:14.2f}x {np.median(scores[name]):12.4f}"
         )
     on_all_cores = f"recipe tuner, {max(worker_counts)} worker(s)"
     target_met = median[on_all_cores] <= baseline
@@ -199,6 +213,8 @@ def main() -> None:
             "max_evals": args.max_evals,
             "folds": args.folds,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "load_average_at_start": load_before,
             "best_cv_roc_auc": scores,
             "target_met": target_met,
         }
