@@ -202,7 +202,9 @@ def _fit_fold_in_worker(task: FoldTask) -> FoldResult:
 
 
 class _InlineExecutor(Executor):
-    """Runs each fold when it is submitted, in this process: one worker needs no pool."""
+    """One worker needs no pool: each fold is fitted here, on ``data``, as it is submitted
+    (``submit(_fit_fold_in_worker, task)`` keeps the pool's call shape; the pool's entry point
+    itself reads the data a worker process's initializer set)."""
 
     def __init__(self, data: FoldData, check_cancelled: Callable[[], None]) -> None:
         self._data = data
@@ -215,11 +217,14 @@ class _InlineExecutor(Executor):
         return future
 
 
-def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, ...]]:
+def stratified_folds(
+    labels: np.ndarray, n_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, held-out rows) of each fold of a shuffled, stratified k-fold split."""
     from sklearn.model_selection import StratifiedKFold
 
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    return [tuple(part) for part in splitter.split(np.zeros(len(labels)), labels)]
+    return list(splitter.split(np.zeros(len(labels)), labels))
 
 
 def tune(
@@ -245,11 +250,10 @@ def tune(
     started = time.perf_counter()
     workers = max(1, min(workers, max_evals * n_folds))
     threads = max(1, (cores or workers) // workers)
-    folds = stratified_folds(labels, n_folds, seed)
     data = FoldData(
         features=features,
         labels=np.asarray(labels),
-        folds=[(train, valid) for train, valid in folds],
+        folds=stratified_folds(labels, n_folds, seed),
         fixed=dict(space.fixed),
         early_stopping_rounds=early_stopping_rounds,
         seed=seed,
