@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from coordinator.auth import Authenticator, authorize
 from coordinator.bootstrap import build_coordinator
@@ -34,6 +34,12 @@ from coordinator.domain import (
     StageStatus,
 )
 from coordinator.groups import MemberRequest
+from coordinator.http import (
+    BodyLimits,
+    SecretsHiddenApp,
+    UnexpectedErrors,
+    add_common_error_handlers,
+)
 from coordinator.service import (
     BackgroundLoops,
     Coordinator,
@@ -45,10 +51,14 @@ from coordinator.service import (
 )
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import GroupNotFound
+from coordinator.webhook import PATH as WEBHOOK_PATH
 from coordinator.webhook import WebhookConfig, add_event_routes
 from recipes.base import RECIPE_STAGES, RecipeStage
+from shared.blobs.port import MAX_NAME_LENGTH
+from shared.entities import MAX_ENTITY_LENGTH
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.groups import Expansion
+from shared.limits import MAX_ERROR_CHARS, JsonLimits, check_json, truncate
 from shared.messages import Stage
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
 
@@ -70,16 +80,46 @@ class ReportNotFound(Exception):
 # --- schemas -----------------------------------------------------------------------------
 
 
+# A run's params travel in every stage command (a bus message of at most 256 KiB) and in the
+# run's stored state: generous for any recipe, small enough for both.
+PARAMS_LIMITS = JsonLimits(max_depth=8, max_string_chars=4096, max_items=100, max_values=2000)
+# GET /runs pages no deeper than this (SQLite's OFFSET is a signed 64-bit integer).
+MAX_OFFSET = 1_000_000
+
+
+def _bounded_params(params: dict[str, Any]) -> dict[str, Any]:
+    check_json(params, PARAMS_LIMITS, where="params")
+    return params
+
+
+# Recipe params as every request takes them: a JSON object within PARAMS_LIMITS.
+Params = Annotated[dict[str, Any], AfterValidator(_bounded_params)]
+
+
 class RunCreate(BaseModel):
-    recipe: str = Field(min_length=1, examples=["state_identifier"])
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str = Field(min_length=1, max_length=200, examples=["state_identifier"])
     data: str = Field(
         min_length=1,
-        description="blob prefix of the raw data: container/path",
+        max_length=MAX_NAME_LENGTH,
+        description="blob prefix of the raw data: container/path (a folder: data/ is read)",
         examples=["raw/state-identifier/2025-03-01"],
     )
-    params: dict[str, Any] = Field(default_factory=dict, examples=[{"n_clusters": 3}])
+    params: Params = Field(
+        default_factory=dict,
+        max_length=PARAMS_LIMITS.max_items,
+        description=(
+            f"the recipe's parameters; JSON nested at most {PARAMS_LIMITS.max_depth} levels, "
+            f"strings of at most {PARAMS_LIMITS.max_string_chars} characters, collections of "
+            f"at most {PARAMS_LIMITS.max_items} items, 64-bit integers, finite numbers"
+        ),
+        examples=[{"n_clusters": 3}],
+    )
+
     entity: str | None = Field(
         default=None,
+        max_length=MAX_ENTITY_LENGTH,
         description="what the model is for (a species, a site): the run registers the "
         "recipe's model for this entity, which has a champion of its own",
         examples=["cygnus-buccinator"],
@@ -119,7 +159,8 @@ class AttemptOut(BaseModel):
     @classmethod
     def of(cls, record: AttemptRecord) -> AttemptOut:
         return cls(
-            **record.model_dump(), duration_s=_seconds(record.started_at, record.finished_at)
+            **{**record.model_dump(), "error": _bounded(record.error)},
+            duration_s=_seconds(record.started_at, record.finished_at),
         )
 
 
@@ -158,7 +199,7 @@ class StageOut(BaseModel):
             outputs=stage.outputs,
             metrics=stage.metrics,
             details=stage.details,
-            error=stage.error,
+            error=_bounded(stage.error),
             attempts=[AttemptOut.of(record) for record in stage.history],
         )
 
@@ -202,7 +243,7 @@ class RunSummary(BaseModel):
             trigger=run.trigger,
             status=run.status,
             stage=reached[-1].stage if reached else None,
-            error=run.error,
+            error=_bounded(run.error),
             created_at=run.created_at,
             updated_at=run.updated_at,
             finished_at=run.finished_at,
@@ -262,16 +303,28 @@ class RunOut(RunSummary):
 
 
 class MemberCreate(BaseModel):
-    entity: str = Field(min_length=1, examples=["cygnus-buccinator"])
-    data: str = Field(min_length=1, examples=["datasets/species/cygnus-buccinator"])
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of the group's params for this member"
+    model_config = ConfigDict(extra="forbid")
+
+    entity: str = Field(min_length=1, max_length=MAX_ENTITY_LENGTH, examples=["cygnus-buccinator"])
+    data: str = Field(
+        min_length=1, max_length=MAX_NAME_LENGTH, examples=["datasets/species/cygnus-buccinator"]
+    )
+    params: Params = Field(
+        default_factory=dict,
+        max_length=PARAMS_LIMITS.max_items,
+        description="overrides of the group's params for this member",
     )
 
 
 class RunGroupCreate(BaseModel):
-    recipe: str = Field(min_length=1, examples=["state_identifier"])
-    params: dict[str, Any] = Field(default_factory=dict, description="params every member shares")
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str = Field(min_length=1, max_length=200, examples=["state_identifier"])
+    params: Params = Field(
+        default_factory=dict,
+        max_length=PARAMS_LIMITS.max_items,
+        description="params every member shares",
+    )
     members: list[MemberCreate] | None = Field(
         default=None, description="the members, each an entity with its data; or use expand"
     )
@@ -281,7 +334,10 @@ class RunGroupCreate(BaseModel):
         "one per row of a CSV blob",
     )
     concurrency: int | None = Field(
-        default=None, ge=1, description="members in a stage at once (default: the setting)"
+        default=None,
+        ge=1,
+        le=10_000,
+        description="members in a stage at once (default: the setting)",
     )
     force: bool | list[RecipeStage] = Field(
         default=False, description="skip the cache of every stage (true) or of the stages named"
@@ -308,7 +364,7 @@ class MemberOut(BaseModel):
             data=run.data,
             status=run.status,
             stage=summary.stage,
-            error=run.error,
+            error=_bounded(run.error),
             model=summary.model,
         )
 
@@ -385,6 +441,11 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
 
 
+def _bounded(error: str | None) -> str | None:
+    """Errors stored before they were bounded at the source are cut on the way out too."""
+    return None if error is None else truncate(error, MAX_ERROR_CHARS)
+
+
 # --- app ---------------------------------------------------------------------------------
 
 
@@ -424,7 +485,6 @@ def create_app(
         secret = resolved.trigger_webhook_secret
         app.state.webhook = WebhookConfig(
             secret=secret.get_secret_value() if secret else None,
-            max_bytes=resolved.trigger_webhook_max_bytes,
             auth=auth,
             role=resolved.trigger_webhook_role,
         )
@@ -440,7 +500,8 @@ def create_app(
                 # Here, not after uvicorn.run: uvicorn re-raises SIGTERM once shut down.
                 shutdown_telemetry()
 
-    app = FastAPI(
+    limits = settings or CoordinatorSettings.model_construct()
+    app = SecretsHiddenApp(
         title="retrainer coordinator",
         description="Starts ML retraining runs and follows them through their five stages.",
         version="1",
@@ -449,6 +510,18 @@ def create_app(
         # ones coordinator/auth.py names (probes, dashboard shells, docs, the webhook).
         dependencies=[Depends(authorize)],
     )
+    app.add_middleware(UnexpectedErrors)
+    # Outside UnexpectedErrors.
+    app.add_middleware(
+        BodyLimits,
+        default=limits.api_max_body_bytes,
+        # Event Grid's batches, and groups of up to RETRAINER_GROUP_MAX_MEMBERS members.
+        limits={
+            WEBHOOK_PATH: limits.trigger_webhook_max_bytes,
+            "/run-groups": limits.api_max_group_body_bytes,
+        },
+    )
+    add_common_error_handlers(app, retry_after_s=limits.api_retry_after_s)
     _add_error_handlers(app)
     _add_routes(app)
     add_event_routes(app)
@@ -489,7 +562,7 @@ def _add_routes(app: FastAPI) -> None:
         coordinator: CoordinatorDep,
         status: RunStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> RunPage:
         runs, total = coordinator.list_runs(status=status, limit=limit, offset=offset)
         return RunPage(
@@ -592,7 +665,7 @@ def _add_routes(app: FastAPI) -> None:
         coordinator: CoordinatorDep,
         status: GroupStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> RunGroupPage:
         views, total = coordinator.list_groups(status=status, limit=limit, offset=offset)
         return RunGroupPage(
@@ -664,8 +737,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     def invalid_run_request(_: Request, exc: InvalidRunRequest) -> JSONResponse:
         # The same shape as FastAPI's own validation errors, so clients parse one format.
         detail = [
-            {"loc": ["body", *problem.loc], "msg": problem.msg, "type": "invalid_run_request"}
-            for problem in exc.problems
+            {
+                "loc": ["body", *problem.loc],
+                "msg": truncate(problem.msg, 500),
+                "type": "invalid_run_request",
+            }
+            for problem in exc.problems[:100]
         ]
         return JSONResponse({"detail": detail}, status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
 

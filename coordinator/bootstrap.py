@@ -10,11 +10,17 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
 from recipes.registry import get_recipe, list_recipes
 from shared.bootstrap import create_blob_store, create_bus
+from shared.errors import ConfigurationError
 
 
 def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
     """Create the state directory and the run store's tables, connect the adapters."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"state directory {settings.state_dir.resolve()}: {exc.strerror or exc}"
+        ) from exc
     extra_modules = tuple(settings.recipe_modules)
     # Discovering recipes imports their ML libraries (seconds): do it now rather than in the
     # first POST /runs, and fail at start-up on a recipe module that cannot be imported.
@@ -33,6 +39,7 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         policy=settings.policy,
         triggers=settings.trigger_policy,
         groups=settings.group_policy,
+        min_free_disk_bytes=settings.min_free_disk_bytes,
     )
 
 

@@ -59,7 +59,7 @@ from coordinator.groups import MemberRequest, Problem, check_members, members_of
 from coordinator.store import OutboxMessage, PendingBurst, RunStore, TriggerHit
 from coordinator.telemetry import decision_span, record_decision
 from recipes.base import Recipe
-from shared.blobs.port import BlobStore, validate_prefix
+from shared.blobs.port import BlobStore, folder_prefix, validate_prefix
 from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.entities import InvalidEntityError
@@ -91,7 +91,7 @@ from shared.messages import (
     utcnow,
 )
 from shared.topology import BLOB_EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC
-from shared.triggers import NoMatch, TriggerRule, route
+from shared.triggers import RESERVED_CONTAINERS, NoMatch, TriggerRule, route
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,7 @@ class Coordinator:
         groups: GroupPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         relay_batch_size: int = 100,
+        min_free_disk_bytes: int = 0,
     ) -> None:
         self.bus = bus
         self.blobs = blobs
@@ -217,6 +218,7 @@ class Coordinator:
         self._groups = groups or GroupPolicy()
         self._clock = clock
         self._relay_batch_size = relay_batch_size
+        self._min_free_disk_bytes = min_free_disk_bytes
         # Set whenever a decision wrote commands, so the relay publishes them at once.
         self.outbox_written = threading.Event()
         # Set when a blob event made a burst due at once (a marker), to wake the trigger loop.
@@ -458,8 +460,8 @@ class Coordinator:
         self.store.close()
 
     def check_ready(self) -> None:
-        """Raises if the run store cannot be queried."""
-        self.store.ping()
+        """Raises if the run store cannot commit a write, or its disk is nearly full."""
+        self.store.check_writable(min_free_bytes=self._min_free_disk_bytes)
 
     def last_successes(self) -> dict[str, datetime]:
         """Recipe -> when its latest successful run finished."""
@@ -485,12 +487,18 @@ class Coordinator:
             except InvalidEntityError as exc:
                 problems.append(Problem(("entity",), str(exc)))
         try:
-            validate_prefix(data)
+            container, _ = validate_prefix(data)
         except InvalidBlobNameError as exc:
             problems.append(Problem(("data",), str(exc)))
         else:
-            if next(iter(self.blobs.list_blobs(data)), None) is None:
-                problems.append(Problem(("data",), f"no blobs under {data!r}"))
+            # The workers read data as a folder: what they will find is what is checked here.
+            folder = folder_prefix(data)
+            if container in RESERVED_CONTAINERS:
+                problems.append(
+                    Problem(("data",), f"{container!r} holds the workers' own outputs, not data")
+                )
+            elif next(iter(self.blobs.list_blobs(folder)), None) is None:
+                problems.append(Problem(("data",), f"no blobs in the folder {folder!r}"))
         if problems:
             raise InvalidRunRequest(problems)
 

@@ -66,6 +66,14 @@ class CoordinatorSettings(CommonSettings):
     trigger_webhook_role: str = "AzureEventGridSecureWebhookSubscriber"
     # Event Grid batches are at most 1 MB.
     trigger_webhook_max_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Any other request body (POST /runs: recipe, data prefix and params) is at most this.
+    api_max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # POST /run-groups, whose members (up to group_max_members) come in one body.
+    api_max_group_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # What a 503 (the run store, bus or blob store down or full) tells the client to wait.
+    api_retry_after_s: int = Field(default=5, ge=1)
+    # /readyz is false while the SQLite run store's disk has less free space than this.
+    min_free_disk_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
     # Run groups: the most members one group may have, how many are in a stage at once when
     # the request does not say, and how often groups are checked for free slots (a finishing

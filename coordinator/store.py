@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -49,7 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateSchema
 
 from coordinator.domain import (
@@ -65,7 +67,8 @@ from coordinator.domain import (
     settle_group,
 )
 from shared.bus.port import OutgoingMessage
-from shared.errors import PermanentError, RetryableError
+from shared.errors import ConfigurationError, PermanentError, RetryableError
+from shared.files import unwritable_reason
 from shared.messages import CancelStage, encode, utcnow
 from shared.topology import CONTROL_TOPIC, command_topic
 
@@ -158,6 +161,14 @@ processed_messages = Table(
     metadata,
     Column("message_id", String(400), primary_key=True),
     Column("processed_at", _UtcDateTime, nullable=False),
+)
+
+# One row, rewritten by each readiness probe: a store that cannot commit a write is not ready.
+write_probe = Table(
+    "write_probe",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("written_at", _UtcDateTime, nullable=False),
 )
 
 
@@ -273,6 +284,13 @@ class RunStore:
         )
         self._schema = schema
         self._max_tries = max_tries
+        database = engine.url.database
+        # Where a SQLite database lives (None for an in-memory one, or another database).
+        self._sqlite_directory = (
+            Path(database).resolve().parent
+            if engine.dialect.name == "sqlite" and database and database != ":memory:"
+            else None
+        )
 
     @classmethod
     def from_url(
@@ -294,10 +312,22 @@ class RunStore:
         return cls(engine, schema=schema)
 
     def create_tables(self) -> None:
-        with self._engine.begin() as conn:
-            if self._schema:
-                conn.execute(CreateSchema(self._schema, if_not_exists=True))
-            metadata.create_all(conn)
+        """Raises ConfigurationError naming the database and the cause when it cannot."""
+        where = self._engine.url.render_as_string(hide_password=True)
+        if self._sqlite_directory is not None:
+            directory = self._sqlite_directory
+            problem = unwritable_reason(directory)
+            if problem is not None:
+                raise ConfigurationError(
+                    f"run store {where}: cannot write in {directory}: {problem}"
+                )
+        try:
+            with self._engine.begin() as conn:
+                if self._schema:
+                    conn.execute(CreateSchema(self._schema, if_not_exists=True))
+                metadata.create_all(conn)
+        except DBAPIError as exc:
+            raise ConfigurationError(f"run store {where}: {exc.orig}") from exc
 
     def close(self) -> None:
         self._engine.dispose()
@@ -305,6 +335,29 @@ class RunStore:
     def ping(self) -> None:
         with self._connection() as conn:
             conn.execute(text("SELECT 1"))
+
+    def check_writable(self, *, min_free_bytes: int = 0) -> None:
+        """Raises StoreUnavailableError unless a write commits and, on SQLite, the database's
+        disk has ``min_free_bytes`` free (a write may still fit in the WAL of a full disk)."""
+        if self._sqlite_directory is not None:
+            free = shutil.disk_usage(self._sqlite_directory).free
+            if free < min_free_bytes:
+                raise StoreUnavailableError(
+                    f"run store disk nearly full: {free} bytes free in {self._sqlite_directory}"
+                    f" (at least {min_free_bytes} needed)"
+                )
+        now = utcnow()
+        try:
+            with self._connection() as conn, conn.begin():
+                written = conn.execute(
+                    update(write_probe).where(write_probe.c.id == 1).values(written_at=now)
+                )
+                if written.rowcount == 0:
+                    conn.execute(insert(write_probe).values(id=1, written_at=now))
+        except IntegrityError:
+            pass  # another coordinator wrote the row first: writing works
+        except DBAPIError as exc:
+            raise StoreUnavailableError(f"run store cannot write: {exc.orig}") from exc
 
     # --- unit of work ----------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ API's audience carrying the app role ``trigger_webhook_role`` (Event Grid's Entr
 delivery: ``AzureEventGridSecureWebhookSubscriber``). With neither configured, anyone (the
 server then listens on 127.0.0.1 only).
 
-Checks, in order: the caller (401), the content type (415),
-the size (413, refused from ``Content-Length`` or after reading at most the limit), JSON and the
-events themselves (400 naming the problem; nothing of the body is recorded). Events that no rule
-covers, and event types other than BlobCreated, are answered 200 and ignored with a log line.
+Checks, in order: the size (413, ``coordinator.http.BodyLimits``: from ``Content-Length``
+before anything else, or once the bytes read pass ``trigger_webhook_max_bytes``), the caller
+(401), the content type (415), JSON and the events themselves (400 naming the problem; nothing
+of the body is recorded). Events that no rule covers, and event types other than BlobCreated,
+are answered 200 and ignored with a log line.
 Event Grid does not retry a 400 or 413; it retries 401, 5xx and timeouts.
 """
 
@@ -27,19 +28,24 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from coordinator.auth import AuthenticationError, AuthenticationUnavailable, Authenticator
+from coordinator.http import query_secret
 from coordinator.service import Coordinator
 from shared.errors import RetryableError
-from shared.events import MalformedEventError, decode_events
+from shared.events import EVENT_LIMITS, MalformedEventError, decode_events
+from shared.limits import truncate
 
 log = logging.getLogger(__name__)
+
+_RETRY_LATER = {"Retry-After": "5"}
 
 PATH = "/events/blob"
 KEY_HEADER = "aeg-sas-key"
@@ -52,7 +58,6 @@ JSON_TYPES = frozenset(
 @dataclass(frozen=True)
 class WebhookConfig:
     secret: str | None = None
-    max_bytes: int = 1024 * 1024
     auth: Authenticator = field(default_factory=Authenticator)
     # The app role of Event Grid's Entra-authenticated deliveries.
     role: str = "AzureEventGridSecureWebhookSubscriber"
@@ -70,8 +75,62 @@ class ValidationOut(BaseModel):
     validationResponse: str  # Event Grid's name for it
 
 
-class _TooLarge(Exception):
-    pass
+_TEXT = EVENT_LIMITS.max_string_chars
+
+
+class EventGridEvent(BaseModel):
+    """An event in the Event Grid schema; a webhook receives a JSON array of them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=_TEXT)
+    topic: str | None = Field(default=None, max_length=_TEXT)
+    subject: str = Field(
+        max_length=_TEXT,
+        examples=["/blobServices/default/containers/datasets/blobs/state-identifier/a.csv"],
+    )
+    eventType: str = Field(
+        min_length=1, max_length=_TEXT, examples=["Microsoft.Storage.BlobCreated"]
+    )
+    eventTime: str = Field(max_length=_TEXT, examples=["2026-11-30T03:00:00Z"])
+    data: dict[str, Any] = Field(
+        description="BlobCreated: api, eTag, contentLength, url, ...; "
+        "SubscriptionValidationEvent: validationCode, validationUrl"
+    )
+    dataVersion: str | None = Field(default=None, max_length=_TEXT)
+    metadataVersion: str | None = Field(default=None, max_length=_TEXT)
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event in structured mode."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=_TEXT)
+    source: str = Field(min_length=1, max_length=_TEXT)
+    type: str = Field(min_length=1, max_length=_TEXT, examples=["Microsoft.Storage.BlobCreated"])
+    subject: str | None = Field(default=None, max_length=_TEXT)
+    time: str | None = Field(default=None, max_length=_TEXT)
+    data: dict[str, Any] | None = None
+
+
+def _request_body() -> dict[str, Any]:
+    """The webhook's body in the OpenAPI document (the route reads the raw body itself)."""
+    event_grid = EventGridEvent.model_json_schema()
+    cloud_event = CloudEvent.model_json_schema()
+
+    def batch(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "items": item, "minItems": 1, "maxItems": EVENT_LIMITS.max_items}
+
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"anyOf": [batch(event_grid), event_grid, cloud_event]}},
+            "application/cloudevents+json": {"schema": cloud_event},
+            "application/cloudevents-batch+json": {"schema": batch(cloud_event)},
+        },
+    }
 
 
 def add_event_routes(app: FastAPI) -> None:
@@ -99,6 +158,7 @@ def add_event_routes(app: FastAPI) -> None:
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE: {},
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE: {},
         },
+        openapi_extra={"requestBody": _request_body()},
     )
     async def blob_events(request: Request) -> Response:
         config: WebhookConfig = request.app.state.webhook
@@ -120,24 +180,22 @@ def add_event_routes(app: FastAPI) -> None:
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                 f"content type {content_type!r} is not one of {', '.join(sorted(JSON_TYPES))}",
             )
-        try:
-            body = await _read_at_most(request, config.max_bytes)
-        except _TooLarge:
-            return _problem(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"body larger than {config.max_bytes} bytes",
-            )
+        # At most trigger_webhook_max_bytes: coordinator.http.BodyLimits answers 413 beyond.
+        body = await request.body()
         try:
             events = decode_events(body)
         except MalformedEventError as exc:
-            log.warning("refusing blob events: %s", exc)
-            return _problem(HTTPStatus.BAD_REQUEST, str(exc))
+            problem = truncate(str(exc), 1000)
+            log.warning("refusing blob events: %s", problem)
+            return _problem(HTTPStatus.BAD_REQUEST, problem)
         coordinator: Coordinator = request.app.state.coordinator
         try:
             report = await run_in_threadpool(coordinator.receive_blob_events, events)
         except RetryableError as exc:
             # Event Grid retries a 503: nothing was recorded.
-            return _problem(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+            return _problem(
+                HTTPStatus.SERVICE_UNAVAILABLE, truncate(str(exc), 1000), headers=_RETRY_LATER
+            )
         if report.validations:
             validation = report.validations[0]
             log.info(
@@ -182,20 +240,8 @@ def _caller_allowed(request: Request, config: WebhookConfig) -> bool:
 
 
 def _key_ok(request: Request, secret: str) -> bool:
-    given = request.query_params.get(KEY_QUERY) or request.headers.get(KEY_HEADER)
+    given = query_secret(request, KEY_QUERY) or request.headers.get(KEY_HEADER)
     return given is not None and hmac.compare_digest(given.encode(), secret.encode())
-
-
-async def _read_at_most(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _TooLarge
-    return bytes(body)
 
 
 def _problem(

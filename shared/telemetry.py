@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 from uuid import UUID
 
 from shared.messages import StageFailed
+from shared.redaction import SENSITIVE_HEADERS
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -366,6 +367,11 @@ def _configure_azure(
         options["sampling_ratio"] = 1.0
     # Container probes would fill the requests table.
     os.environ.setdefault("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "healthz,readyz")
+    # Should request headers ever be captured (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*),
+    # credentials among them are recorded as [REDACTED].
+    os.environ.setdefault(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", ",".join(SENSITIVE_HEADERS)
+    )
     # The exporter logs every request it sends at INFO; exported, those records would be
     # exported again, forever (already while configure_azure_monitor runs, for seconds).
     for chatty in _CHATTY_LOGGERS:

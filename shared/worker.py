@@ -31,7 +31,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from recipes.base import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
-from shared.blobs.port import BlobProperties, BlobStore
+from shared.blobs.port import BlobProperties, BlobStore, folder_prefix
 from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
 from shared.bus.consuming import MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
@@ -120,7 +120,7 @@ class StageContext:
 
     def input_prefix(self, name: str) -> str:
         """The blob prefix of input ``name`` (what ``input_dirs[name]`` is downloaded from)."""
-        return _as_prefix(self.command.inputs[name])
+        return folder_prefix(self.command.inputs[name])
 
     def download_input(self, name: str) -> Path:
         """Fetch input ``name`` into ``input_dirs[name]`` (for ``download_inputs=False``)."""
@@ -438,7 +438,7 @@ class Worker:
                 f"{command.stage}/attempt-{command.attempt}"
             )
         digests = {
-            name: digest_prefix(self._blobs, _as_prefix(command.inputs[name]))
+            name: digest_prefix(self._blobs, folder_prefix(command.inputs[name]))
             for name in self.spec.inputs
         }
         key = cache_key(command, recipe, params, digests, blob_params)
@@ -546,10 +546,6 @@ def failed_event(command: RunStage, exc: BaseException) -> StageFailed:
         error_type=type(exc).__name__,
         retryable=not isinstance(exc, PermanentError | ValidationError),
     )
-
-
-def _as_prefix(name: str) -> str:
-    return name if name.endswith("/") else name + "/"
 
 
 def _describe(exc: BaseException) -> str:

@@ -89,6 +89,12 @@ def validate_blob_name(name: str) -> None:
             raise InvalidBlobNameError(name, "empty, '.' or '..' path segment")
 
 
+def folder_prefix(name: str) -> str:
+    """The listing prefix of the folder ``name``: ``data`` is read as ``data/``, so a string
+    prefix of a folder's name (``data`` of ``database/``) never matches another folder."""
+    return name if name.endswith("/") else name + "/"
+
+
 def validate_prefix(prefix: str) -> tuple[str, str]:
     """A listing prefix: a container, optionally followed by ``/`` and a path start."""
     container, _, path = prefix.partition("/")

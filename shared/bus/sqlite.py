@@ -27,6 +27,7 @@ from pathlib import Path
 
 from shared.bus.port import OutgoingMessage, ReceivedMessage
 from shared.errors import BusUnavailableError, ConfigurationError, MessageLockLostError
+from shared.files import unwritable_reason
 from shared.topology import Topology, require_subscription, require_topic
 
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
@@ -112,8 +113,15 @@ class SqliteMessageBus:
         self._idle_connections: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._closed = False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._declare_topology()
+        problem = unwritable_reason(path.parent)
+        if problem is not None:
+            raise ConfigurationError(
+                f"bus database {path}: cannot write in {path.parent}: {problem}"
+            )
+        try:
+            self._declare_topology()
+        except sqlite3.DatabaseError as exc:  # e.g. a read-only or corrupt file
+            raise ConfigurationError(f"bus database {path}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"SqliteMessageBus({str(self._path)!r})"
@@ -452,13 +460,21 @@ class SqliteMessageBus:
         try:
             yield
         except sqlite3.OperationalError as exc:
-            # busy_timeout already waited; a lock still held by then is worth a retry later.
+            # busy_timeout already waited; a lock still held by then is worth a retry later,
+            # and so is a full disk or a failing one.
             if _is_busy(exc):
                 raise self._unavailable(exc) from exc
+            if exc.sqlite_errorcode & 0xFF in _DISK_TROUBLE:
+                raise BusUnavailableError(f"bus database {self._path}: {exc}") from exc
             raise
 
     def _unavailable(self, exc: sqlite3.OperationalError) -> BusUnavailableError:
         return BusUnavailableError(f"bus database {self._path} is busy: {exc}")
+
+
+_DISK_TROUBLE = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -237,7 +237,10 @@ def test_invalid_params_are_refused_naming_each_param(stack: Stack) -> None:
     [
         ("Not A Container/x", "prefix must start with a valid container name"),
         ("raw/../etc", "'.' or '..' path segment"),
-        ("raw/missing", "no blobs under 'raw/missing'"),
+        ("raw/missing", "no blobs in the folder 'raw/missing/'"),
+        # A string prefix of raw/set1/: the workers would read raw/set/, which is empty.
+        ("raw/set", "no blobs in the folder 'raw/set/'"),
+        ("artifacts/cache", "'artifacts' holds the workers' own outputs, not data"),
     ],
 )
 def test_unusable_data_is_refused(stack: Stack, data: str, message: str) -> None:
@@ -247,6 +250,12 @@ def test_unusable_data_is_refused(stack: Stack, data: str, message: str) -> None
     [problem] = response.json()["detail"]
     assert problem["loc"] == ["body", "data"]
     assert message in problem["msg"]
+
+
+def test_data_is_a_folder_with_or_without_its_slash(stack: Stack) -> None:
+    assert stack.start(data="raw/set1")["data"] == "raw/set1"
+    assert stack.start(data="raw/set1/")["data"] == "raw/set1/"
+    assert stack.start(data="raw")["data"] == "raw"
 
 
 def test_a_request_without_a_recipe_is_refused(stack: Stack) -> None:
