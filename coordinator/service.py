@@ -56,7 +56,15 @@ from coordinator.domain import (
     decide,
 )
 from coordinator.groups import MemberRequest, Problem, check_members, members_of
-from coordinator.store import OutboxMessage, PendingBurst, RunStore, TriggerHit
+from coordinator.schedules import Schedule, due_tick, latest_tick
+from coordinator.store import (
+    Claim,
+    OutboxMessage,
+    PendingBurst,
+    RunStore,
+    ScheduleState,
+    TriggerHit,
+)
 from coordinator.telemetry import decision_span, record_decision
 from recipes.base import Recipe
 from shared.blobs.port import BlobStore, folder_prefix, validate_prefix
@@ -181,6 +189,8 @@ class TriggerPolicy:
     debounce_max_s: float = 300.0
     # Seen event ids and (blob, etag) pairs are forgotten after this long.
     dedup_retention_s: float = 7 * 24 * 3600.0
+    # Cron schedules (coordinator/schedules.py), those of trigger rules included.
+    schedules: tuple[Schedule, ...] = ()
 
 
 @dataclass
@@ -311,7 +321,7 @@ class Coordinator:
         """Check every member, create the group and its members (waiting) in one transaction,
         then admit the first ``concurrency``. Raises InvalidRunRequest naming each problem,
         having started nothing."""
-        view = self._start_group(request, trigger, trigger_details, None)
+        view = self._start_group(request, trigger, trigger_details)
         assert view is not None, "only a burst can lose a race"
         return view
 
@@ -320,7 +330,7 @@ class Coordinator:
         request: GroupRequest,
         trigger: str,
         trigger_details: Mapping[str, Any] | None,
-        burst: PendingBurst | None,
+        claim: Claim | None = None,
     ) -> GroupView | None:
         try:
             recipe = self._recipes(request.recipe)
@@ -366,10 +376,10 @@ class Coordinator:
             group,
             [(run_id, start.entity or "") for run_id, start in starts.items()],
             lambda run_id: decided.deciding(run_id, starts[run_id], self._clock, self._policy),
-            burst=burst,
+            claim=claim,
         )
         if decisions is None:
-            # Another upload extended the burst, or another coordinator started it.
+            # Another upload extended the burst, or another coordinator took the claim.
             return None
         self._after_group(decisions, decided)
         log.info("run group %s: %d %s members", group.id, len(members), request.recipe)
@@ -692,7 +702,7 @@ class Coordinator:
         )
         details = {k: v for k, v in burst.details.items() if k != "group"}
         try:
-            return self._start_group(request, "blob", details, burst)
+            return self._start_group(request, "blob", details, self.store.burst_claim(burst))
         except InvalidRunRequest as exc:
             if self.store.drop_burst(burst):
                 log.warning(
@@ -729,9 +739,62 @@ class Coordinator:
             # Its redelivery finds the events seen and changes nothing.
             log.warning("lock on %s expired; its redelivery will be ignored", received.message_id)
 
+    def fire_due_schedules(self) -> int:
+        """Start the run (or group) of every schedule with a tick due; returns how many."""
+        started = 0
+        for schedule in self._triggers.schedules:
+            now = self._clock()
+            state = self.store.get_schedule(schedule.key)
+            if state is None:
+                # A new schedule starts nothing until its next tick.
+                self.store.add_schedule(
+                    schedule.key, schedule.describe(), latest_tick(schedule.cron, now)
+                )
+                continue
+            tick = due_tick(schedule.cron, state.last_tick, now)
+            if tick is not None and self._fire_schedule(schedule, state, tick):
+                started += 1
+        return started
+
+    def _fire_schedule(self, schedule: Schedule, state: ScheduleState, tick: datetime) -> bool:
+        details = {"schedule": schedule.describe(), "cron": schedule.cron, "tick": tick.isoformat()}
+        claim = self.store.schedule_claim(state, tick)
+        try:
+            if schedule.group is not None:
+                request = GroupRequest(
+                    recipe=schedule.recipe,
+                    params=schedule.params,
+                    expand=schedule.group.expansion(schedule.data),
+                    concurrency=schedule.group.concurrency,
+                )
+                return self._start_group(request, "schedule", details, claim) is not None
+            self._validate(schedule.recipe, schedule.data, schedule.params, entity=schedule.entity)
+        except InvalidRunRequest as exc:
+            if self.store.skip_tick(state, tick):
+                log.warning("schedule %s: skipping the %s tick: %s", schedule.describe(), tick, exc)
+            return False
+        run_id = uuid4()
+        start = StartRun(
+            run_id,
+            schedule.recipe,
+            schedule.data,
+            schedule.params,
+            "schedule",
+            trigger_details=details,
+            entity=schedule.entity,
+        )
+        with decision_span(start):
+            decision = self.store.start_claimed(claim, run_id, self._deciding(start))
+            if decision is None:
+                return False  # another coordinator acted on this tick
+            self._after(decision)
+        log.info("schedule %s: run %s for the %s tick", schedule.describe(), run_id, tick)
+        return True
+
     def trigger_tick(self) -> int:
-        """Fire due bursts; now and then forget old seen events. Returns the runs started."""
-        started = len(self.fire_due_triggers())
+        """Fire due bursts and schedules; now and then forget old seen events. Returns the
+        runs (and groups) started."""
+        started = len(self.fire_due_triggers()) + self.fire_due_schedules()
         if self._pruned_at is None or time.monotonic() - self._pruned_at > 3600:
             self._pruned_at = time.monotonic()
             horizon = self._clock() - timedelta(seconds=self._triggers.dedup_retention_s)
@@ -741,8 +804,8 @@ class Coordinator:
         return started
 
     def _check_trigger_rules(self) -> None:
-        """Fail at start-up, not at the first upload, on a rule that names an unknown recipe
-        or params the recipe refuses."""
+        """Fail at start-up, not at the first upload or tick, on a rule or schedule that names
+        an unknown recipe, params the recipe refuses or a bad entity."""
         for index, rule in enumerate(self._triggers.rules):
             try:
                 recipe = self._recipes(rule.recipe)
@@ -751,6 +814,13 @@ class Coordinator:
                 raise ConfigurationError(
                     f"trigger rule {index} ({rule.describe()}): {exc}"
                 ) from exc
+        for schedule in self._triggers.schedules:
+            try:
+                recipe = self._recipes(schedule.recipe)
+                recipe.parse_params(schedule.params)
+                recipe.registered_model_name(schedule.entity)
+            except (UnknownRecipeError, ValidationError, InvalidEntityError) as exc:
+                raise ConfigurationError(f"schedule {schedule.describe()}: {exc}") from exc
 
     # --- watchdog and relay ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from coordinator.domain import Policy
+from coordinator.schedules import Schedule, schedules_of
 from coordinator.service import GroupPolicy, LoopIntervals, TriggerPolicy
 from shared.settings import CommonSettings
 from shared.triggers import load_trigger_rules
@@ -75,6 +76,11 @@ class CoordinatorSettings(CommonSettings):
     # /readyz is false while the SQLite run store's disk has less free space than this.
     min_free_disk_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
+    # Cron schedules (coordinator/schedules.py), a JSON list: [{"cron": "0 3 * * *",
+    # "recipe": ..., "data": ..., "params": {}, "entity": null, "group": null}]; trigger rules
+    # with "schedule" add theirs.
+    schedules: list[Schedule] = Field(default_factory=list)
+
     # Run groups: the most members one group may have, how many are in a stage at once when
     # the request does not say, and how often groups are checked for free slots (a finishing
     # member wakes the check at once).
@@ -119,9 +125,11 @@ class CoordinatorSettings(CommonSettings):
     @property
     def trigger_policy(self) -> TriggerPolicy:
         """Raises ConfigurationError for an unreadable rules file."""
+        rules = load_trigger_rules(self.trigger_rules, self.trigger_rules_file)
         return TriggerPolicy(
-            rules=load_trigger_rules(self.trigger_rules, self.trigger_rules_file),
+            rules=rules,
             debounce_s=self.trigger_debounce_s,
             debounce_max_s=self.trigger_debounce_max_s,
             dedup_retention_s=self.trigger_dedup_retention_s,
+            schedules=schedules_of(self.schedules, rules),
         )

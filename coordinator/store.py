@@ -232,6 +232,17 @@ run_group_members = Table(
 )
 
 
+# Cron schedules: per schedule (a hash of its definition), the latest tick acted on.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("description", Text, nullable=False),
+    Column("last_tick", _UtcDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class TriggerHit:
     """One blob event that counts towards the run (recipe, data, params)."""
@@ -259,6 +270,19 @@ class PendingBurst:
     params: dict[str, Any]
     due_at: datetime
     details: dict[str, Any]
+    version: int
+
+
+# Something a start must take in its own transaction (a pending burst, a schedule's tick):
+# False means another writer took it first, and nothing starts.
+Claim = Callable[[Connection], bool]
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    key: str
+    # The latest tick acted on.
+    last_tick: datetime
     version: int
 
 
@@ -545,15 +569,65 @@ class RunStore:
     ) -> Decision | None:
         """Remove the burst and start its run in one transaction. Returns None, starting
         nothing, if the burst changed (another upload arrived) or is gone (fired elsewhere)."""
+        return self.start_claimed(self.burst_claim(burst), run_id, decide)
+
+    def start_claimed(
+        self, claim: Claim, run_id: UUID, decide: Callable[[Run | None], Decision]
+    ) -> Decision | None:
+        """Take ``claim`` and start the run in one transaction; None if the claim was lost."""
         for tries in range(self._max_tries):
             try:
                 with self._connection() as conn, conn.begin():
-                    if not self._delete_burst(conn, burst):
+                    if not claim(conn):
                         return None
                     return self._apply_once(conn, run_id, decide, None)
             except (_VersionChanged, IntegrityError):
                 time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
         raise ConcurrencyConflict(run_id, self._max_tries)
+
+    def burst_claim(self, burst: PendingBurst) -> Claim:
+        """Removing ``burst``: lost if it changed (another upload arrived) or is gone."""
+        return lambda conn: self._delete_burst(conn, burst)
+
+    # --- schedules -------------------------------------------------------------------------
+
+    def get_schedule(self, key: str) -> ScheduleState | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                select(schedules.c.last_tick, schedules.c.version).where(schedules.c.key == key)
+            ).one_or_none()
+        return None if row is None else ScheduleState(key, row.last_tick, row.version)
+
+    def add_schedule(self, key: str, description: str, last_tick: datetime) -> None:
+        """Start keeping ``key``'s state, as if ``last_tick`` had been acted on (no-op if it
+        is kept already)."""
+        try:
+            with self._connection() as conn, conn.begin():
+                conn.execute(
+                    insert(schedules).values(
+                        key=key, description=description, last_tick=last_tick, version=1
+                    )
+                )
+        except IntegrityError:
+            pass  # another coordinator added it first
+
+    def schedule_claim(self, state: ScheduleState, tick: datetime) -> Claim:
+        """Recording ``tick`` as acted on: lost if another writer recorded one first."""
+
+        def claim(conn: Connection) -> bool:
+            updated = conn.execute(
+                update(schedules)
+                .where(schedules.c.key == state.key, schedules.c.version == state.version)
+                .values(last_tick=tick, version=state.version + 1)
+            )
+            return bool(updated.rowcount == 1)
+
+        return claim
+
+    def skip_tick(self, state: ScheduleState, tick: datetime) -> bool:
+        """Record ``tick`` as acted on without starting anything (its data was unusable)."""
+        with self._connection() as conn, conn.begin():
+            return self.schedule_claim(state, tick)(conn)
 
     def drop_burst(self, burst: PendingBurst) -> bool:
         """Forget a burst that cannot start a run; False if it changed or is gone."""
@@ -585,15 +659,16 @@ class RunStore:
         members: Sequence[tuple[UUID, str]],
         decide: Callable[[UUID], Callable[[Run | None], Decision]],
         *,
-        burst: PendingBurst | None = None,
+        claim: Claim | None = None,
     ) -> list[Decision] | None:
         """Insert the group, its members (run id, entity; in order) and their runs, deciding
-        each run with ``decide(run_id)``, all in one transaction; with ``burst``, remove it
-        in the same transaction, and return None, creating nothing, if it changed or is gone."""
+        each run with ``decide(run_id)``, all in one transaction; with ``claim`` (a burst, a
+        schedule's tick), take it in the same transaction, and return None, creating
+        nothing, if it was lost."""
         for tries in range(self._max_tries):
             try:
                 with self._connection() as conn, conn.begin():
-                    if burst is not None and not self._delete_burst(conn, burst):
+                    if claim is not None and not claim(conn):
                         return None
                     conn.execute(
                         insert(run_groups).values(

@@ -56,6 +56,9 @@ class TriggerRule(BaseModel):
     # Start a run group over the data prefix (one member per sub-folder, or per CSV row)
     # instead of one run.
     group: GroupRule | None = None
+    # Also start the rule's run (or group) on ``data`` at the times of this cron expression
+    # (UTC; checked and run by the coordinator, coordinator/schedules.py).
+    schedule: str | None = None
 
     @field_validator("container")
     @classmethod

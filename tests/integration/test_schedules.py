@@ -1,0 +1,110 @@
+"""Cron schedules in the coordinator over the real SQLite run store: a tick starts one run,
+across restarts and coordinators; after downtime the missed ticks start one run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from coordinator.domain import Policy
+from coordinator.schedules import Schedule
+from coordinator.service import Coordinator, TriggerPolicy
+from coordinator.store import RunStore
+from recipes.registry import get_recipe
+from shared.blobs.local import LocalBlobStore
+from shared.bus.sqlite import SqliteMessageBus
+from shared.groups import GroupRule
+from shared.topology import build_topology
+from tests.clock import Clock
+
+CSV = b"timestamp,a\n1,2\n"
+NIGHTLY = Schedule(
+    cron="0 3 * * *", recipe="state_identifier", data="datasets/nightly", params={"n_clusters": 2}
+)
+
+
+def coordinator(tmp_path: Path, clock: Clock, *schedules: Schedule) -> Coordinator:
+    """A coordinator on the run store in ``tmp_path``: a second one is a restart."""
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    store = RunStore.from_url(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    store.create_tables()
+    return Coordinator(
+        bus=SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology()),
+        blobs=blobs,
+        store=store,
+        recipes=get_recipe,
+        policy=Policy(),
+        triggers=TriggerPolicy(schedules=schedules),
+        clock=clock,
+    )
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2025, 3, day, hour, minute, tzinfo=UTC)
+
+
+def test_a_tick_starts_one_run_and_a_missed_stretch_starts_one(tmp_path: Path) -> None:
+    LocalBlobStore(tmp_path / "blobs").upload_blob("datasets/nightly/a.csv", CSV)
+    clock = Clock()
+    clock.now = at(1, 12)
+    first = coordinator(tmp_path, clock, NIGHTLY)
+    assert first.fire_due_schedules() == 0, "a new schedule waits for its next tick"
+
+    clock.now = at(2, 3, 0)
+    assert first.fire_due_schedules() == 1
+    assert first.fire_due_schedules() == 0
+    (run,), _ = first.list_runs()
+    assert (run.trigger, run.data, run.params) == (
+        "schedule",
+        "datasets/nightly",
+        {"n_clusters": 2},
+    )
+    assert run.trigger_details["tick"] == at(2, 3).isoformat()
+
+    # Another coordinator (or this one restarted) on the same store: nothing new is due.
+    second = coordinator(tmp_path, clock, NIGHTLY)
+    assert second.fire_due_schedules() == 0
+
+    # Down for five nights: one run for all of them, for the latest tick.
+    first.close()
+    clock.now = at(7, 9, 30)
+    assert second.fire_due_schedules() == 1
+    assert second.fire_due_schedules() == 0
+    runs, total = second.list_runs()
+    assert total == 2
+    assert runs[0].trigger_details["tick"] == at(7, 3).isoformat()
+    second.close()
+
+
+def test_a_tick_whose_data_is_missing_is_skipped_not_retried(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.now = at(1, 12)
+    scheduled = coordinator(tmp_path, clock, NIGHTLY)
+    scheduled.fire_due_schedules()
+    clock.now = at(2, 4)
+    assert scheduled.fire_due_schedules() == 0
+    LocalBlobStore(tmp_path / "blobs").upload_blob("datasets/nightly/a.csv", CSV)
+    assert scheduled.fire_due_schedules() == 0, "that tick was skipped"
+    clock.now = at(3, 3) + timedelta(seconds=1)
+    assert scheduled.fire_due_schedules() == 1
+    scheduled.close()
+
+
+def test_a_schedule_may_start_a_group(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    for species in ("sp-a", "sp-b"):
+        blobs.upload_blob(f"datasets/species/{species}/a.csv", CSV)
+    clock = Clock()
+    clock.now = at(1, 12)
+    weekly = Schedule(
+        cron="0 3 * * 1", recipe="state_identifier", data="datasets/species", group=GroupRule()
+    )
+    scheduled = coordinator(tmp_path, clock, weekly)
+    scheduled.fire_due_schedules()
+    clock.now = at(3, 3)  # 2025-03-03 is a Monday
+    assert scheduled.fire_due_schedules() == 1
+    (view,), _ = scheduled.list_groups()
+    assert view.group.trigger == "schedule"
+    assert sum(view.counts.values()) == 2
+    assert scheduled.fire_due_schedules() == 0
+    scheduled.close()
