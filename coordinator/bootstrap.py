@@ -40,6 +40,7 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         triggers=settings.trigger_policy,
         groups=settings.group_policy,
         min_free_disk_bytes=settings.min_free_disk_bytes,
+        retention=settings.retention_policy,
     )
 
 

@@ -56,6 +56,7 @@ from coordinator.domain import (
     decide,
 )
 from coordinator.groups import MemberRequest, Problem, check_members, members_of
+from coordinator.retention import cache_entries, removable, remove_entry
 from coordinator.schedules import Schedule, due_tick, latest_tick
 from coordinator.store import (
     Claim,
@@ -112,6 +113,14 @@ class InvalidRunRequest(PermanentError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    # Cached stage outputs older than this that nothing needs are removed; None: never.
+    max_age_s: float | None = 30 * 24 * 3600.0
+    # How often the cache is checked.
+    interval_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,7 @@ class Coordinator:
         policy: Policy,
         triggers: TriggerPolicy | None = None,
         groups: GroupPolicy | None = None,
+        retention: RetentionPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
         relay_batch_size: int = 100,
         min_free_disk_bytes: int = 0,
@@ -226,6 +236,8 @@ class Coordinator:
         self._policy = policy
         self._triggers = triggers or TriggerPolicy()
         self._groups = groups or GroupPolicy()
+        self._retention = retention or RetentionPolicy()
+        self._retained_at: float | None = None
         self._clock = clock
         self._relay_batch_size = relay_batch_size
         self._min_free_disk_bytes = min_free_disk_bytes
@@ -831,6 +843,34 @@ class Coordinator:
             self._apply(expired.run_id, expired)
         return len(due)
 
+    def prune_cache(self) -> list[str]:
+        """Remove the cached stage outputs nothing needs (``coordinator/retention.py``);
+        returns their prefixes."""
+        if self._retention.max_age_s is None:
+            return []
+        now = self._clock()
+        max_age = timedelta(seconds=self._retention.max_age_s)
+        # Listed before the runs are read: an entry a run starts using meanwhile is recent.
+        entries = cache_entries(self.blobs)
+        protected = self.store.protected_outputs(updated_since=now - max_age)
+        removed = []
+        for entry in removable(entries, protected, now=now, max_age=max_age):
+            remove_entry(self.blobs, entry)
+            removed.append(entry.prefix)
+        if removed:
+            log.info("removed %d cached stage outputs older than %s", len(removed), max_age)
+        return removed
+
+    def retention_tick(self) -> int:
+        """``prune_cache`` once per retention interval; returns how many entries went."""
+        due = self._retained_at is None or (
+            time.monotonic() - self._retained_at >= self._retention.interval_s
+        )
+        if not due:
+            return 0
+        self._retained_at = time.monotonic()
+        return len(self.prune_cache())
+
     def relay_outbox(self) -> int:
         """Publish pending outbox rows, then mark them published; returns how many."""
         pending = self.store.pending_outbox(self._relay_batch_size)
@@ -979,6 +1019,8 @@ class BackgroundLoops:
     def _watchdog(self) -> None:
         while not self._stop.wait(self._intervals.watchdog_interval_s):
             self._guarded("watchdog", self._coordinator.watchdog_tick)
+            # Cache retention rides on the watchdog's thread; it keeps its own interval.
+            self._guarded("retention", self._coordinator.retention_tick)
 
     def _consume_blob_events(self) -> None:
         self._receive_until_stopped("blob-events", self._coordinator.consume_blob_events)

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr
 
 from coordinator.domain import Policy
 from coordinator.schedules import Schedule, schedules_of
-from coordinator.service import GroupPolicy, LoopIntervals, TriggerPolicy
+from coordinator.service import GroupPolicy, LoopIntervals, RetentionPolicy, TriggerPolicy
 from shared.settings import CommonSettings
 from shared.triggers import load_trigger_rules
 
@@ -81,6 +81,11 @@ class CoordinatorSettings(CommonSettings):
     # with "schedule" add theirs.
     schedules: list[Schedule] = Field(default_factory=list)
 
+    # Cached stage outputs that no unfinished or recent run and no registered model needs are
+    # removed once older than this (coordinator/retention.py); null: never. Checked hourly.
+    cache_retention_s: float | None = Field(default=30 * 24 * 3600.0, gt=0)
+    cache_retention_interval_s: float = Field(default=3600.0, gt=0)
+
     # Run groups: the most members one group may have, how many are in a stage at once when
     # the request does not say, and how often groups are checked for free slots (a finishing
     # member wakes the check at once).
@@ -113,6 +118,12 @@ class CoordinatorSettings(CommonSettings):
             watchdog_interval_s=self.watchdog_interval_s,
             trigger_interval_s=self.trigger_interval_s,
             group_interval_s=self.group_interval_s,
+        )
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            max_age_s=self.cache_retention_s, interval_s=self.cache_retention_interval_s
         )
 
     @property

@@ -56,6 +56,7 @@ from sqlalchemy.schema import CreateSchema
 
 from coordinator.domain import (
     ACTIVE_RUN_STATUSES,
+    UNFINISHED_RUN_STATUSES,
     DeadlineExpired,
     Decision,
     GroupStatus,
@@ -843,6 +844,28 @@ class RunStore:
                     .limit(limit)
                 ).all()
             )
+
+    def protected_outputs(self, *, updated_since: datetime, batch: int = 500) -> set[str]:
+        """Stage outputs that cached-entry retention must keep: those of runs unfinished or
+        updated since ``updated_since``, and of every run whose model was registered."""
+        keep: set[str] = set()
+        with self._connection() as conn:
+            result = conn.execution_options(yield_per=batch).execute(
+                select(runs.c.status, runs.c.updated_at, runs.c.state)
+            )
+            for row in result:
+                run = Run.model_validate(row.state)
+                if (
+                    row.status in UNFINISHED_RUN_STATUSES
+                    or row.updated_at >= updated_since
+                    or run.stage("register").status == "succeeded"
+                ):
+                    keep.update(
+                        prefix.rstrip("/")
+                        for stage in run.stages
+                        for prefix in stage.outputs.values()
+                    )
+        return keep
 
     # --- queries ---------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from cli.stack import Stack, free_port
 from shared.bootstrap import create_blob_store, create_registry
 from shared.settings import CommonSettings
 
-pytestmark = pytest.mark.slow
+# Start-up (every recipe imported) and two groups of three trainings on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 SPECIES = ("cygnus-buccinator", "cygnus-olor", "anser-anser")
 PREFIX = "datasets/species-e2e"
