@@ -29,6 +29,10 @@ def main() -> None:
     except ConfigurationError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    # The Azure SDKs log every request's headers at INFO: the blob poller's every few seconds.
+    sdk_requests = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+    if sdk_requests.level == logging.NOTSET:
+        sdk_requests.setLevel(logging.WARNING)
     # Before the app exists, so that its requests are traced too; the lifespan flushes.
     configure_from_settings("coordinator", settings)
     uvicorn.run(

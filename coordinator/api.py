@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from coordinator.auth import Authenticator, authorize
-from coordinator.bootstrap import build_coordinator
+from coordinator.bootstrap import build_blob_poller, build_coordinator
 from coordinator.dashboard import add_dashboard_routes
 from coordinator.domain import (
     AttemptRecord,
@@ -478,7 +478,14 @@ def create_app(
         running = coordinator or build_coordinator(resolved)
         if coordinator is None:
             observe_last_successes(running.last_successes)
-        loops = BackgroundLoops(running, resolved.loop_intervals) if run_loops else None
+        loops = None
+        if run_loops:
+            loops = BackgroundLoops(
+                running,
+                resolved.loop_intervals,
+                blob_poller=build_blob_poller(resolved, running),
+                blob_poller_interval_s=resolved.blob_poller_interval_s,
+            )
         app.state.coordinator = running
         app.state.loops = loops
         app.state.auth = auth

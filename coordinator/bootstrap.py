@@ -9,6 +9,7 @@ from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
 from recipes.registry import get_recipe, list_recipes
+from shared.blob_poller import BlobChangePoller
 from shared.bootstrap import create_blob_store, create_bus
 from shared.errors import ConfigurationError
 
@@ -41,6 +42,23 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         groups=settings.group_policy,
         min_free_disk_bytes=settings.min_free_disk_bytes,
         retention=settings.retention_policy,
+    )
+
+
+def build_blob_poller(
+    settings: CoordinatorSettings, coordinator: Coordinator
+) -> BlobChangePoller | None:
+    """The blob-change poller over the coordinator's blob store and bus, watching the trigger
+    rules' prefixes; None unless ``RETRAINER_BLOB_POLLER`` is on (and a rule exists)."""
+    rules = settings.trigger_policy.rules
+    if not settings.blob_poller or not rules:
+        return None
+    return BlobChangePoller(
+        coordinator.blobs,
+        coordinator.bus,
+        watches=[(rule.container, rule.prefix) for rule in rules],
+        lookback_s=settings.blob_poller_lookback_s,
+        start=settings.blob_poller_start,
     )
 
 

@@ -68,6 +68,7 @@ from coordinator.store import (
 )
 from coordinator.telemetry import decision_span, record_decision
 from recipes.base import Recipe
+from shared.blob_poller import BlobChangePoller
 from shared.blobs.port import BlobStore, folder_prefix, validate_prefix
 from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
@@ -959,12 +960,22 @@ class LoopIntervals:
 
 
 class BackgroundLoops:
-    """The consumer, relay, watchdog, blob-events, triggers and groups threads; ``stop`` ends
-    them within about one wait."""
+    """The consumer, relay, watchdog, blob-events, triggers and groups threads, and with a
+    ``blob_poller`` (storage without Event Grid) the blob-poller thread; ``stop`` ends them
+    within about one wait."""
 
-    def __init__(self, coordinator: Coordinator, intervals: LoopIntervals) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        intervals: LoopIntervals,
+        *,
+        blob_poller: BlobChangePoller | None = None,
+        blob_poller_interval_s: float = 5.0,
+    ) -> None:
         self._coordinator = coordinator
         self._intervals = intervals
+        self._blob_poller = blob_poller
+        self._blob_poller_interval_s = blob_poller_interval_s
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         # Each loop's latest error, cleared by its next success: what /readyz reports.
@@ -972,14 +983,17 @@ class BackgroundLoops:
 
     def start(self) -> None:
         self._stop.clear()
-        for name, target in (
+        loops: list[tuple[str, Callable[[], None]]] = [
             ("consumer", self._consume),
             ("relay", self._relay),
             ("watchdog", self._watchdog),
             ("blob-events", self._consume_blob_events),
             ("triggers", self._fire_triggers),
             ("groups", self._admit_members),
-        ):
+        ]
+        if self._blob_poller is not None:
+            loops.append(("blob-poller", self._poll_blobs))
+        for name, target in loops:
             thread = threading.Thread(target=target, name=f"coordinator-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -1021,6 +1035,13 @@ class BackgroundLoops:
             self._guarded("watchdog", self._coordinator.watchdog_tick)
             # Cache retention rides on the watchdog's thread; it keeps its own interval.
             self._guarded("retention", self._coordinator.retention_tick)
+
+    def _poll_blobs(self) -> None:
+        poller = self._blob_poller
+        assert poller is not None
+        while not self._stop.is_set():
+            self._guarded("blob-poller", poller.poll)
+            self._stop.wait(self._blob_poller_interval_s)
 
     def _consume_blob_events(self) -> None:
         self._receive_until_stopped("blob-events", self._coordinator.consume_blob_events)

@@ -65,6 +65,13 @@ class CoordinatorSettings(CommonSettings):
     # API's audience carrying this app role). Neither: every caller (on 127.0.0.1 only).
     trigger_webhook_secret: SecretStr | None = None
     trigger_webhook_role: str = "AzureEventGridSecureWebhookSubscriber"
+    # The blob-change poller (shared/blob_poller.py): BlobCreated events for storage without
+    # Event Grid (Azurite in docker-compose), from listing the trigger rules' prefixes every
+    # interval; "now": blobs already there when a container is first polled start nothing.
+    blob_poller: bool = False
+    blob_poller_interval_s: float = Field(default=5.0, gt=0)
+    blob_poller_lookback_s: float = Field(default=300.0, ge=0)
+    blob_poller_start: Literal["now", "beginning"] = "now"
     # Event Grid batches are at most 1 MB.
     trigger_webhook_max_bytes: int = Field(default=1024 * 1024, gt=0)
     # Any other request body (POST /runs: recipe, data prefix and params) is at most this.

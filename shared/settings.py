@@ -54,9 +54,9 @@ class CommonSettings(BaseSettings):
     # of a blob that a trigger rule covers, as Event Grid does for Azure Storage.
     blob_events: bool = True
 
-    # Telemetry (shared/telemetry.py): none | console | azure; unset: azure when an
-    # Application Insights connection string is set, else none.
-    telemetry_exporter: Literal["none", "console", "azure"] | None = None
+    # Telemetry (shared/telemetry.py): none | console | azure | otlp (OTEL_EXPORTER_OTLP_*);
+    # unset: azure when an Application Insights connection string is set, else none.
+    telemetry_exporter: Literal["none", "console", "azure", "otlp"] | None = None
     applicationinsights_connection_string: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices(

@@ -144,7 +144,7 @@ EVENTS_LOGGER = "retrainer.events"
 _CUSTOM_EVENT_NAME = "microsoft.custom_event.name"
 _SCOPE = "retrainer"
 
-Exporter = Literal["none", "console", "azure"]
+Exporter = Literal["none", "console", "azure", "otlp"]
 EXPORTERS: tuple[Exporter, ...] = get_args(Exporter)
 
 # --- trace context (pure) ------------------------------------------------------------------
@@ -292,6 +292,8 @@ def configure_telemetry(
             )
         elif resolved == "console":
             _configure_console(service_name, service_version=service_version)
+        elif resolved == "otlp":
+            _configure_otlp(service_name, service_version=service_version)
         _state.service_name = service_name
         _state.exporter = resolved
         _state.tracer = _state.instruments = None
@@ -390,36 +392,73 @@ def _configure_azure(
 
 
 def _configure_console(service_name: str, *, service_version: str | None) -> None:
+    from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    # Only the custom events as log records: every other log line is on the console already.
+    _configure_sdk(
+        service_name,
+        service_version,
+        ConsoleSpanExporter(),
+        ConsoleMetricExporter(),
+        ConsoleLogRecordExporter(),
+        log_to=logging.getLogger(EVENTS_LOGGER),
+    )
+
+
+def _configure_otlp(service_name: str, *, service_version: str | None) -> None:
+    """OTLP over HTTP/protobuf to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (an OpenTelemetry collector,
+    or the Aspire dashboard in docker-compose): spans, metrics and every log record."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    _configure_sdk(
+        service_name,
+        service_version,
+        OTLPSpanExporter(),
+        OTLPMetricExporter(),
+        OTLPLogExporter(),
+        log_to=logging.getLogger(),
+    )
+
+
+def _configure_sdk(
+    service_name: str,
+    service_version: str | None,
+    span_exporter: Any,
+    metric_exporter: Any,
+    log_exporter: Any,
+    *,
+    log_to: logging.Logger,
+) -> None:
     from opentelemetry import metrics, trace
     from opentelemetry._logs import set_logger_provider
     from opentelemetry.instrumentation.logging.handler import LoggingHandler
     from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import (
-        ConsoleMetricExporter,
-        PeriodicExportingMetricReader,
-    )
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     resource = _resource(service_name, service_version)
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
     meter_provider = MeterProvider(
-        resource=resource,
-        metric_readers=[PeriodicExportingMetricReader(ConsoleMetricExporter())],
+        resource=resource, metric_readers=[PeriodicExportingMetricReader(metric_exporter)]
     )
     logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(BatchLogRecordProcessor(ConsoleLogRecordExporter()))
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     set_logger_provider(logger_provider)
-    # Only the custom events: every other log line is on the console already.
-    events = logging.getLogger(EVENTS_LOGGER)
     handler = LoggingHandler(logger_provider=logger_provider)
-    events.addHandler(handler)
-    _state.handlers.append((events, handler))
+    # The exporters' own records are never exported (that would feed itself).
+    handler.addFilter(_ExporterLogFilter())
+    log_to.addHandler(handler)
+    _state.handlers.append((log_to, handler))
     _state.owns_global_providers = True
 
 

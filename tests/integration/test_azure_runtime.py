@@ -282,3 +282,65 @@ def test_azureml_tracking_uris_resolve_to_the_workspace_plugin() -> None:
         _artifact_repository_registry._registry["azureml"],
     ):
         assert builder.__module__.startswith("azureml.mlflow"), builder
+
+
+# -- OTLP (the compose stack's Aspire dashboard) ----------------------------------------------
+
+
+OTLP_SCRIPT = """
+import logging, uuid
+from shared import telemetry
+logging.basicConfig(level=logging.INFO)
+assert telemetry.configure_telemetry("coordinator", exporter="otlp") == "otlp"
+run = uuid.uuid4()
+with telemetry.coordinator_span(run, "start_run"):
+    telemetry.emit_event(telemetry.EVENT_RUN_STARTED, {telemetry.ATTR_TRIGGER: "api"})
+logging.getLogger("retrainer.test").warning("a plain log line")
+telemetry.shutdown_telemetry()
+"""
+
+
+def test_the_otlp_exporter_sends_spans_metrics_and_logs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append((self.path, self.headers.get("Content-Type", "")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "OTEL_METRIC_EXPORT_INTERVAL": "200",
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", OTLP_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=Path(__file__).parents[2],
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    paths = {path for path, _ in received}
+    assert {"/v1/traces", "/v1/logs"} <= paths, received
+    assert all(kind == "application/x-protobuf" for _, kind in received)

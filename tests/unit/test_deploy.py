@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,27 +57,143 @@ def test_every_topic_and_subscription_the_code_uses_is_declared_for_the_emulator
             assert properties["MaxDeliveryCount"] == subscription.max_delivery_count
 
 
-def test_every_service_builds_its_own_extra_from_the_dockerfile() -> None:
+@dataclass
+class Stage:
+    """One ``FROM ... AS name`` stage of deploy/Dockerfile."""
+
+    name: str
+    parent: str
+    args: list[str] = field(default_factory=list)
+    # ``--extra X`` of its ``uv sync`` lines (``${EXTRA}`` as written).
+    extras: list[str] = field(default_factory=list)
+    copies: list[str] = field(default_factory=list)
+    command: list[str] | None = None
+
+
+def dockerfile_stages() -> dict[str, Stage]:
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    # Continuation lines joined: one instruction per line.
+    text = (ROOT / "deploy/Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        if instruction == "FROM":
+            parent, _, name = rest.partition(" AS ")
+            current = stages[name.strip()] = Stage(name.strip(), parent.strip())
+            continue
+        assert current is not None, line
+        if instruction == "ARG":
+            current.args.append(rest.split("=")[0])
+        elif instruction == "RUN" and "uv sync" in rest:
+            current.extras += re.findall(r"--extra (\S+)", rest)
+        elif instruction == "COPY":
+            current.copies.append(rest)
+        elif instruction == "CMD":
+            current.command = json.loads(rest)
+    return stages
+
+
+def chain(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and the stages it is built on, nearest first."""
+    found = []
+    while name in stages:
+        found.append(stages[name])
+        name = stages[name].parent
+    return found
+
+
+def resolved_image(
+    stages: dict[str, Stage], target: str, args: dict[str, str]
+) -> tuple[list[str], set[str], list[str]]:
+    """What an image built for ``target`` with build ``args`` runs, installs and copies."""
+    layers = chain(stages, target)
+    command = next(stage.command for stage in layers if stage.command is not None)
+    extras = {extra for stage in layers for extra in stage.extras}
+    extras = {args["EXTRA"] if extra == "${EXTRA}" else extra for extra in extras}
+    rendered = [part.replace("${STAGE}", args.get("STAGE", "${STAGE}")) for part in command]
+    copies = [copy for stage in layers for copy in stage.copies]
+    return rendered, extras, copies
+
+
+def runs_module(command: list[str]) -> str | None:
+    """``python -m X`` (directly or through ``sh -c "exec ..."``) -> X."""
+    match = re.search(r"python -m ([\w.]+)", " ".join(command))
+    return match.group(1) if match else None
+
+
+def test_the_dockerfile_header_names_its_targets() -> None:
+    stages = dockerfile_stages()
+    runnable = {name for name, stage in stages.items() if stage.command is not None}
+    assert runnable == {"coordinator", "worker", "mlflow"}
+    header = (ROOT / "deploy/Dockerfile").read_text().split("\nFROM ", 1)[0]
+    named = set(re.findall(r"^#\s{2,}(\w+)\s{2,}", header, flags=re.MULTILINE))
+    assert named == runnable, "the header's target list does not match the stages"
+
+
+def test_every_image_runs_its_service_with_only_its_extra() -> None:
+    """Compose's and azd's builds: each target's command runs the service's module, from an
+    image that installed that service's extra (and no other)."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
-    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, flags=re.MULTILINE))
-    services = compose()["services"]
+    stages = dockerfile_stages()
+    builds: dict[str, dict[str, Any]] = {
+        f"compose:{name}": service["build"]
+        for name, service in compose()["services"].items()
+        if "build" in service
+    }
+    azure = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    for name, service in azure["services"].items():
+        docker = service["docker"]
+        builds[f"azd:{name}"] = {
+            "target": docker["target"],
+            "args": dict(arg.split("=", 1) for arg in docker["buildArgs"]),
+        }
+    assert {key.split(":")[1] for key in builds} == {"coordinator", "mlflow", *STAGES}
+    for key, build in builds.items():
+        service = key.split(":")[1]
+        args = build.get("args", {})
+        command, installed, copies = resolved_image(stages, build["target"], args)
+        if key.startswith("compose:") and "command" in compose()["services"][service]:
+            command = compose()["services"][service]["command"]
+        assert installed <= set(extras), key
+        if service == "mlflow":
+            assert command[:2] == ["mlflow", "server"], key
+            assert installed == {"tracking", "postgres"}, key
+            assert not any("pip" in part for part in command), "nothing installed at start"
+            continue
+        assert installed == {service}, f"{key} installs {installed}"
+        module = runs_module(command)
+        assert module == ("coordinator" if service == "coordinator" else f"services.{service}")
+        assert (ROOT / module.replace(".", "/") / "__main__.py").is_file(), key
+        if service == "train":
+            # The Azure ML code snapshot of /app (no registered code asset) leaves .venv out.
+            assert ".amlignore ./" in copies, key
 
-    assert services["coordinator"]["build"]["target"] == "coordinator"
-    assert services["coordinator"]["build"]["args"]["EXTRA"] == "coordinator"
-    for stage in STAGES:
-        build = services[stage]["build"]
-        assert build["target"] == "worker"
-        assert build["args"] == {"EXTRA": stage, "STAGE": stage}
+
+def test_compose_images_are_pinned_and_the_stack_is_the_promised_one() -> None:
+    services = compose()["services"]
     for name, service in services.items():
-        if "build" in service:
-            assert service["build"]["target"] in targets, name
-            assert service["build"]["args"]["EXTRA"] in extras, name
-            assert "healthcheck" in service or "HEALTHCHECK" in dockerfile, name
-        else:
-            assert "healthcheck" in service, f"{name} has no healthcheck"
+        if "image" in service:
+            image = service["image"]
+            tag = image.rsplit(":", 1)[1] if ":" in image.split("/")[-1] else ""
+            assert tag and tag != "latest" and re.search(r"\d", tag), f"{name}: {image} unpinned"
+        if "build" not in service:
+            check = service.get("healthcheck", {})
+            assert check.get("test") or check.get("disable") is True, f"{name}: no healthcheck"
+    assert services["sqlserver"]["image"].startswith("mcr.microsoft.com/mssql/server:2022-")
+    assert services["servicebus"]["environment"]["SQL_SERVER"] == "sqlserver"
+    assert not any("azure-sql-edge" in s.get("image", "") for s in services.values())
+    coordinator = services["coordinator"]["environment"]
+    assert coordinator["RETRAINER_API_TOKEN"].startswith("${RETRAINER_API_TOKEN:?")
+    assert coordinator["RETRAINER_BLOB_POLLER"] == "true"
+    env = services["aggregation"]["environment"]
+    assert env["RETRAINER_TELEMETRY_EXPORTER"] == "otlp"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://aspire:")
+    assert "aspire-dashboard" in services["aspire"]["image"]
 
 
 def test_compose_only_sets_settings_the_services_read() -> None:

@@ -173,8 +173,9 @@ def test_exporter_is_azure_with_a_connection_string_unless_one_is_named() -> Non
     assert telemetry.resolve_exporter(None, "InstrumentationKey=x") == "azure"
     assert telemetry.resolve_exporter("console", "InstrumentationKey=x") == "console"
     assert telemetry.resolve_exporter("NONE", "InstrumentationKey=x") == "none"
-    with pytest.raises(ConfigurationError, match="unknown telemetry exporter 'otlp'"):
-        telemetry.resolve_exporter("otlp", None)
+    assert telemetry.resolve_exporter("otlp", "InstrumentationKey=x") == "otlp"
+    with pytest.raises(ConfigurationError, match="unknown telemetry exporter 'jaeger'"):
+        telemetry.resolve_exporter("jaeger", None)
 
 
 def test_settings_read_the_standard_connection_string(monkeypatch: pytest.MonkeyPatch) -> None:
