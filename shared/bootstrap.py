@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from shared.errors import ConfigurationError
 from shared.events import BlobEventPublisher
+from shared.promotion import PromotionOptions
 from shared.settings import CommonSettings
 from shared.topology import build_topology
 from shared.triggers import covered, load_trigger_rules
@@ -95,3 +96,7 @@ def create_registry(settings: CommonSettings) -> ModelRegistry:
     return MlflowRegistry(
         uri, artifact_root=None if remote else settings.resolved_mlflow_artifact_root
     )
+
+
+def create_promotion_options(settings: CommonSettings) -> PromotionOptions:
+    return PromotionOptions(lease_s=settings.promotion_lease_s, wait_s=settings.promotion_wait_s)

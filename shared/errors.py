@@ -60,6 +60,23 @@ class BlobConditionFailedError(PermanentError):
         self.expected_etag = expected_etag
 
 
+class BlobLeasedError(RetryableError):
+    """Another holder's lease is active on the blob (HTTP 409 / 412): it cannot be leased,
+    written or deleted until that lease is released or expires."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"blob {name!r} is leased by someone else")
+        self.name = name
+
+
+class BlobLeaseLostError(RetryableError):
+    """A lease this caller held on the blob is gone: released, or expired and taken."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the lease on blob {name!r} is no longer held")
+        self.name = name
+
+
 class InvalidBlobNameError(PermanentError):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"invalid blob name {name!r}: {reason}")

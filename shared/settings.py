@@ -40,6 +40,11 @@ class CommonSettings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_artifact_root: Path | None = None
 
+    # Promotion (shared/promotion.py): the model's promotion lease lasts this long unless
+    # renewed (Azure allows 15-60 s), and a promotion waits this long for it.
+    promotion_lease_s: int = Field(default=30, ge=15, le=60)
+    promotion_wait_s: float = Field(default=300.0, ge=0)
+
     # Recorded on every model version as lineage (e.g. the image tag or git commit).
     code_version: str = "dev"
 

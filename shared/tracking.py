@@ -2,7 +2,8 @@
 
 The train stage logs one MLflow run per pipeline run (tagged with the correlation_id); the
 register stage creates a model version carrying the run's lineage; the tag stage reads the
-current champion and moves the ``champion`` alias and ``best_model`` tag. MLflow is imported
+current champion and moves the ``champion`` alias and ``best_model`` tag, always through
+``shared.promotion``, which holds the model's promotion lease meanwhile. MLflow is imported
 only when ``MlflowRegistry`` is built.
 """
 
@@ -36,6 +37,11 @@ METRIC_TAG_PREFIX = "metric."
 
 class TrackingError(RetryableError):
     """The tracking server or its database failed; the call may succeed later."""
+
+
+class RegistryConflictError(TrackingError):
+    """A registry write collided with another one (a unique constraint in the tracking
+    database); it may succeed when made again."""
 
 
 class ModelVersionNotFoundError(PermanentError):
@@ -87,8 +93,13 @@ class ModelRegistry(Protocol):
 
     def get_champion(self, name: str) -> ModelVersionRecord | None: ...
 
-    def promote(self, name: str, version: str) -> None:
-        """Point the champion alias at ``version`` and move the best_model tag to it."""
+    def promote(self, name: str, version: str, *, tags: Mapping[str, str]) -> None:
+        """Point the champion alias at ``version``, set ``best_model=true`` and ``tags`` on it
+        and ``best_model=false`` on every other version of the model that has it true.
+
+        Not atomic: call it only while holding the model's promotion lease
+        (``shared.promotion.change_champion``); a call that fails half-way is repaired by
+        the next one."""
 
 
 class MlflowRegistry:
@@ -244,13 +255,19 @@ class MlflowRegistry:
                     return None
                 raise
 
-    def promote(self, name: str, version: str) -> None:
+    def promote(self, name: str, version: str, *, tags: Mapping[str, str]) -> None:
         with _translated("promote"):
-            previous = self.get_champion(name)
             self._client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-            self._client.set_model_version_tag(name, version, BEST_MODEL_TAG, "true")
-            if previous is not None and previous.version != version:
-                self._client.set_model_version_tag(name, previous.version, BEST_MODEL_TAG, "false")
+            for key, value in {**tags, BEST_MODEL_TAG: "true"}.items():
+                self._client.set_model_version_tag(name, version, key, value)
+            # Every other version flagged, not only the champion this call replaced: a write
+            # that failed half-way (or concurrent promotions before issue 16) may have left more.
+            flagged = self._client.search_model_versions(
+                f"name = '{name}' and tags.{BEST_MODEL_TAG} = 'true'"
+            )
+            for other in flagged:
+                if str(other.version) != version:
+                    self._client.set_model_version_tag(name, other.version, BEST_MODEL_TAG, "false")
 
     def _ensure_experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -275,6 +292,14 @@ class MlflowRegistry:
 _PERMANENT_ERROR_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST")
 # MLflow reports a model it cannot serialize as INTERNAL_ERROR; retrying cannot fix it.
 _PERMANENT_MESSAGES = ("untrusted types", "could not be serialized")
+# MLflow reports any SQLAlchemy error as BAD_REQUEST, so two writers inserting the same row
+# at once (an alias, a tag) look permanent; the database's own words say it was a collision.
+_CONFLICT_MESSAGES = (
+    "IntegrityError",
+    "UNIQUE constraint failed",  # SQLite
+    "duplicate key value violates unique constraint",  # PostgreSQL
+    "Duplicate entry",  # MySQL
+)
 
 
 @contextmanager
@@ -285,6 +310,8 @@ def _translated(action: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
+        if any(text in exc.message for text in _CONFLICT_MESSAGES):
+            raise RegistryConflictError(f"{action}: {exc.message}") from exc
         permanent = exc.error_code in _PERMANENT_ERROR_CODES or any(
             text in exc.message for text in _PERMANENT_MESSAGES
         )

@@ -1,24 +1,21 @@
-"""Tag: promote the new model version to champion only if it is better and passes the gate."""
+"""Tag: promote the new model version to champion only if it is better and passes the gate.
+
+The read-decide-write runs under the model's promotion lease (``shared.promotion``), so any
+number of tag workers leave one champion, the best."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from recipes.base import Recipe
 from services.register import REGISTRATION_RECORD
-from shared.bootstrap import create_registry
+from shared.bootstrap import create_promotion_options, create_registry
 from shared.history import append_run
+from shared.promotion import Promotion, PromotionOptions, change_champion
 from shared.settings import CommonSettings
 from shared.tracking import ModelRegistry, ModelVersionRecord
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
-
-
-@dataclass(frozen=True)
-class Promotion:
-    promote: bool
-    reason: str
 
 
 def decide_promotion(
@@ -27,6 +24,9 @@ def decide_promotion(
     candidate_metrics: Mapping[str, float],
     champion: ModelVersionRecord | None,
 ) -> Promotion:
+    """Promote a candidate that passes the gate and beats the champion on the primary metric;
+    on a tie the older version (the lower number) is the champion, so the outcome does not
+    depend on which of two equal versions was tagged first."""
     metric = recipe.primary_metric
     failures = recipe.quality_gate.failures(candidate_metrics)
     if failures:
@@ -44,6 +44,11 @@ def decide_promotion(
         return Promotion(
             True, f"{metric} {candidate:.6g} beats champion v{champion.version} ({current:.6g})"
         )
+    if candidate == current and _older(candidate_version, champion.version):
+        return Promotion(
+            True,
+            f"{metric} {candidate:.6g} ties champion v{champion.version} and is older",
+        )
     return Promotion(
         False,
         f"{metric} {candidate:.6g} is not {direction} than champion "
@@ -51,22 +56,36 @@ def decide_promotion(
     )
 
 
-def make_handler(registry: ModelRegistry) -> StageHandler:
+def _older(version: str, other: str) -> bool:
+    try:
+        return int(version) < int(other)
+    except ValueError:  # registries number versions; anything else is not comparable
+        return False
+
+
+def make_handler(registry: ModelRegistry, *, options: PromotionOptions) -> StageHandler:
     def tag(ctx: StageContext) -> StageResult:
         registration = json.loads(
             (ctx.input_dirs["registration"] / REGISTRATION_RECORD).read_text()
         )
         name, version = registration["model_name"], registration["model_version"]
-        champion = registry.get_champion(name)
-        promotion = decide_promotion(ctx.recipe, version, registration["metrics"], champion)
-        if promotion.promote:
-            registry.promote(name, version)
+        change = change_champion(
+            registry,
+            ctx.blob_store,
+            name,
+            version,
+            lambda champion: decide_promotion(
+                ctx.recipe, version, registration["metrics"], champion
+            ),
+            actor=f"tag stage of run {ctx.command.correlation_id}",
+            options=options,
+        )
         details = {
             "model_name": name,
             "model_version": version,
-            "promoted": promotion.promote,
-            "champion_version": version if promotion.promote else (champion and champion.version),
-            "reason": promotion.reason,
+            "promoted": change.promoted,
+            "champion_version": change.champion_version,
+            "reason": change.reason,
         }
         # The last stage: the run succeeds with it, so its row joins the profile history.
         inputs = ctx.command.inputs
@@ -80,7 +99,7 @@ def make_handler(registry: ModelRegistry) -> StageHandler:
                 outcome={
                     "model_name": name,
                     "model_version": str(version),
-                    "promoted": promotion.promote,
+                    "promoted": change.promoted,
                     f"metric_{ctx.recipe.primary_metric}": registration["metrics"].get(
                         ctx.recipe.primary_metric
                     ),
@@ -101,6 +120,6 @@ def build_spec(settings: CommonSettings) -> StageSpec:
         stage="tag",
         inputs=("registration",),
         output="promotion",
-        handler=make_handler(create_registry(settings)),
+        handler=make_handler(create_registry(settings), options=create_promotion_options(settings)),
         cacheable=False,
     )

@@ -9,6 +9,9 @@ has them (``tests/contract/blob_contract.py``):
   failed; a missing blob (or container) fails the condition on a write and is BlobNotFoundError
   on a delete, as locally. Both ``overwrite=False`` and ``if_match`` can never write: the blob
   exists -> BlobExistsError, it does not -> BlobConditionFailedError.
+- Leases are the SDK's ``BlobLeaseClient``: 409 ``LeaseAlreadyPresent`` -> BlobLeasedError, as
+  is the 412 ``LeaseIdMissing`` of a write or delete of a leased blob; a renewal the service
+  refuses (the lease was released, or expired and was taken) -> BlobLeaseLostError.
 - Etags are returned without the quotes HTTP puts around them (a listing has none) and are
   quoted again when sent, so any etag this adapter returned is accepted by ``if_match``.
 - Names and prefixes are validated with the port's validators before any request; a listing
@@ -62,18 +65,21 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import StorageErrorCode
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ContainerClient
 
 from shared.blobs.port import (
     BlobContent,
     BlobProperties,
     split_blob_name,
     validate_blob_name,
+    validate_lease_duration,
     validate_prefix,
 )
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
+    BlobLeasedError,
+    BlobLeaseLostError,
     BlobNotFoundError,
     BlobStoreUnavailableError,
     ConfigurationError,
@@ -88,6 +94,10 @@ DEFAULT_MAX_CONCURRENCY = 32
 # Parallel chunks for one large blob (> 32 MiB down, > 64 MiB up) in a single-blob call.
 _CHUNKS = 4
 _RETRYABLE_STATUS = {408, 429}
+_LEASE_HELD = {
+    StorageErrorCode.LEASE_ALREADY_PRESENT,
+    StorageErrorCode.LEASE_IS_BREAKING_AND_CANNOT_BE_ACQUIRED,
+}
 _CLOSE_TIMEOUT_S = 10.0
 # What the SDK would give the transport it makes itself; a transport passed in must carry
 # them, as the SDK then ignores its own timeout options.
@@ -241,6 +251,19 @@ class AzureBlobStore:
     def delete_blob(self, name: str, *, if_match: str | None = None) -> None:
         container, path = split_blob_name(name)
         self._run(lambda rt: rt.delete(name, container, path, if_match))
+
+    def acquire_blob_lease(self, name: str, *, duration_s: int) -> str:
+        validate_lease_duration(duration_s)
+        container, path = split_blob_name(name)
+        return self._run(lambda rt: rt.acquire_lease(name, container, path, duration_s))
+
+    def renew_blob_lease(self, name: str, lease_id: str) -> None:
+        container, path = split_blob_name(name)
+        self._run(lambda rt: rt.renew_lease(name, container, path, lease_id))
+
+    def release_blob_lease(self, name: str, lease_id: str) -> None:
+        container, path = split_blob_name(name)
+        self._run(lambda rt: rt.release_lease(name, container, path, lease_id))
 
     # -- bulk (shared.blobs.transfer.BulkBlobTransfer) -------------------------------------
 
@@ -418,6 +441,8 @@ class _Runtime:
                         raise BlobExistsError(name) from None
                     raise
                 except HttpResponseError as exc:
+                    if _code(exc) == StorageErrorCode.LEASE_ID_MISSING:
+                        raise BlobLeasedError(name) from None
                     if exc.status_code == 412 and if_match is not None:
                         raise BlobConditionFailedError(name, if_match) from None
                     if exc.status_code == 412 and not overwrite:
@@ -494,11 +519,48 @@ class _Runtime:
                 blob = self._container(container).get_blob_client(path)
                 await blob.delete_blob(**conditions)
             except HttpResponseError as exc:
+                if _code(exc) == StorageErrorCode.LEASE_ID_MISSING:
+                    raise BlobLeasedError(name) from None
                 if exc.status_code != 412 or if_match is None:
                     raise
                 # Azure answers 412 for a missing blob too; the port says "not found" then.
                 await self.properties(name, container, path)
                 raise BlobConditionFailedError(name, if_match) from None
+
+    async def acquire_lease(self, name: str, container: str, path: str, duration_s: int) -> str:
+        with _translated(name):
+            blob = self._container(container).get_blob_client(path)
+            try:
+                lease = await blob.acquire_lease(lease_duration=duration_s)
+            except HttpResponseError as exc:
+                if _code(exc) in _LEASE_HELD:
+                    raise BlobLeasedError(name) from None
+                raise
+        return str(lease.id)
+
+    async def renew_lease(self, name: str, container: str, path: str, lease_id: str) -> None:
+        with _translated(name):
+            lease = BlobLeaseClient(
+                self._container(container).get_blob_client(path), lease_id=lease_id
+            )
+            try:
+                await lease.renew()
+            except HttpResponseError as exc:
+                # 404: the blob is gone; 409: released, broken, or another lease holds it.
+                if exc.status_code in (404, 409):
+                    raise BlobLeaseLostError(name) from None
+                raise
+
+    async def release_lease(self, name: str, container: str, path: str, lease_id: str) -> None:
+        with _translated(name):
+            lease = BlobLeaseClient(
+                self._container(container).get_blob_client(path), lease_id=lease_id
+            )
+            try:
+                await lease.release()
+            except HttpResponseError as exc:
+                if exc.status_code not in (404, 409):  # not ours (any more): nothing to end
+                    raise
 
     def _container(self, name: str) -> ContainerClient:
         """The client of container ``name``, made once (it shares the service's pipeline)."""

@@ -5,6 +5,7 @@ Layout under ``root``::
     <container>/<path>          the blob's bytes, exactly as uploaded (a plain file)
     .blobstore/tmp/             temp files of writes in progress (or of writes that crashed)
     .blobstore/meta/xx/<h>.json the etag of blob ``h = sha256(name)``, bound to the data file
+    .blobstore/leases/xx/<h>.json the blob's latest lease: its id, duration and expiry
     .blobstore/locks/xx.lock    256 lock stripes (``xx`` = first byte of ``h``)
 
 ``.blobstore`` can never be a container name (container names start with a letter or digit), so
@@ -29,6 +30,12 @@ fixed files that are never deleted, which avoids the delete-vs-lock races of per
 files; two blobs sharing a stripe merely serialize. ``flock`` needs a local file system
 (POSIX; not NFS).
 
+Leases (the port's, i.e. Azure's semantics): a lease file records the lease id and its expiry
+on the wall clock (``time.time``, which every process on the host shares). Acquiring, renewing
+and releasing hold the stripe's exclusive lock, so they are atomic with respect to each other
+and to writes, which refuse a blob under another's active lease. A holder that dies leaves a
+lease that simply expires.
+
 Events: ``on_blob_created`` (optional) is called with the new properties after every successful
 write, once the lock is released; ``shared.events.BlobEventPublisher`` turns that into the
 ``Microsoft.Storage.BlobCreated`` events Event Grid sends for Azure Storage.
@@ -47,17 +54,27 @@ import json
 import logging
 import os
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from shared.blobs.port import BlobContent, BlobProperties, split_blob_name, validate_prefix
+from shared.blobs.port import (
+    BlobContent,
+    BlobProperties,
+    split_blob_name,
+    validate_lease_duration,
+    validate_prefix,
+)
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
+    BlobLeasedError,
+    BlobLeaseLostError,
     BlobNotFoundError,
     InvalidBlobNameError,
 )
@@ -84,9 +101,12 @@ class LocalBlobStore:
         root: Path | str,
         *,
         on_blob_created: Callable[[BlobProperties], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock``: the wall clock leases expire by (seconds since the epoch)."""
         self._root = Path(root)
         self._on_blob_created = on_blob_created
+        self._clock = clock
 
     def __repr__(self) -> str:
         return f"LocalBlobStore({str(self._root)!r})"
@@ -112,6 +132,8 @@ class LocalBlobStore:
                 raise BlobExistsError(name)
             if if_match is not None and (current is None or current.etag != if_match):
                 raise BlobConditionFailedError(name, if_match)
+            if current is not None and self._active_lease(target) is not None:
+                raise BlobLeasedError(name)
             written = self._write(target, data)
         self._created(written)
         return written
@@ -165,13 +187,76 @@ class LocalBlobStore:
                 raise BlobNotFoundError(name)
             if if_match is not None and current.etag != if_match:
                 raise BlobConditionFailedError(name, if_match)
+            if self._active_lease(target) is not None:
+                raise BlobLeasedError(name)
             try:
                 target.path.unlink()
             except FileNotFoundError:
                 raise BlobNotFoundError(name) from None
-            with suppress(FileNotFoundError):
-                self._meta_path(target).unlink()
+            for internal in (self._meta_path(target), self._lease_path(target)):
+                with suppress(FileNotFoundError):
+                    internal.unlink()
         self._prune_empty_dirs(target)
+
+    def acquire_blob_lease(self, name: str, *, duration_s: int) -> str:
+        validate_lease_duration(duration_s)
+        target = self._target(name)
+        self._require_file(target)
+        with self._locked(target, exclusive=True):
+            if self._current(target) is None:
+                raise BlobNotFoundError(name)
+            if self._active_lease(target) is not None:
+                raise BlobLeasedError(name)
+            lease_id = str(uuid.uuid4())
+            self._write_lease(target, lease_id, duration_s)
+        return lease_id
+
+    def renew_blob_lease(self, name: str, lease_id: str) -> None:
+        target = self._target(name)
+        with self._locked(target, exclusive=True):
+            lease = self._read_lease(target)
+            if self._current(target) is None or lease is None or lease["lease_id"] != lease_id:
+                raise BlobLeaseLostError(name)
+            self._write_lease(target, lease_id, lease["duration_s"])
+
+    def release_blob_lease(self, name: str, lease_id: str) -> None:
+        target = self._target(name)
+        with self._locked(target, exclusive=True):
+            lease = self._read_lease(target)
+            if lease is not None and lease["lease_id"] == lease_id:
+                self._lease_path(target).unlink()
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _lease_path(self, target: _Target) -> Path:
+        return self._internal("leases", target.key[:2], f"{target.key}.json")
+
+    def _read_lease(self, target: _Target) -> dict[str, Any] | None:
+        """The blob's latest lease, active or expired, or None. Call under the lock."""
+        try:
+            lease: dict[str, Any] = json.loads(self._lease_path(target).read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return lease
+
+    def _active_lease(self, target: _Target) -> dict[str, Any] | None:
+        lease = self._read_lease(target)
+        if lease is None or lease["expires_at"] <= self._clock():
+            return None
+        return lease
+
+    def _write_lease(self, target: _Target, lease_id: str, duration_s: int) -> None:
+        lease = {
+            "lease_id": lease_id,
+            "duration_s": duration_s,
+            "expires_at": self._clock() + duration_s,
+        }
+        tmp_dir = self._internal("tmp")
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_temp(tmp_dir, json.dumps(lease).encode())
+        path = self._lease_path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
 
     # -- writing ---------------------------------------------------------------------------
 

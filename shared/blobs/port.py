@@ -4,6 +4,12 @@ A blob is addressed by a name ``container/path/to/blob``: the first segment is t
 (an Azure Blob Storage container, a top-level directory for the local adapter). Names are
 validated the same way by every adapter (``validate_blob_name``) so a name that works locally
 works on Azure and no name can escape the store's root.
+
+Leases are Azure Blob Storage's: a lease on a blob lasts ``duration_s`` (15 to 60 s) from its
+acquisition or latest renewal; while it is active nobody else can lease, write or delete the
+blob (``BlobLeasedError``), and once it has expired anyone may lease the blob again. Writing
+a blob one holds a lease on is not part of this port: a lease here guards something else (a
+model's promotion, ``shared.promotion``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from shared.errors import InvalidBlobNameError
 
 _CONTAINER = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 MAX_NAME_LENGTH = 1024
+# The lease durations Azure Blob Storage accepts (besides an infinite one, not offered here:
+# a holder that dies would keep the blob leased until someone breaks the lease by hand).
+MIN_LEASE_S = 15
+MAX_LEASE_S = 60
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,18 @@ class BlobStore(Protocol):
 
     def delete_blob(self, name: str, *, if_match: str | None = None) -> None:
         """Raises BlobNotFoundError, or BlobConditionFailedError on an etag mismatch."""
+
+    def acquire_blob_lease(self, name: str, *, duration_s: int) -> str:
+        """Lease the blob for ``duration_s`` seconds; returns the lease id.
+
+        Raises BlobNotFoundError, or BlobLeasedError while another lease is active."""
+
+    def renew_blob_lease(self, name: str, lease_id: str) -> None:
+        """Start the lease's duration again. Raises BlobLeaseLostError unless ``lease_id``
+        still holds the blob (a lease that expired is renewed if nobody leased it since)."""
+
+    def release_blob_lease(self, name: str, lease_id: str) -> None:
+        """End the lease at once; a blob that ``lease_id`` no longer holds is left alone."""
 
 
 def split_blob_name(name: str) -> tuple[str, str]:
@@ -107,3 +129,14 @@ def validate_prefix(prefix: str) -> tuple[str, str]:
         if path.split("/")[-1] in (".", ".."):
             raise InvalidBlobNameError(prefix, "'.' or '..' path segment")
     return container, path
+
+
+def validate_lease_duration(duration_s: int) -> None:
+    if (
+        not isinstance(duration_s, int)
+        or isinstance(duration_s, bool)
+        or not MIN_LEASE_S <= duration_s <= MAX_LEASE_S
+    ):
+        raise ValueError(
+            f"a lease lasts {MIN_LEASE_S} to {MAX_LEASE_S} seconds, not {duration_s!r}"
+        )

@@ -20,6 +20,8 @@ from shared.blobs.transfer import digest_prefix, download_prefix, upload_directo
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
+    BlobLeasedError,
+    BlobLeaseLostError,
     BlobNotFoundError,
     InvalidBlobNameError,
 )
@@ -382,3 +384,62 @@ class BlobStoreContract:
         assert empty == digest_prefix(store, f"{container}/also-none/")
         store.upload_blob(f"{container}/none/x", b"")
         assert digest_prefix(store, f"{container}/none/") != empty
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def test_a_lease_excludes_other_leases_until_released(
+        self, store: BlobStore, container: str
+    ) -> None:
+        name = f"{container}/locks/model"
+        store.upload_blob(name, b"")
+        lease = store.acquire_blob_lease(name, duration_s=15)
+        with pytest.raises(BlobLeasedError):
+            store.acquire_blob_lease(name, duration_s=15)
+        store.renew_blob_lease(name, lease)
+        with pytest.raises(BlobLeasedError):
+            store.acquire_blob_lease(name, duration_s=60)
+
+        store.release_blob_lease(name, lease)
+        again = store.acquire_blob_lease(name, duration_s=60)
+        assert again != lease
+        with pytest.raises(BlobLeaseLostError):
+            store.renew_blob_lease(name, lease)
+        store.release_blob_lease(name, lease)  # not ours any more: left alone
+        with pytest.raises(BlobLeasedError):
+            store.acquire_blob_lease(name, duration_s=15)
+        store.release_blob_lease(name, again)
+        with pytest.raises(BlobLeaseLostError):
+            store.renew_blob_lease(name, again)
+        store.release_blob_lease(name, again)  # twice is harmless
+
+    def test_a_leased_blob_cannot_be_written_or_deleted(
+        self, store: BlobStore, container: str
+    ) -> None:
+        name = f"{container}/locks/model"
+        store.upload_blob(name, b"before")
+        lease = store.acquire_blob_lease(name, duration_s=15)
+        with pytest.raises(BlobLeasedError):
+            store.upload_blob(name, b"after")
+        with pytest.raises(BlobExistsError):
+            store.upload_blob(name, b"after", overwrite=False)
+        with pytest.raises(BlobLeasedError):
+            store.delete_blob(name)
+        assert store.download_blob(name).data == b"before"
+        store.upload_blob(f"{container}/locks/other", b"")  # the lease is on one blob only
+
+        store.release_blob_lease(name, lease)
+        store.upload_blob(name, b"after")
+        store.delete_blob(name)
+
+    def test_a_missing_blob_cannot_be_leased(self, store: BlobStore, container: str) -> None:
+        with pytest.raises(BlobNotFoundError):
+            store.acquire_blob_lease(f"{container}/locks/none", duration_s=15)
+
+    @pytest.mark.parametrize("duration_s", [14, 61, 0, -1])
+    def test_lease_durations_are_azures(
+        self, store: BlobStore, container: str, duration_s: int
+    ) -> None:
+        name = f"{container}/locks/model"
+        store.upload_blob(name, b"")
+        with pytest.raises(ValueError, match="15 to 60 seconds"):
+            store.acquire_blob_lease(name, duration_s=duration_s)

@@ -151,6 +151,15 @@ class PortOnly:
     def delete_blob(self, name: str, *, if_match: str | None = None) -> None:
         self.inner.delete_blob(name, if_match=if_match)
 
+    def acquire_blob_lease(self, name: str, *, duration_s: int) -> str:
+        return self.inner.acquire_blob_lease(name, duration_s=duration_s)
+
+    def renew_blob_lease(self, name: str, lease_id: str) -> None:
+        self.inner.renew_blob_lease(name, lease_id)
+
+    def release_blob_lease(self, name: str, lease_id: str) -> None:
+        self.inner.release_blob_lease(name, lease_id)
+
 
 def _loop_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("blob-loop")]

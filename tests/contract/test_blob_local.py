@@ -21,6 +21,8 @@ from shared.blobs.transfer import download_prefix, upload_directory
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
+    BlobLeasedError,
+    BlobLeaseLostError,
     BlobNotFoundError,
     InvalidBlobNameError,
 )
@@ -305,6 +307,87 @@ def test_concurrent_if_match_updates_lose_nothing(store: LocalBlobStore) -> None
     assert json.loads(store.download_blob("box/counter.json").data) == workers * times
 
 
+def _lease_rounds(root: Path, tag: str, rounds: int, barrier: Any, wins_file: Path) -> None:
+    store = LocalBlobStore(root)
+    wins = []
+    for i in range(rounds):
+        barrier.wait(PROCESS_TIMEOUT_S)
+        try:
+            store.acquire_blob_lease(f"box/lock-{i}", duration_s=60)
+        except BlobLeasedError:
+            continue
+        wins.append(i)
+    wins_file.write_text(json.dumps(wins))
+
+
+def test_concurrent_lease_requests_have_exactly_one_winner(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    rounds, tags = 30, ["p0", "p1"]
+    for i in range(rounds):
+        store.upload_blob(f"box/lock-{i}", b"")
+    barrier = MP.Barrier(len(tags))
+    processes = [
+        MP.Process(
+            target=_lease_rounds, args=(store.root, tag, rounds, barrier, tmp_path / f"{tag}.json")
+        )
+        for tag in tags
+    ]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(PROCESS_TIMEOUT_S)
+    assert [p.exitcode for p in processes] == [0, 0]
+
+    wins = {tag: set(json.loads((tmp_path / f"{tag}.json").read_text())) for tag in tags}
+    for i in range(rounds):
+        assert len([tag for tag in tags if i in wins[tag]]) == 1, f"round {i}"
+
+
+# -- leases on the clock ------------------------------------------------------------------
+
+
+def test_a_lease_expires_after_its_duration_and_renewing_restarts_it(root: Path) -> None:
+    now = [1000.0]
+    store = LocalBlobStore(root, clock=lambda: now[0])
+    store.upload_blob("box/lock", b"")
+    lease = store.acquire_blob_lease("box/lock", duration_s=15)
+    now[0] += 14
+    with pytest.raises(BlobLeasedError):
+        store.acquire_blob_lease("box/lock", duration_s=15)
+    store.renew_blob_lease("box/lock", lease)
+    now[0] += 14
+    with pytest.raises(BlobLeasedError):
+        store.upload_blob("box/lock", b"x")
+
+    now[0] += 1  # 15 s after the renewal: expired, but nobody has leased it since
+    store.upload_blob("box/lock", b"x")
+    store.renew_blob_lease("box/lock", lease)  # as on Azure: still ours to renew
+    with pytest.raises(BlobLeasedError):
+        store.acquire_blob_lease("box/lock", duration_s=15)
+
+    now[0] += 15
+    taken = store.acquire_blob_lease("box/lock", duration_s=15)
+    with pytest.raises(BlobLeaseLostError):
+        store.renew_blob_lease("box/lock", lease)
+    store.release_blob_lease("box/lock", lease)
+    with pytest.raises(BlobLeasedError):
+        store.delete_blob("box/lock")
+    store.release_blob_lease("box/lock", taken)
+    store.delete_blob("box/lock")
+    assert not any((root / INTERNAL_DIR / "leases").rglob("*.json")), "no lease left behind"
+
+
+def test_a_lease_on_a_deleted_blob_is_lost(store: LocalBlobStore) -> None:
+    store.upload_blob("box/lock", b"")
+    lease = store.acquire_blob_lease("box/lock", duration_s=15)
+    store.release_blob_lease("box/lock", lease)
+    store.delete_blob("box/lock")
+    store.upload_blob("box/lock", b"")
+    with pytest.raises(BlobLeaseLostError):
+        store.renew_blob_lease("box/lock", lease)
+
+
 # -- transfer helpers: what a well-behaved store cannot produce -----------------------------
 
 
@@ -334,6 +417,15 @@ class _ListedNamesStore:
         return iter([self._props(n) for n in self.names if n.startswith(prefix)])
 
     def delete_blob(self, name: str, *, if_match: str | None = None) -> None:
+        raise AssertionError("not expected")
+
+    def acquire_blob_lease(self, name: str, *, duration_s: int) -> str:
+        raise AssertionError("not expected")
+
+    def renew_blob_lease(self, name: str, lease_id: str) -> None:
+        raise AssertionError("not expected")
+
+    def release_blob_lease(self, name: str, lease_id: str) -> None:
         raise AssertionError("not expected")
 
 

@@ -72,10 +72,11 @@ def test_training_run_registration_and_promotion(registry: MlflowRegistry, tmp_p
     assert version.metric("silhouette") == pytest.approx(0.51)
 
     assert registry.get_champion("clusters") is None
-    registry.promote("clusters", version.version)
+    registry.promote("clusters", version.version, tags={"promoted_by": "test"})
     champion = registry.get_champion("clusters")
     assert champion is not None and champion.version == version.version
     assert champion.tags[BEST_MODEL_TAG] == "true"
+    assert champion.tags["promoted_by"] == "test"
 
     second = registry.log_training(
         experiment_name="retrainer-test",
@@ -91,7 +92,7 @@ def test_training_run_registration_and_promotion(registry: MlflowRegistry, tmp_p
         correlation_id="run-2",
         tags={},
     )
-    registry.promote("clusters", v2.version)
+    registry.promote("clusters", v2.version, tags={})
     assert registry.get_model_version("clusters", version.version).tags[BEST_MODEL_TAG] == "false"
     assert registry.get_model_version("clusters", v2.version).tags[BEST_MODEL_TAG] == "true"
 

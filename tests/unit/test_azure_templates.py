@@ -270,6 +270,24 @@ def test_storage_takes_no_shared_keys_and_event_grid_filters_on_the_trigger_rule
     assert status_filter["key"] == "data.runStatus"
 
 
+def test_whoever_changes_a_champion_may_lease_the_models_lock_blobs() -> None:
+    """shared/promotion.py leases blobs under LEASES_PREFIX: its container exists, and the tag
+    worker and the coordinator (manual promotions) hold write access to it and to the
+    registry."""
+    from shared.promotion import LEASES_PREFIX
+
+    storage = module("storage")
+    container = storage["variables"]["locksContainer"]["value"]
+    assert LEASES_PREFIX.split("/")[0] == container
+    assert set(storage["variables"]["promoters"]["value"]) == {"tag", "coordinator"}
+    roles = storage["resources"]["promoterRoles"]
+    assert accessor(loop_source(roles)) == ("promoters",)
+    assert body(roles)["scope"] == "locks"
+    assert '"storageBlobDataContributor"' in json.dumps(body(roles)["properties"])
+    users = module("azureml")["variables"]["workspaceUsers"]["value"]
+    assert {"tag", "coordinator"} <= set(users)
+
+
 def test_postgres_takes_entra_tokens_only() -> None:
     resources = module("postgres")["resources"]
     auth = body(resources["server"])["properties"]["authConfig"]

@@ -55,3 +55,13 @@ def test_reprocessing_the_champion_itself_is_idempotent() -> None:
 
 def test_champion_without_recorded_metric_is_replaced() -> None:
     assert decide_promotion(echo_recipe, "2", {"score": 0.1}, champion("1", None)).promote
+
+
+def test_a_tie_goes_to_the_older_version_whichever_is_tagged_first() -> None:
+    newer_after_older = decide_promotion(echo_recipe, "5", {"score": 0.5}, champion("4", 0.5))
+    assert not newer_after_older.promote
+    older_after_newer = decide_promotion(echo_recipe, "4", {"score": 0.5}, champion("5", 0.5))
+    assert older_after_newer.promote
+    assert "ties champion v5 and is older" in older_after_newer.reason
+    # By number, not by text: v10 is newer than v9.
+    assert not decide_promotion(echo_recipe, "10", {"score": 0.5}, champion("9", 0.5)).promote

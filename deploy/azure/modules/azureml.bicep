@@ -43,6 +43,8 @@ var workspaceUsers = [
   'train'
   'register'
   'tag'
+  // An operator's promote or rollback through the API writes the model registry.
+  'coordinator'
 ]
 
 // The workspace's own storage and key vault (Azure ML keeps job snapshots, logs and its

@@ -1,5 +1,6 @@
 // The data storage account: the containers uploads land in (one per trigger rule container)
-// and 'artifacts' (the stage workers' outputs, the Azure ML datastore), shared-key access off
+// and 'artifacts' (the stage workers' outputs, the Azure ML datastore), 'locks' (the models'
+// promotion leases), shared-key access off
 // (every client uses its managed identity); an Event Grid system topic whose subscription sends
 // each BlobCreated under a trigger rule's prefix to the Service Bus topic 'blob-events'.
 
@@ -34,6 +35,14 @@ param blobEventsTopicId string
 var roles = loadJsonContent('../roles.json')
 var artifactsContainer = 'artifacts'
 var deadLetterContainer = 'eventgrid-deadletter'
+// The blobs whose leases serialise each model's promotion (shared/promotion.py).
+var locksContainer = 'locks'
+// Who changes a model's champion under its promotion lease: the tag worker, and the
+// coordinator (an operator's promote or rollback through the API).
+var promoters = [
+  'tag'
+  'coordinator'
+]
 // Who reads uploads: the coordinator (a run's data must hold blobs) and aggregation (reads them).
 var dataReaders = [
   'coordinator'
@@ -92,7 +101,7 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2024-01-01'
   }
 }
 
-resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = [for name in union(dataContainers, [artifactsContainer, deadLetterContainer]): {
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' = [for name in union(dataContainers, [artifactsContainer, deadLetterContainer, locksContainer]): {
   parent: blobService
   name: name
   properties: {
@@ -130,6 +139,24 @@ resource artifactWriterRoles 'Microsoft.Authorization/roleAssignments@2022-04-01
     principalId: principalIds[writer]
     principalType: 'ServicePrincipal'
     description: '${writer} reads and writes stage outputs'
+  }
+  dependsOn: [
+    containers
+  ]
+}]
+
+resource locks 'Microsoft.Storage/storageAccounts/blobServices/containers@2024-01-01' existing = {
+  name: '${account.name}/default/${locksContainer}'
+}
+
+resource promoterRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for promoter in promoters: {
+  name: guid(account.id, locksContainer, promoter, roles.storageBlobDataContributor)
+  scope: locks
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: principalIds[promoter]
+    principalType: 'ServicePrincipal'
+    description: '${promoter} leases a model\'s lock blob while it changes the champion'
   }
   dependsOn: [
     containers
