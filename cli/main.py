@@ -10,6 +10,8 @@ retrainer watch RUN_ID              follow a run stage by stage (a live table on
 retrainer runs list | show RUN_ID   what the coordinator knows
 retrainer group start RECIPE ...    a run per member (entity + data), K at a time; and
           group watch|list|show|cancel|retry
+retrainer models champion NAME      a model's champion, who promoted it, when and why
+retrainer models promote NAME VERSION --reason TEXT   promote (or roll back) by hand
 
 A coordinator that authenticates its callers takes --token (RETRAINER_API_TOKEN: its static
 token, or an Entra ID access token), or --scope (RETRAINER_API_SCOPE, e.g.
@@ -20,6 +22,7 @@ needs azure-identity, as in retrainer[azure]).
 from __future__ import annotations
 
 import argparse
+import getpass
 import io
 import json
 import logging
@@ -30,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -652,6 +656,51 @@ def cmd_runs_retry(args: argparse.Namespace) -> int:
         return _watch(client, run["id"], plain=args.plain)
 
 
+def cmd_models_champion(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        champion = _checked(client.get(f"/models/{_quoted(args.name)}/champion"))
+    print(json.dumps(champion, indent=2) if args.json else describe_champion(champion))
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    """Make VERSION the champion whatever its metrics (a rollback is a promote of an older
+    version): the same path as the tag stage's promotions, recorded on the version."""
+    body = {"version": args.version, "reason": args.reason, "requested_by": _local_user()}
+    with _client(args) as client:
+        change = _checked(client.post(f"/models/{_quoted(args.name)}/champion", json=body))
+    champion = change["champion"]
+    if not change["changed"]:
+        print(f"{champion['model_name']} v{champion['version']} is the champion already")
+    print(describe_champion(champion))
+    return 0
+
+
+def describe_champion(champion: dict[str, Any]) -> str:
+    previous = champion.get("previous_version")
+    lines = [
+        f"champion  {champion['model_name']} v{champion['version']}"
+        + (f" (replaced v{previous})" if previous else ""),
+        f"promoted  {champion.get('promoted_at') or '?'} by {champion.get('promoted_by') or '?'}",
+        f"reason    {champion.get('reason') or '?'}",
+    ]
+    metrics = champion.get("metrics") or {}
+    if metrics:
+        lines.append("metrics   " + ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
+    return "\n".join(lines)
+
+
+def _quoted(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _local_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return None
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -763,6 +812,21 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.groups import add_group_commands
 
     add_group_commands(commands)
+    models = commands.add_parser("models", help="a model's champion: show it, or promote/roll back")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    champion = models_commands.add_parser("champion", help="show a model's champion")
+    champion.add_argument("name", help="registered model name")
+    champion.add_argument("--json", action="store_true")
+    champion.set_defaults(func=cmd_models_champion)
+    promote = models_commands.add_parser(
+        "promote",
+        help="make a version the champion whatever its metrics; a rollback is a promote of"
+        " an older version",
+    )
+    promote.add_argument("name", help="registered model name")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True, help="why; recorded on the version")
+    promote.set_defaults(func=cmd_models_promote)
     return parser
 
 

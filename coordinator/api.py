@@ -7,20 +7,20 @@ a shutdown). Nothing connects at import time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from coordinator.auth import Authenticator, authorize
-from coordinator.bootstrap import build_blob_poller, build_coordinator
+from coordinator.bootstrap import build_blob_poller, build_champions, build_coordinator
 from coordinator.dashboard import add_dashboard_routes
 from coordinator.domain import (
     AttemptRecord,
@@ -40,6 +40,7 @@ from coordinator.http import (
     UnexpectedErrors,
     add_common_error_handlers,
 )
+from coordinator.models import ModelChampions
 from coordinator.service import (
     BackgroundLoops,
     Coordinator,
@@ -56,11 +57,18 @@ from coordinator.webhook import WebhookConfig, add_event_routes
 from recipes.base import RECIPE_STAGES, RecipeStage
 from shared.blobs.port import MAX_NAME_LENGTH
 from shared.entities import MAX_ENTITY_LENGTH
-from shared.errors import BlobNotFoundError, InvalidBlobNameError
+from shared.errors import BlobNotFoundError, InvalidBlobNameError, RetryableError
 from shared.groups import Expansion
 from shared.limits import MAX_ERROR_CHARS, JsonLimits, check_json, truncate
 from shared.messages import Stage
+from shared.promotion import (
+    PREVIOUS_CHAMPION_TAG,
+    PROMOTED_AT_TAG,
+    PROMOTED_BY_TAG,
+    PROMOTION_REASON_TAG,
+)
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
+from shared.tracking import METRIC_TAG_PREFIX, ModelVersionNotFoundError, ModelVersionRecord
 
 # A stage lists its reports in this detail: {name: path relative to its output prefix}.
 REPORTS_DETAIL = "reports"
@@ -432,6 +440,54 @@ class RunPage(BaseModel):
     offset: int
 
 
+class ChampionChangeCreate(BaseModel):
+    version: str = Field(pattern=r"^[1-9][0-9]{0,9}$", examples=["3"])
+    reason: str = Field(min_length=1, max_length=500, examples=["rollback: v4 drifts"])
+    requested_by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="who asks, in the caller's own words; recorded only when the API does not"
+        " authenticate callers (then with '(unauthenticated)')",
+    )
+
+
+class ChampionOut(BaseModel):
+    model_name: str
+    version: str
+    promoted_by: str | None
+    promoted_at: datetime | None
+    reason: str | None
+    previous_version: str | None
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, record: ModelVersionRecord) -> ChampionOut:
+        tags = record.tags
+        metrics: dict[str, float] = {}
+        for key, value in tags.items():
+            if key.startswith(METRIC_TAG_PREFIX):
+                with suppress(ValueError):  # a tag someone wrote by hand
+                    metrics[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
+        promoted_at: datetime | None = None
+        with suppress(KeyError, ValueError):
+            promoted_at = datetime.fromisoformat(tags[PROMOTED_AT_TAG])
+        return cls(
+            model_name=record.name,
+            version=record.version,
+            promoted_by=tags.get(PROMOTED_BY_TAG),
+            promoted_at=promoted_at,
+            reason=tags.get(PROMOTION_REASON_TAG),
+            previous_version=tags.get(PREVIOUS_CHAMPION_TAG) or None,
+            metrics=metrics,
+        )
+
+
+class ChampionChangeOut(BaseModel):
+    changed: bool = Field(description="false when the version was the champion already")
+    champion: ChampionOut
+
+
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
@@ -457,16 +513,26 @@ def get_coordinator(request: Request) -> Coordinator:
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
 
 
+def get_champions(request: Request) -> ModelChampions:
+    champions: ModelChampions = request.app.state.champions
+    return champions
+
+
+ChampionsDep = Annotated[ModelChampions, Depends(get_champions)]
+
+
 def create_app(
     settings: CoordinatorSettings | None = None,
     *,
     coordinator: Coordinator | None = None,
+    champions: ModelChampions | None = None,
     run_loops: bool = True,
 ) -> FastAPI:
     """The app for ``settings`` (read from the environment at start-up when None).
 
     With ``coordinator`` given, the app uses it as is and leaves closing it to the caller;
-    ``run_loops=False`` leaves consuming, relaying and the watchdog to the caller too."""
+    ``champions`` likewise (else they are built from the settings, on the coordinator's blob
+    store); ``run_loops=False`` leaves consuming, relaying and the watchdog to the caller too."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -487,6 +553,7 @@ def create_app(
                 blob_poller_interval_s=resolved.blob_poller_interval_s,
             )
         app.state.coordinator = running
+        app.state.champions = champions or build_champions(resolved, running.blobs)
         app.state.loops = loops
         app.state.auth = auth
         secret = resolved.trigger_webhook_secret
@@ -531,6 +598,7 @@ def create_app(
     add_common_error_handlers(app, retry_after_s=limits.api_retry_after_s)
     _add_error_handlers(app)
     _add_routes(app)
+    _add_model_routes(app)
     add_event_routes(app)
     add_dashboard_routes(app)
     return app
@@ -737,6 +805,63 @@ def _add_routes(app: FastAPI) -> None:
             Readiness(status="ready" if ready else "not ready", checks=checks).model_dump(),
             status_code=HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
         )
+
+
+ModelName = Annotated[str, Path(min_length=1, max_length=256)]
+_MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    HTTPStatus.NOT_FOUND: {"description": "no such model version, or no champion"},
+    HTTPStatus.SERVICE_UNAVAILABLE: {
+        "description": "the registry or blob store is unavailable, or another promotion of the"
+        " model held its lease too long: try again"
+    },
+}
+
+
+def _add_model_routes(app: FastAPI) -> None:
+    @app.get("/models/{name}/champion", response_model=ChampionOut, responses=_MODEL_RESPONSES)
+    def get_champion(name: ModelName, champions: ChampionsDep) -> ChampionOut:
+        with _model_errors():
+            return ChampionOut.of(champions.get_champion(name))
+
+    @app.post(
+        "/models/{name}/champion", response_model=ChampionChangeOut, responses=_MODEL_RESPONSES
+    )
+    def promote(
+        name: ModelName, body: ChampionChangeCreate, request: Request, champions: ChampionsDep
+    ) -> ChampionChangeOut:
+        """Make a version the model's champion, whatever its metrics: an operator's promote or
+        rollback. It waits for a tag stage promoting the same model at the same moment, and
+        the tag stages after it compare their candidates with this champion."""
+        with _model_errors():
+            promotion = champions.promote(
+                name, body.version, actor=caller(request, body.requested_by), reason=body.reason
+            )
+        return ChampionChangeOut(
+            changed=promotion.change.previous_version != body.version,
+            champion=ChampionOut.of(promotion.champion),
+        )
+
+
+def caller(request: Request, requested_by: str | None) -> str:
+    """Who makes a request: the authenticated principal, else what the caller says, marked
+    as such, with its address."""
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        return str(principal.subject)
+    host = request.client.host if request.client else "unknown"
+    return f"{requested_by or 'anonymous'} (unauthenticated, from {host})"
+
+
+@contextmanager
+def _model_errors() -> Iterator[None]:
+    try:
+        yield
+    except ModelVersionNotFoundError as exc:
+        raise HTTPException(HTTPStatus.NOT_FOUND, str(exc)) from None
+    except RetryableError as exc:
+        raise HTTPException(
+            HTTPStatus.SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}
+        ) from None
 
 
 def _add_error_handlers(app: FastAPI) -> None:

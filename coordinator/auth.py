@@ -235,6 +235,8 @@ def authorize(request: Request) -> None:
     role = READ_ROLE if request.method in READ_METHODS else WRITE_ROLE
     if not principal.allows(role):
         raise HTTPException(HTTPStatus.FORBIDDEN, f"the token does not carry the app role {role}")
+    # Who made the request, for what records it (a manual promotion's promoted_by).
+    request.state.principal = principal
 
 
 def is_loopback(host: str) -> bool:

@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from coordinator.models import ModelChampions
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
 from recipes.registry import get_recipe, list_recipes
 from shared.blob_poller import BlobChangePoller
-from shared.bootstrap import create_blob_store, create_bus
+from shared.blobs.port import BlobStore
+from shared.bootstrap import (
+    create_blob_store,
+    create_bus,
+    create_promotion_options,
+    create_registry,
+)
 from shared.errors import ConfigurationError
 
 
@@ -59,6 +66,17 @@ def build_blob_poller(
         watches=[(rule.container, rule.prefix) for rule in rules],
         lookback_s=settings.blob_poller_lookback_s,
         start=settings.blob_poller_start,
+    )
+
+
+def build_champions(settings: CoordinatorSettings, blobs: BlobStore) -> ModelChampions:
+    """Manual promotions through ``blobs`` (the coordinator's store: the promotion leases live
+    there); the registry client is made at the first call."""
+    return ModelChampions(
+        registry=partial(create_registry, settings),
+        blobs=blobs,
+        recipes=partial(get_recipe, extra_modules=tuple(settings.recipe_modules)),
+        options=create_promotion_options(settings),
     )
 
 

@@ -27,7 +27,9 @@ from coordinator.domain import (
 )
 from shared.errors import RetrainerError
 from shared.messages import StageEvent, StageFailed
+from shared.promotion import ChampionChange
 from shared.telemetry import (
+    ATTR_ACTOR,
     ATTR_CORRELATION_ID,
     ATTR_ENTITY,
     ATTR_ERROR,
@@ -35,8 +37,10 @@ from shared.telemetry import (
     ATTR_GROUP_ID,
     ATTR_MODEL_NAME,
     ATTR_MODEL_VERSION,
+    ATTR_PREVIOUS_VERSION,
     ATTR_PRIMARY_METRIC,
     ATTR_PRIMARY_METRIC_VALUE,
+    ATTR_REASON,
     ATTR_RECIPE,
     ATTR_RUN_STATUS,
     ATTR_STAGE,
@@ -139,7 +143,10 @@ def _record(
     tag = run.stage("tag")
     tagged_before = previous is not None and previous.stage("tag").status == "succeeded"
     if tag.status == "succeeded" and not tagged_before and run.model and run.model.champion:
-        emit_event(EVENT_MODEL_PROMOTED, {**common, **_model(run, recipes)})
+        emit_event(
+            EVENT_MODEL_PROMOTED,
+            {**common, **_model(run, recipes), ATTR_REASON: run.model.reason},
+        )
 
     status_event = _STATUS_EVENTS.get(run.status)
     if status_event is not None and (previous is None or previous.status != run.status):
@@ -185,3 +192,37 @@ def _error_type(message: CoordinatorInput | None) -> str:
     if isinstance(message, DeadlineExpired):
         return "DeadlineExpired"
     return "unknown"
+
+
+TRIGGER_MANUAL = "manual"
+
+
+def record_manual_promotion(
+    change: ChampionChange,
+    *,
+    entity: str | None,
+    primary_metric: str | None,
+    value: float | None,
+) -> None:
+    """The audit entry of an operator's promote or rollback: a ``ModelPromoted`` event of no
+    run (trigger ``manual``), naming who, why and the champion it replaced. Never raises: the
+    change is made already."""
+    try:
+        emit_event(
+            EVENT_MODEL_PROMOTED,
+            {
+                ATTR_TRIGGER: TRIGGER_MANUAL,
+                ATTR_MODEL_NAME: change.model_name,
+                ATTR_ENTITY: entity,
+                ATTR_MODEL_VERSION: change.champion_version,
+                ATTR_PREVIOUS_VERSION: change.previous_version,
+                ATTR_ACTOR: change.actor,
+                ATTR_REASON: change.reason,
+                ATTR_PRIMARY_METRIC: primary_metric,
+                ATTR_PRIMARY_METRIC_VALUE: value,
+            },
+        )
+    except Exception:
+        log.exception(
+            "recording the promotion of %s v%s failed", change.model_name, change.candidate_version
+        )

@@ -13,7 +13,9 @@ correlation id, and otherwise from the correlation id with a derived span id.
   ``SPAN_COORDINATOR`` — one per input the coordinator decides on (run request, stage event,
   missed deadline);
 * custom events (``customEvents``): ``EVENT_RUN_*`` when a decision changes a run's status,
-  ``EVENT_MODEL_REGISTERED`` / ``EVENT_MODEL_PROMOTED`` when register / tag succeed;
+  ``EVENT_MODEL_REGISTERED`` / ``EVENT_MODEL_PROMOTED`` when register / tag succeed, and
+  ``EVENT_MODEL_PROMOTED`` with trigger ``manual`` (no run) when an operator changes a
+  champion;
 * metrics (``customMetrics``, seconds): ``METRIC_STAGE_DURATION``, ``METRIC_QUEUE_WAIT``;
 * attributes / custom dimensions: the ``ATTR_*`` keys; values arrive as strings.
 
@@ -77,6 +79,11 @@ ATTR_PRIMARY_METRIC_VALUE = "retrainer.primary_metric_value"
 # What the run's model is for (a species, a site), and the run group it belongs to.
 ATTR_ENTITY = "retrainer.entity"
 ATTR_GROUP_ID = "retrainer.group_id"
+# A champion change: who made it (an operator's principal, or the tag stage of a run), why,
+# and the champion it replaced.
+ATTR_ACTOR = "retrainer.actor"
+ATTR_REASON = "retrainer.reason"
+ATTR_PREVIOUS_VERSION = "retrainer.previous_version"
 # Beyond the workbook's names: the error message, what the coordinator decided on
 # (start_run, cancel_run, retry_run, deadline_expired, stage_started, ...) and the worker.
 ATTR_ERROR = "retrainer.error"
@@ -120,6 +127,9 @@ ATTRIBUTE_NAMES = frozenset(
         ATTR_PRIMARY_METRIC_VALUE,
         ATTR_ENTITY,
         ATTR_GROUP_ID,
+        ATTR_ACTOR,
+        ATTR_REASON,
+        ATTR_PREVIOUS_VERSION,
         ATTR_ERROR,
         ATTR_INPUT,
         ATTR_WORKER,

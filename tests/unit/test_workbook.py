@@ -20,6 +20,7 @@ import pytest
 
 from shared.messages import STAGES
 from shared.telemetry import (
+    ATTR_ACTOR,
     ATTR_ATTEMPT,
     ATTR_CORRELATION_ID,
     ATTR_ENTITY,
@@ -27,8 +28,10 @@ from shared.telemetry import (
     ATTR_MODEL_NAME,
     ATTR_MODEL_VERSION,
     ATTR_OUTCOME,
+    ATTR_PREVIOUS_VERSION,
     ATTR_PRIMARY_METRIC,
     ATTR_PRIMARY_METRIC_VALUE,
+    ATTR_REASON,
     ATTR_RECIPE,
     ATTR_RUN_STATUS,
     ATTR_STAGE,
@@ -87,6 +90,9 @@ ATTRIBUTES = frozenset(
         ATTR_PRIMARY_METRIC,
         ATTR_PRIMARY_METRIC_VALUE,
         ATTR_ENTITY,
+        ATTR_ACTOR,
+        ATTR_REASON,
+        ATTR_PREVIOUS_VERSION,
     }
 )
 # cloud_RoleName: the coordinator and one role per stage worker.
