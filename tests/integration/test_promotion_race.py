@@ -29,7 +29,8 @@ import pytest
 from mlflow import MlflowClient
 
 from coordinator.domain import Policy, Run
-from coordinator.service import BackgroundLoops, Coordinator, LoopIntervals
+from coordinator.groups import MemberRequest
+from coordinator.service import BackgroundLoops, Coordinator, GroupRequest, LoopIntervals
 from coordinator.store import RunStore
 from recipes.base import Recipe
 from services.aggregation import build_spec as aggregation_spec
@@ -284,20 +285,40 @@ class Deployment:
             threading.Event().wait(0.05)
         return [self.coordinator.get_run(run.id) for run in runs]
 
-    def versions(self) -> list[ModelVersionRecord]:
-        found = self.mlflow.search_model_versions(f"name = '{self.recipe.name}'")
+    def start_groups(self, groups: list[dict[str, float]]) -> list[Run]:
+        """Run groups at once, each with one member per entity (entity -> its score); their
+        member runs."""
+        self.interleaving.expect(sum(len(group) for group in groups))
+        views = [
+            self.coordinator.start_group(
+                GroupRequest(
+                    recipe=self.recipe.name,
+                    members=[
+                        MemberRequest(entity, self.data, {"scale": score})
+                        for entity, score in group.items()
+                    ],
+                    concurrency=len(group),
+                )
+            )
+            for group in groups
+        ]
+        return [run for view in views for _, _, run in view.members]
+
+    def versions(self, model: str | None = None) -> list[ModelVersionRecord]:
+        found = self.mlflow.search_model_versions(f"name = '{model or self.recipe.name}'")
         return [
             ModelVersionRecord(v.name, str(v.version), v.run_id, dict(v.tags))
             for v in sorted(found, key=lambda v: int(v.version))
         ]
 
-    def champion_version(self) -> str | None:
+    def champion_version(self, model: str | None = None) -> str | None:
         try:
-            return str(
-                self.mlflow.get_model_version_by_alias(self.recipe.name, CHAMPION_ALIAS).version
+            champion = self.mlflow.get_model_version_by_alias(
+                model or self.recipe.name, CHAMPION_ALIAS
             )
         except Exception:
             return None
+        return str(champion.version)
 
     def close(self) -> None:
         self._stack.close()
@@ -312,22 +333,26 @@ def best(versions: list[ModelVersionRecord]) -> str:
     ).version
 
 
-def check(deployment: Deployment, runs: list[Run]) -> list[str]:
-    """What is wrong after a batch of runs (empty when all is well)."""
+def check(deployment: Deployment, runs: list[Run], models: list[str] | None = None) -> list[str]:
+    """What is wrong after a batch of runs (empty when all is well), for each of ``models``
+    (default: the recipe's own model)."""
     problems = [
         f"run {run.id} (score {run.params['scale']}) {run.status}: "
         + (run.error or ", ".join(f"{s.stage} {s.status} #{s.attempt}" for s in run.stages))
         for run in runs
         if run.status != "succeeded"
     ]
-    versions = deployment.versions()
-    flagged = [v.version for v in versions if v.tags.get(BEST_MODEL_TAG) == "true"]
-    expected = best(versions)
-    champion = deployment.champion_version()
-    if flagged != [expected]:
-        problems.append(f"best_model=true on versions {flagged}, expected only v{expected}")
-    if champion != expected:
-        problems.append(f"champion is v{champion}, expected v{expected}")
+    for model in models or [deployment.recipe.name]:
+        versions = deployment.versions(model)
+        flagged = [v.version for v in versions if v.tags.get(BEST_MODEL_TAG) == "true"]
+        expected = best(versions)
+        champion = deployment.champion_version(model)
+        if flagged != [expected]:
+            problems.append(
+                f"{model}: best_model=true on versions {flagged}, expected only v{expected}"
+            )
+        if champion != expected:
+            problems.append(f"{model}: champion is v{champion}, expected v{expected}")
     return problems
 
 
@@ -342,6 +367,19 @@ def scores(rng: random.Random, count: int) -> list[float]:
     return values
 
 
+def forcing_problems(deployment: Deployment, problems: list[str]) -> list[str]:
+    if deployment.interleaving.timeouts:
+        return [
+            f"{deployment.interleaving.timeouts} tag stages were let go by the safety timeout"
+            f" (held groups: {deployment.interleaving.groups})"
+        ]
+    if not problems:
+        # The forcing did its job: concurrent stages were held together at least once, or
+        # (serialised) each was let go while the others waited for the lease.
+        assert deployment.interleaving.groups
+    return []
+
+
 def race(
     root: Path, adapters: Adapters, *, tracking_uri: str, tag_workers: int, seed: int
 ) -> list[str]:
@@ -353,15 +391,31 @@ def race(
         for batch in (2, 8):
             runs = deployment.wait(deployment.start_runs(scores(rng, batch)))
             problems += [f"{batch} runs: {p}" for p in check(deployment, runs)]
-        if deployment.interleaving.timeouts:
-            problems.append(
-                f"{deployment.interleaving.timeouts} tag stages were let go by the safety timeout"
-                f" (held groups: {deployment.interleaving.groups})"
-            )
-        if not problems:
-            # The forcing did its job: concurrent stages were held together at least once,
-            # or (serialised) each was let go while the others waited for the lease.
-            assert deployment.interleaving.groups
+        problems += forcing_problems(deployment, problems)
+    finally:
+        deployment.close()
+    return problems
+
+
+ENTITIES = ("north", "south", "east")
+
+
+def group_race(root: Path, adapters: Adapters, *, tracking_uri: str, tag_workers: int) -> list[str]:
+    """Four run groups at once over the same three entities: each entity's model gets four
+    versions promoted concurrently (two tied at the top), the models of different entities
+    side by side. Every version passes the gate, and more tag workers than entities means two
+    stages of one model are held together before that model has a champion: unserialised,
+    both promote."""
+    assert tag_workers > len(ENTITIES)
+    rng = random.Random(7)
+    deployment = Deployment(root, adapters, tracking_uri=tracking_uri, tag_workers=tag_workers)
+    per_entity = {entity: rng.sample([0.4, 0.7, 0.9, 0.9], 4) for entity in ENTITIES}
+    groups = [{entity: per_entity[entity][i] for entity in ENTITIES} for i in range(4)]
+    models = [deployment.recipe.registered_model_name(entity) for entity in ENTITIES]
+    try:
+        runs = deployment.wait(deployment.start_groups(groups))
+        problems = check(deployment, runs, models)
+        problems += forcing_problems(deployment, problems)
     finally:
         deployment.close()
     return problems
@@ -423,6 +477,12 @@ def test_one_champion_the_best_on_the_embedded_bus(
         problems = race(
             tmp_path, adapters, tracking_uri=tracking_uri, tag_workers=tag_workers, seed=seed
         )
+    assert problems == []
+
+
+def test_one_champion_the_best_per_entity_in_run_groups(tmp_path: Path, tracking_uri: str) -> None:
+    with embedded(tmp_path) as adapters:
+        problems = group_race(tmp_path, adapters, tracking_uri=tracking_uri, tag_workers=4)
     assert problems == []
 
 
