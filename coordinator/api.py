@@ -57,7 +57,7 @@ from coordinator.webhook import WebhookConfig, add_event_routes
 from recipes.base import RECIPE_STAGES, RecipeStage
 from shared.blobs.port import MAX_NAME_LENGTH
 from shared.entities import MAX_ENTITY_LENGTH
-from shared.errors import BlobNotFoundError, InvalidBlobNameError, RetryableError
+from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.groups import Expansion
 from shared.limits import MAX_ERROR_CHARS, JsonLimits, check_json, truncate
 from shared.messages import Stage
@@ -854,14 +854,12 @@ def caller(request: Request, requested_by: str | None) -> str:
 
 @contextmanager
 def _model_errors() -> Iterator[None]:
+    # A RetryableError (registry or blob store down, the lease held too long) is the app's
+    # common 503 with Retry-After.
     try:
         yield
     except ModelVersionNotFoundError as exc:
         raise HTTPException(HTTPStatus.NOT_FOUND, str(exc)) from None
-    except RetryableError as exc:
-        raise HTTPException(
-            HTTPStatus.SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}
-        ) from None
 
 
 def _add_error_handlers(app: FastAPI) -> None:

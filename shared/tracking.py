@@ -240,7 +240,8 @@ class MlflowRegistry:
             try:
                 return _record(self._client.get_model_version(name, version))
             except MlflowException as exc:
-                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                # INVALID_PARAMETER_VALUE: a name or version no model could have.
+                if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                     raise ModelVersionNotFoundError(f"model {name!r} version {version}") from exc
                 raise
 

@@ -200,7 +200,7 @@ def test_refusals_name_what_is_wrong(tmp_path: Path, registry: MlflowRegistry) -
         held = stack.blobs.acquire_blob_lease(lease_blob_name(stack.model), duration_s=15)
         busy = stack.client.post(path, json={"version": "2", "reason": "x"})
         assert busy.status_code == 503
-        assert busy.headers["retry-after"] == "5"
+        assert int(busy.headers["retry-after"]) > 0
         assert "being promoted by someone else" in busy.json()["detail"]
         stack.blobs.release_blob_lease(lease_blob_name(stack.model), held)
         assert stack.client.post(path, json={"version": "2", "reason": "x"}).status_code == 200
