@@ -19,6 +19,7 @@ import pytest
 
 from recipes.base import RecipeContext
 from recipes.text_classification import recipe
+from recipes.text_classification.params import COMPARISON_ONLY, MODEL_NAMES, ModelName
 from shared.tracking import PARENT_RUN_TAG, MlflowRegistry
 
 
@@ -73,14 +74,44 @@ def test_registered_onnx_model_takes_raw_text_in_pyfunc_and_onnxruntime(tmp_path
     assert scores.shape == (len(test),)
 
 
-@pytest.mark.parametrize("texts", [[""], ["   ", "!!! 123"], ["Only a URL: https://x.io/a"]])
-def test_texts_without_words_still_get_a_label(tmp_path: Path, texts: list[str]) -> None:
-    from recipes.text_classification.onnx_export import predict, session, to_onnx
+TEXTS = [
+    "REFUND refund Refund the double charge of $30 now!!!",  # a repeated word: sublinear tf
+    "The app crashes; see https://x.io/a and the app logs",
+    "parcel late, parcel lost, parcel never delivered",
+    "",
+    "   !!! 123",
+    "Only a URL: https://x.io/a",
+    "log in fails: password reset email never arrives",
+]
+TRAIN = {
+    "billing": ["refund the charge", "charged twice refund", "invoice amount wrong refund"],
+    "delivery": ["parcel late", "package lost courier", "parcel never arrived late"],
+    "technical": ["app crashes", "error on upload app", "screen freezes app crashes"],
+    "account": ["password reset", "log in fails", "account locked password"],
+}
+
+
+@pytest.mark.parametrize("model", [m for m in MODEL_NAMES if m not in COMPARISON_ONLY])
+@pytest.mark.parametrize("settings", [{}, {"tfidf__sublinear_tf": False, "tfidf__norm": "l1"}])
+def test_every_exportable_model_predicts_the_same_in_onnx(
+    model: ModelName, settings: dict[str, object]
+) -> None:
+    from recipes.text_classification.cleaning import clean_texts
+    from recipes.text_classification.onnx_export import (
+        conversion_pipeline,
+        predict,
+        session,
+        to_onnx,
+    )
     from recipes.text_classification.training import _with_cleaner
     from recipes.text_classification.zoo import member
 
-    fitted = member("ridge", seed=0, max_features=100).fit(
-        ["refund charge", "parcel late", "app crash"], ["billing", "delivery", "technical"]
-    )
+    texts = [text for texts in TRAIN.values() for text in texts] * 3
+    labels = [label for label, texts in TRAIN.items() for _ in texts] * 3
+    fitted = member(model, seed=0, max_features=100).set_params(**settings)
+    fitted.fit(clean_texts(texts), labels)
     pipeline = _with_cleaner(fitted)
-    assert (predict(session(to_onnx(pipeline)), texts) == pipeline.predict(texts)).all()
+    expected = pipeline.predict(TEXTS)
+
+    assert (conversion_pipeline(pipeline).predict(TEXTS) == expected).all()
+    assert (predict(session(to_onnx(pipeline)), TEXTS) == expected).all()
