@@ -581,6 +581,32 @@
     );
   }
 
+  // A plain link when the API needs no token (the API serves it with a sandboxing CSP);
+  // with a token, the report is fetched with it and shown in a sandboxed frame (no scripts)
+  // of a new tab, since a link cannot carry the Authorization header.
+  function reportLink(report) {
+    const link = el(
+      "a",
+      { class: "report", href: ROOT + report.url, target: "_blank", rel: "noopener" },
+      report.name.replace(/_/g, " ")
+    );
+    link.addEventListener("click", async (event) => {
+      const headers = authHeaders();
+      if (!headers.Authorization) return;
+      event.preventDefault();
+      const tab = window.open("", "_blank");
+      if (!tab) return;
+      const response = await fetch(ROOT + report.url, { headers });
+      const frame = tab.document.createElement("iframe");
+      frame.setAttribute("sandbox", "");
+      frame.style.cssText = "border:0;position:fixed;inset:0;width:100%;height:100%";
+      frame.srcdoc = response.ok ? await response.text() : `HTTP ${response.status}`;
+      tab.document.title = report.name;
+      tab.document.body.append(frame);
+    });
+    return link;
+  }
+
   function renderStageTable(run) {
     const tbody = document.querySelector("#stages tbody");
     replace(
@@ -613,18 +639,8 @@
             "td",
             { class: "outputs mono small" },
             outputs.length ? outputs.map(([k, v]) => el("div", { title: v }, `${k}: ${v}`)) : "—",
-            // Reports the stage wrote (e.g. the drift report): opened from the API, sandboxed.
-            reports.map((report) =>
-              el(
-                "div",
-                null,
-                el(
-                  "a",
-                  { class: "report", href: ROOT + report.url, target: "_blank", rel: "noopener" },
-                  report.name.replace(/_/g, " ")
-                )
-              )
-            )
+            // Reports the stage wrote (e.g. the drift report), served by the API.
+            reports.map((report) => el("div", null, reportLink(report)))
           )
         );
       })
