@@ -23,8 +23,8 @@ import httpx
 
 from cli.main import prepare_state, stack_env, upload_sample_data, watch_run
 from cli.stack import Stack, free_port
-from recipes.registry import get_recipe
 from shared.bootstrap import create_registry
+from shared.recipe_registry import get_recipe
 from shared.settings import CommonSettings
 
 RECIPE = "state_identifier"

@@ -407,8 +407,8 @@ def upload_sample_data(settings: CommonSettings, recipe_name: str, prefix: str, 
 
     Without blob events: whoever uploads sample data starts its run (``retrainer demo``), so a
     trigger rule must not start a second one."""
-    from recipes.registry import get_recipe
     from shared.blobs.transfer import upload_directory
+    from shared.recipe_registry import get_recipe
 
     store = create_blob_store(settings.model_copy(update={"blob_events": False}))
     existing = list(store.list_blobs(prefix.rstrip("/") + "/"))
@@ -433,9 +433,9 @@ def write_baseline(
     (never over an existing one unless ``overwrite``: a person keeps it from then on)."""
     from pydantic import ValidationError
 
-    from recipes.registry import get_recipe
     from shared.blobs.transfer import download_prefix
     from shared.errors import BlobExistsError, RetrainerError
+    from shared.recipe_registry import get_recipe
 
     try:
         recipe = get_recipe(recipe_name, tuple(settings.recipe_modules))

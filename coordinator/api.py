@@ -54,7 +54,6 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.store import GroupNotFound
 from coordinator.webhook import PATH as WEBHOOK_PATH
 from coordinator.webhook import WebhookConfig, add_event_routes
-from recipes.base import RECIPE_STAGES, RecipeStage
 from shared.blobs.port import MAX_NAME_LENGTH
 from shared.entities import MAX_ENTITY_LENGTH
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
@@ -67,6 +66,7 @@ from shared.promotion import (
     PROMOTED_BY_TAG,
     PROMOTION_REASON_TAG,
 )
+from shared.recipe import RECIPE_STAGES, RecipeStage
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
 from shared.tracking import METRIC_TAG_PREFIX, ModelVersionNotFoundError, ModelVersionRecord
 

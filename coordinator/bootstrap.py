@@ -9,7 +9,6 @@ from coordinator.models import ModelChampions
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
-from recipes.registry import get_recipe, list_recipes
 from shared.blob_poller import BlobChangePoller
 from shared.blobs.port import BlobStore
 from shared.bootstrap import (
@@ -19,6 +18,7 @@ from shared.bootstrap import (
     create_registry,
 )
 from shared.errors import ConfigurationError
+from shared.recipe_registry import get_recipe, list_recipes
 
 
 def build_coordinator(settings: CoordinatorSettings) -> Coordinator:

@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from recipes.base import Recipe
 from shared.blobs.port import BlobStore, validate_prefix
 from shared.entities import InvalidEntityError
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.groups import CsvRows, SubPrefixes
+from shared.recipe import Recipe
 
 # A CSV of members is read whole; this bounds it (1,000 rows of a few columns fit easily).
 MAX_CSV_BYTES = 1024 * 1024

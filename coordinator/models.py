@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coordinator.telemetry import record_manual_promotion
-from recipes.base import Recipe
 from shared.blobs.port import BlobStore
 from shared.errors import RetrainerError
 from shared.promotion import ChampionChange, Promotion, PromotionOptions, change_champion
+from shared.recipe import Recipe
 from shared.tracking import ModelRegistry, ModelVersionNotFoundError, ModelVersionRecord
 
 

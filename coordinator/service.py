@@ -67,7 +67,6 @@ from coordinator.store import (
     TriggerHit,
 )
 from coordinator.telemetry import decision_span, record_decision
-from recipes.base import Recipe
 from shared.blob_poller import BlobChangePoller
 from shared.blobs.port import BlobStore, folder_prefix, validate_prefix
 from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
@@ -100,6 +99,7 @@ from shared.messages import (
     decode,
     utcnow,
 )
+from shared.recipe import Recipe
 from shared.topology import BLOB_EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC
 from shared.triggers import RESERVED_CONTAINERS, NoMatch, TriggerRule, route
 

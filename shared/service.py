@@ -39,7 +39,7 @@ SettingsT = TypeVar("SettingsT", bound=WorkerSettings)
 
 
 def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
-    from recipes.registry import get_recipe, list_recipes
+    from shared.recipe_registry import get_recipe, list_recipes
 
     modules = tuple(settings.recipe_modules)
     # Import every recipe (and its ML libraries) now, not on the first message.

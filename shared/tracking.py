@@ -24,7 +24,7 @@ from shared.errors import PermanentError, RetryableError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from recipes.base import ChildRun, TrainResult
+    from shared.recipe import ChildRun, TrainResult
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from recipes.base import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
 from shared.blobs.port import BlobProperties, BlobStore, folder_prefix
 from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
 from shared.bus.consuming import MALFORMED_MESSAGE, dead_letter, handle_each
@@ -54,6 +53,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.recipe import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
 from shared.telemetry import in_current_trace, stage_span
 from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, command_topic
 

@@ -24,10 +24,10 @@ from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.errors import ConfigurationError
+from shared.recipe_registry import get_recipe
 from shared.topology import build_topology
 
 REQUEST = {"recipe": "state_identifier", "data": "raw/set1", "params": {"n_clusters": 3}}

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from recipes.base import Recipe
 from services.register import REGISTRATION_RECORD
 from shared.bootstrap import create_promotion_options, create_registry
 from shared.history import append_run
 from shared.promotion import Promotion, PromotionOptions, change_champion
+from shared.recipe import Recipe
 from shared.settings import CommonSettings
 from shared.tracking import ModelRegistry, ModelVersionRecord
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec

@@ -32,9 +32,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from recipes.base import RecipeContext
 from shared.compute.port import ARTIFACTS_DIR, ERROR_FILE, PARAMS_BASE64_PREFIX, RESULT_FILE
 from shared.errors import PermanentError
+from shared.recipe import RecipeContext
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -95,7 +95,7 @@ def _load_params(text: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and write result.json; returns what it wrote."""
-    from recipes.registry import get_recipe
+    from shared.recipe_registry import get_recipe
 
     recipe = get_recipe(args.recipe, args.recipe_module)
     raw_params = _load_params(args.params_json)

@@ -34,7 +34,6 @@ from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import (
@@ -46,6 +45,7 @@ from shared.messages import (
     encode,
     utcnow,
 )
+from shared.recipe_registry import get_recipe
 from shared.topology import EVENTS_TOPIC, build_topology
 from tests.clock import Clock
 

@@ -19,9 +19,9 @@ from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
+from shared.recipe_registry import get_recipe
 from shared.topology import build_topology
 from tests.e2e.test_dashboard import _serve, browser, rows, text, wait_for
 

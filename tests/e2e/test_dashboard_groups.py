@@ -18,10 +18,10 @@ from coordinator.domain import Policy
 from coordinator.groups import MemberRequest
 from coordinator.service import Coordinator, GroupRequest
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import STAGES, StageFailed, StageSucceeded, encode
+from shared.recipe_registry import get_recipe
 from shared.topology import EVENTS_TOPIC, build_topology
 from tests.e2e.test_dashboard import _serve, browser, screenshot, text, wait_for
 

@@ -24,7 +24,7 @@ from schemathesis.generation.hypothesis.builder import (
 from coordinator.api import create_app
 from coordinator.service import TriggerPolicy
 from coordinator.settings import CoordinatorSettings
-from recipes.registry import list_recipes
+from shared.recipe_registry import list_recipes
 from shared.triggers import TriggerRule
 from tests.integration.test_coordinator_api import make_coordinator
 

@@ -10,10 +10,10 @@ from uuid import UUID
 from coordinator.domain import Policy
 from coordinator.service import Coordinator, RetentionPolicy
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import STAGES, Stage, StageFailed, StageSucceeded, encode
+from shared.recipe_registry import get_recipe
 from shared.topology import EVENTS_TOPIC, build_topology
 from tests.clock import Clock
 

@@ -19,7 +19,6 @@ from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import (
@@ -32,6 +31,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.recipe_registry import get_recipe
 from shared.topology import (
     CONTROL_TOPIC,
     EVENTS_TOPIC,

@@ -16,7 +16,6 @@ from coordinator import store as store_module
 from coordinator.domain import Policy, Run
 from coordinator.service import Coordinator
 from coordinator.store import RunStore, StoreUnavailableError
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
@@ -30,6 +29,7 @@ from shared.messages import (
     encode,
     utcnow,
 )
+from shared.recipe_registry import get_recipe
 from shared.topology import (
     CONTROL_TOPIC,
     COORDINATOR_SUBSCRIPTION,

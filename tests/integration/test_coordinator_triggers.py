@@ -16,7 +16,6 @@ from coordinator.domain import Policy, Run
 from coordinator.service import Coordinator, TriggerPolicy
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bootstrap import create_blob_store
 from shared.bus.port import OutgoingMessage
@@ -24,6 +23,7 @@ from shared.bus.sqlite import SqliteMessageBus
 from shared.errors import ConfigurationError
 from shared.events import BlobEventPublisher, blob_created_event, blob_event_message, parse_events
 from shared.messages import RunStage, decode
+from shared.recipe_registry import get_recipe
 from shared.topology import (
     BLOB_EVENTS_TOPIC,
     COORDINATOR_SUBSCRIPTION,

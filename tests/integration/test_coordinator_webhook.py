@@ -18,10 +18,10 @@ from coordinator.domain import Policy
 from coordinator.service import Coordinator, TriggerPolicy
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.events import blob_created_event
+from shared.recipe_registry import get_recipe
 from shared.topology import build_topology
 from shared.triggers import TriggerRule
 from tests.clock import Clock

@@ -20,7 +20,6 @@ from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.service import Coordinator, GroupPolicy, TriggerPolicy
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.events import blob_created_event, parse_events
@@ -35,6 +34,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.recipe_registry import get_recipe
 from shared.topology import (
     CONTROL_TOPIC,
     EVENTS_TOPIC,

@@ -10,10 +10,10 @@ from coordinator.domain import Policy
 from coordinator.schedules import Schedule
 from coordinator.service import Coordinator, TriggerPolicy
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.groups import GroupRule
+from shared.recipe_registry import get_recipe
 from shared.topology import build_topology
 from tests.clock import Clock
 

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from recipes.registry import get_recipe
 from services.aggregation import build_spec as aggregation_spec
 from services.split import build_spec as split_spec
 from services.train import experiment_name, make_handler
@@ -24,6 +23,7 @@ from shared.blobs.local import LocalBlobStore
 from shared.blobs.transfer import upload_directory
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import Message, RunStage, Stage, StageSucceeded, decode, encode
+from shared.recipe_registry import get_recipe
 from shared.topology import COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC, build_topology, command_topic
 from shared.tracking import PARENT_RUN_TAG, MlflowRegistry
 from shared.worker import StageSpec, Worker

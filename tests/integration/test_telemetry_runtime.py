@@ -25,7 +25,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.store import RunStore
-from recipes.registry import get_recipe
 from services.aggregation import build_spec as aggregation_spec
 from services.train.jobs import TrainingJobs
 from shared import telemetry
@@ -42,6 +41,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.recipe_registry import get_recipe
 from shared.telemetry import (
     ATTR_ATTEMPT,
     ATTR_CORRELATION_ID,

@@ -1,5 +1,6 @@
 """Dependencies point down: no import circle inside ``shared/``, settings only read
-configuration, and the kernel imports neither the services, the coordinator nor the CLI.
+configuration, and the kernel imports neither the recipes, the services, the coordinator nor the
+CLI (the recipe contract is kernel code: ``shared/recipe.py``).
 
 Every import counts, including those inside functions and under ``TYPE_CHECKING``: a circle
 hidden in a function body is still a circle."""
@@ -79,7 +80,7 @@ def test_settings_only_read_configuration() -> None:
     assert not {name for name in imported if name.startswith(adapters)}
 
 
-@pytest.mark.parametrize("upper", ["services", "coordinator", "cli"])
+@pytest.mark.parametrize("upper", ["recipes", "services", "coordinator", "cli"])
 def test_the_kernel_does_not_import_the_layers_above_it(upper: str) -> None:
     offenders = {
         module_name(path): sorted(name for name in imports_of(path) if name.split(".")[0] == upper)
@@ -92,3 +93,10 @@ def test_no_service_imports_the_cli() -> None:
     for package in ("shared", "services", "coordinator", "recipes"):
         for path in (ROOT / package).rglob("*.py"):
             assert not any(name.split(".")[0] == "cli" for name in imports_of(path)), path
+
+
+@pytest.mark.parametrize("package", ["services", "coordinator", "cli"])
+def test_services_reach_recipes_only_through_the_registry(package: str) -> None:
+    """Bundled recipes are found by entry point; no service imports one directly."""
+    for path in (ROOT / package).rglob("*.py"):
+        assert not any(name.split(".")[0] == "recipes" for name in imports_of(path)), path

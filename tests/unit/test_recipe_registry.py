@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from recipes import registry
 from recipes.base import Recipe
-from recipes.registry import get_recipe, list_recipes
+from shared import recipe_registry as registry
 from shared.errors import ConfigurationError, UnknownRecipeError
+from shared.recipe_registry import get_recipe, list_recipes
 
 _MODULE = """
     import dataclasses
@@ -79,7 +79,7 @@ def test_extra_module_can_override_an_entry_point_recipe(
         local = dataclasses.replace(_base, version="local-dev")
         """,
     )
-    with caplog.at_level(logging.WARNING, logger="recipes.registry"):
+    with caplog.at_level(logging.WARNING, logger="shared.recipe_registry"):
         found = get_recipe("state_identifier", (module,))
     assert found.version == "local-dev"
     assert "replaces" in caplog.text
@@ -100,7 +100,7 @@ def test_broken_entry_points_are_logged_and_skipped(
         metadata.EntryPoint("state_identifier", "recipes.state_identifier:recipe", group),
     ]
     monkeypatch.setattr(registry, "_entry_points", lambda: entry_points)
-    with caplog.at_level(logging.WARNING, logger="recipes.registry"):
+    with caplog.at_level(logging.WARNING, logger="shared.recipe_registry"):
         recipes = list_recipes()
     assert list(recipes) == ["state_identifier"]
     assert "'broken'" in caplog.text

@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 
 from recipes.base import RecipeContext
-from recipes.registry import get_recipe
 from recipes.species_distribution import SpeciesDistributionParams, aggregate, split, train
 from recipes.species_distribution.dataset import DatasetSchema
 from recipes.species_distribution.model import FeatureFrame
@@ -25,6 +24,7 @@ from recipes.species_distribution.search_space import (
 )
 from recipes.species_distribution.tuning import TuningError, tune
 from shared.errors import DataValidationError, StageCancelledError
+from shared.recipe_registry import get_recipe
 
 # Tiny tuning, so that a whole train stage takes a second or two.
 QUICK: dict[str, Any] = {"max_evals": 3, "n_folds": 2, "early_stopping_rounds": 5}

@@ -24,8 +24,8 @@ from importlib import metadata
 from types import MappingProxyType
 from typing import Any
 
-from recipes.base import Recipe
 from shared.errors import ConfigurationError, UnknownRecipeError
+from shared.recipe import Recipe
 
 ENTRY_POINT_GROUP = "retrainer.recipes"
 
