@@ -9,8 +9,11 @@ VENV := .venv
 $(UV):
 	python3 -m pip install --quiet --target .tools "uv==$(UV_VERSION)"
 
+# Byte-compiled at install: six services importing pandas, scikit-learn and MLflow for the
+# first time would otherwise compile them all at once on their first start.
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --all-extras
+	$(UV) sync --frozen --all-extras --compile-bytecode
+	$(VENV)/bin/python -m compileall -q cli coordinator recipes services shared
 	touch $@
 
 # Azurite (the Azure Storage emulator) for the blob adapter's tests, from package-lock.json.

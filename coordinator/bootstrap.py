@@ -30,8 +30,8 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
             f"state directory {settings.state_dir.resolve()}: {exc.strerror or exc}"
         ) from exc
     extra_modules = tuple(settings.recipe_modules)
-    # Discovering recipes imports their ML libraries (seconds): do it now rather than in the
-    # first POST /runs, and fail at start-up on a recipe module that cannot be imported.
+    # Cheap (recipes load their ML libraries with their first stage): fails the start-up on a
+    # recipe module that cannot be imported, rather than the first POST /runs.
     list_recipes(extra_modules)
     store = RunStore.from_url(
         settings.resolved_database_url,

@@ -21,6 +21,7 @@ from shared.recipe import (
     RecipeStage,
     TrainFunction,
     TrainResult,
+    lazy,
     pinned,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "RecipeStage",
     "TrainFunction",
     "TrainResult",
+    "lazy",
     "pinned",
 ]

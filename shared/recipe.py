@@ -19,10 +19,16 @@ cores the stage may use; it defaults to ``None``, i.e. a fresh context, for dire
 
 A long stage calls ``ctx.check_cancelled()`` at its checkpoints (between epochs, trials, zoo
 members): once the run is cancelled it raises ``StageCancelledError`` and the worker is free.
+
+Importing a recipe's package must stay cheap: every worker and the coordinator discover all
+recipes when they start, so a recipe names its stage functions with ``lazy("module:function")``
+and its ML libraries (pandas, scikit-learn, TensorFlow, ...) are imported by the first message
+that needs them (``tests/unit/test_recipe_registry.py`` checks this for every installed recipe).
 """
 
 from __future__ import annotations
 
+import importlib
 import operator
 import os
 import threading
@@ -63,6 +69,39 @@ def pinned(*distributions: str) -> tuple[str, ...]:
         except metadata.PackageNotFoundError:
             requirements.append(name)
     return tuple(requirements)
+
+
+class LazyFunction:
+    """A function imported from ``"package.module:name"`` on its first call."""
+
+    def __init__(self, target: str) -> None:
+        module, sep, name = target.partition(":")
+        if not (module and sep and name):
+            raise ValueError(f"lazy target {target!r} is not 'package.module:function'")
+        self.target = target
+        self._module = module
+        self._name = name
+        self._function: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        if self._function is None:
+            function = getattr(importlib.import_module(self._module), self._name)
+            if not callable(function):
+                raise TypeError(f"lazy target {self.target!r} is not callable")
+            self._function = function
+        return self._function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"lazy({self.target!r})"
+
+
+def lazy(target: str) -> Any:
+    """A stage function (or ``write_sample_data``) of a recipe that is imported with its
+    libraries when first called, e.g. ``train=lazy("my_recipe.training:train")``."""
+    return LazyFunction(target)
 
 
 class RecipeParams(BaseModel):

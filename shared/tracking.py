@@ -3,8 +3,9 @@
 The train stage logs one MLflow run per pipeline run (tagged with the correlation_id); the
 register stage creates a model version carrying the run's lineage; the tag stage reads the
 current champion and moves the ``champion`` alias and ``best_model`` tag, always through
-``shared.promotion``, which holds the model's promotion lease meanwhile. MLflow is imported
-only when ``MlflowRegistry`` is built.
+``shared.promotion``, which holds the model's promotion lease meanwhile. MLflow (seconds to
+import) is imported by the first call of an ``MlflowRegistry``, not when it is built, so the
+services that hold one start without it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import PermanentError, RetryableError
@@ -105,16 +108,35 @@ class ModelRegistry(Protocol):
 class MlflowRegistry:
     def __init__(self, tracking_uri: str, *, artifact_root: Path | None) -> None:
         """``artifact_root`` places new experiments' artifacts for a local (SQLite/file)
-        store; with a tracking server (None) the server decides (``--serve-artifacts``)."""
-        import mlflow
-
-        self._mlflow = mlflow
+        store; with a tracking server (None) the server decides (``--serve-artifacts``).
+        Nothing is imported or connected until the first call."""
         self.tracking_uri = tracking_uri
-        # Some MLflow 3 calls (resolving a ``models:/<id>`` source when registering) go
-        # through the process-wide tracking URI, not the client's: pin both.
-        mlflow.set_tracking_uri(tracking_uri)
         self._artifact_root = artifact_root
-        self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)
+        self._connect_lock = threading.Lock()
+        self._connected: tuple[ModuleType, MlflowClient] | None = None
+
+    @property
+    def _mlflow(self) -> ModuleType:
+        return self._connect()[0]
+
+    @property
+    def _client(self) -> MlflowClient:
+        return self._connect()[1]
+
+    def _connect(self) -> tuple[ModuleType, MlflowClient]:
+        with self._connect_lock:
+            if self._connected is None:
+                import mlflow
+
+                # Some MLflow 3 calls (resolving a ``models:/<id>`` source when registering)
+                # go through the process-wide tracking URI, not the client's: pin both.
+                mlflow.set_tracking_uri(self.tracking_uri)
+                client = mlflow.MlflowClient(self.tracking_uri)
+                with _created_once(self.tracking_uri):
+                    # Creates a local store's tables: one process at a time does that.
+                    client.search_experiments(max_results=1)
+                self._connected = (mlflow, client)
+            return self._connected
 
     def log_training(
         self,
@@ -125,8 +147,8 @@ class MlflowRegistry:
         pip_requirements: Sequence[str],
         tags: Mapping[str, str],
     ) -> TrainingRecord:
-        mlflow = self._mlflow
         with _translated("log training"):
+            mlflow = self._mlflow
             experiment_id = self._ensure_experiment(experiment_name)
             existing = [
                 found
@@ -288,6 +310,25 @@ class MlflowRegistry:
             experiment = self._client.get_experiment_by_name(name)
             assert experiment is not None
             return str(experiment.experiment_id)
+
+
+@contextmanager
+def _created_once(tracking_uri: str) -> Iterator[None]:
+    """Holds an exclusive lock beside a SQLite tracking database: processes that use a fresh
+    one at the same time would each try to create its tables."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _PERMANENT_ERROR_CODES = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST")

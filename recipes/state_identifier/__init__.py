@@ -13,23 +13,10 @@ Saving the model in MLflow's default skops format needs ``SKOPS_TRUSTED_TYPES`` 
 
 from __future__ import annotations
 
-from recipes.base import QualityGate, Recipe, pinned
-from recipes.state_identifier.aggregate import aggregate
+from recipes.base import QualityGate, Recipe, lazy, pinned
 from recipes.state_identifier.params import StateIdentifierParams
-from recipes.state_identifier.sample_data import write_sample_data
-from recipes.state_identifier.training import build_preprocessing, split, train
-from recipes.state_identifier.transformers import SKOPS_TRUSTED_TYPES
 
-__all__ = [
-    "SKOPS_TRUSTED_TYPES",
-    "StateIdentifierParams",
-    "aggregate",
-    "build_preprocessing",
-    "recipe",
-    "split",
-    "train",
-    "write_sample_data",
-]
+__all__ = ["StateIdentifierParams", "recipe"]
 
 MIN_SILHOUETTE = 0.2
 
@@ -45,10 +32,11 @@ recipe = Recipe(
     primary_metric="silhouette",
     greater_is_better=True,
     compute="cpu",
-    aggregate=aggregate,
-    split=split,
-    train=train,
-    write_sample_data=write_sample_data,
+    # pandas and scikit-learn are imported by the first stage that runs here.
+    aggregate=lazy("recipes.state_identifier.aggregate:aggregate"),
+    split=lazy("recipes.state_identifier.training:split"),
+    train=lazy("recipes.state_identifier.training:train"),
+    write_sample_data=lazy("recipes.state_identifier.sample_data:write_sample_data"),
     quality_gate=QualityGate({"silhouette": (">=", MIN_SILHOUETTE)}),
     pip_requirements=pinned("scikit-learn", "pandas", "numpy", "scipy", "pydantic"),
     # Aggregation only orders by the timestamp column and split keeps every row; the

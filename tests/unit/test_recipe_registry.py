@@ -133,3 +133,38 @@ def test_returned_dict_is_a_copy() -> None:
     first = list_recipes()
     first.clear()
     assert "state_identifier" in list_recipes()
+
+
+def test_discovering_every_recipe_imports_none_of_their_ml_libraries() -> None:
+    """Every worker and the coordinator discover all recipes when they start: a recipe's
+    package must name its stage functions with ``recipes.base.lazy`` so that pandas,
+    scikit-learn, TensorFlow... load with the first stage that needs them."""
+    import subprocess
+    import sys
+
+    heavy = ["numpy", "pandas", "sklearn", "scipy", "tensorflow", "keras", "torch", "mlflow"]
+    heavy += ["lightgbm", "onnxruntime", "PIL", "hyperopt", "pandera", "mltable"]
+    code = (
+        "import sys\n"
+        "from shared.recipe_registry import list_recipes\n"
+        "recipes = list_recipes()\n"
+        f"print(sorted(recipes), [m for m in {heavy!r} if m in sys.modules])\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    names, imported = found.rsplit("] [", 1)
+    assert "state_identifier" in names
+    assert imported.strip() == "]", f"discovering recipes imported {imported.strip()[:-1]}"
+
+
+def test_a_lazy_stage_function_is_imported_on_its_first_call() -> None:
+    from recipes.base import lazy
+
+    function = lazy("json:dumps")
+    assert repr(function) == "lazy('json:dumps')"
+    assert function([1]) == "[1]"
+    with pytest.raises(ValueError, match="is not 'package"):
+        lazy("json.dumps")
+    with pytest.raises(ModuleNotFoundError):
+        lazy("no_such_module_here:f")()
