@@ -109,6 +109,8 @@ OUTCOME_SUCCEEDED = "succeeded"
 OUTCOME_FAILED = "failed"
 OUTCOME_CACHED = "cached"
 OUTCOME_DEFERRED = "deferred"
+# The worker stopped during the stage and gave its message back to the bus.
+OUTCOME_ABANDONED = "abandoned"
 
 SPAN_NAMES = frozenset({SPAN_STAGE, SPAN_COORDINATOR})
 ATTRIBUTE_NAMES = frozenset(
@@ -146,7 +148,9 @@ EVENT_NAMES = frozenset(
     }
 )
 METRIC_NAMES = frozenset({METRIC_STAGE_DURATION, METRIC_QUEUE_WAIT, METRIC_SINCE_LAST_SUCCESS})
-OUTCOMES = frozenset({OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_CACHED, OUTCOME_DEFERRED})
+OUTCOMES = frozenset(
+    {OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_CACHED, OUTCOME_DEFERRED, OUTCOME_ABANDONED}
+)
 ALL_NAMES = SPAN_NAMES | ATTRIBUTE_NAMES | EVENT_NAMES | METRIC_NAMES
 
 # Custom events are log records of this logger carrying ``microsoft.custom_event.name``.
@@ -725,6 +729,11 @@ class StageTelemetry(SpanHandle):
             self.fail(event.error_type, event.error)
         else:
             self.outcome = OUTCOME_CACHED if event.cached else OUTCOME_SUCCEEDED
+        self.set({ATTR_OUTCOME: self.outcome})
+
+    def abandoned(self) -> None:
+        """The worker stopped mid-stage; the message goes to another delivery."""
+        self.outcome = OUTCOME_ABANDONED
         self.set({ATTR_OUTCOME: self.outcome})
 
 

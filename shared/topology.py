@@ -18,8 +18,8 @@ from shared.messages import STAGES, Stage
 EVENTS_TOPIC = "stage-events"
 # Microsoft.Storage.BlobCreated events (Event Grid -> Service Bus, or the local blob store).
 BLOB_EVENTS_TOPIC = "blob-events"
-# CancelStage commands from the coordinator (subscription "train": only training hands work
-# to outside compute that must be stopped).
+# CancelStage commands from the coordinator, one subscription per stage named after it
+# (``control_subscription``): every stage worker stops a cancelled attempt it is running.
 CONTROL_TOPIC = "run-control"
 # Azure ML's Microsoft.MachineLearningServices.RunStatusChanged events (Event Grid -> Service Bus).
 COMPUTE_EVENTS_TOPIC = "compute-events"
@@ -43,6 +43,11 @@ def command_topic(stage: Stage) -> str:
     return f"stage-{stage}"
 
 
+def control_subscription(stage: Stage) -> str:
+    """The subscription of ``stage``'s workers on ``CONTROL_TOPIC``."""
+    return stage
+
+
 @dataclass(frozen=True)
 class SubscriptionSpec:
     name: str
@@ -60,7 +65,10 @@ def build_topology(*, lock_duration_s: float = 60.0, max_delivery_count: int = 1
     topology: Topology = {command_topic(stage): sub(WORKER_SUBSCRIPTION) for stage in STAGES}
     topology[EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
     topology[BLOB_EVENTS_TOPIC] = sub(COORDINATOR_SUBSCRIPTION)
-    topology[CONTROL_TOPIC] = sub(TRAIN_SUBSCRIPTION)
+    topology[CONTROL_TOPIC] = tuple(
+        SubscriptionSpec(control_subscription(stage), max_delivery_count, lock_duration_s)
+        for stage in STAGES
+    )
     topology[COMPUTE_EVENTS_TOPIC] = sub(TRAIN_SUBSCRIPTION)
     return topology
 

@@ -2,8 +2,15 @@
 
 receive -> (cache check) -> download inputs -> call the stage handler -> upload outputs ->
 publish the stage event -> settle the message. It renews the message lock while a stage runs,
-stops gracefully on SIGTERM, dead-letters messages it cannot decode, and runs at most
-``max_concurrency`` messages at once.
+dead-letters messages it cannot decode, and runs at most ``max_concurrency`` messages at once.
+
+Cancelling: the coordinator's ``CancelStage`` (topic ``run-control``, one subscription per
+stage) sets the ``RecipeContext.cancelled`` event of the attempt if it runs here, so the recipe
+stops at its next checkpoint, and is remembered so that a command of that attempt still queued
+is dropped unrun. Stopping (SIGTERM): no new message is taken, the stages in flight are asked to
+stop at their next checkpoint and their messages are abandoned (redelivered at once, to this
+worker's successor or another replica) instead of dying with the process; a stage that does not
+stop within ``shutdown_grace_s`` has its message abandoned all the same.
 
 Retry policy lives in the coordinator: a failed stage is reported with ``StageFailed``
 (``retryable`` from the error type) and the message is completed; the coordinator decides
@@ -13,6 +20,8 @@ max-delivery-count dead-lettering only cover workers that die mid-stage.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -22,6 +31,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +54,7 @@ from shared.errors import (
     RetryableError,
 )
 from shared.messages import (
+    CancelStage,
     RunStage,
     Stage,
     StageFailed,
@@ -55,7 +66,13 @@ from shared.messages import (
 )
 from shared.recipe import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
 from shared.telemetry import in_current_trace, stage_span
-from shared.topology import EVENTS_TOPIC, WORKER_SUBSCRIPTION, command_topic
+from shared.topology import (
+    CONTROL_TOPIC,
+    EVENTS_TOPIC,
+    WORKER_SUBSCRIPTION,
+    command_topic,
+    control_subscription,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +80,11 @@ ARTIFACTS_CONTAINER = "artifacts"
 # Cacheable stages write under artifacts/cache/<stage>/<cache_key>.
 CACHE_FOLDER = "cache"
 MANIFEST = "_manifest.json"
+# CancelStage commands taken per receive, and how many cancelled attempts a worker remembers
+# (to drop their commands if they arrive later).
+CONTROL_BATCH = 20
+CONTROL_POLL_S = 0.5
+REMEMBERED_CANCELS = 10_000
 
 
 class BlobChangedError(RetryableError):
@@ -155,6 +177,8 @@ class StageSpec:
     ``download_inputs=False`` leaves fetching to the handler (``StageContext.download_input``),
     for one that may hand the blob prefixes to remote compute instead. ``background`` loops
     run in their own threads beside the receive loops until the worker stops (the event).
+    ``on_cancel`` is called with every ``CancelStage`` for this stage, after the attempt's
+    ``RecipeContext`` was cancelled (train: stop an Azure ML job or a training subprocess).
     """
 
     stage: Stage
@@ -164,6 +188,22 @@ class StageSpec:
     cacheable: bool = True
     download_inputs: bool = True
     background: tuple[Callable[[threading.Event], None], ...] = ()
+    on_cancel: Callable[[CancelStage], object] | None = None
+
+
+@dataclass
+class _Attempt:
+    """A stage attempt in flight here: what a cancel or a shutdown needs to reach it."""
+
+    message: ReceivedMessage
+    context: RecipeContext
+    renewer: _LockRenewer | None = None
+    # Set by a CancelStage (the run was cancelled), as opposed to the worker stopping.
+    cancel_requested: bool = False
+    # Completed or abandoned: nothing more may be published or settled for it.
+    settled: bool = False
+    abandoned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Worker:
@@ -176,14 +216,17 @@ class Worker:
         recipe_lookup: Callable[[str], Recipe],
         lock_duration_s: float,
         max_concurrency: int = 1,
-        receive_wait_s: float = 1.0,
+        receive_wait_s: float = 0.5,
         work_dir: Path | None = None,
         health_file: Path | None = None,
         name: str | None = None,
         stage_max_workers: int | None = None,
+        shutdown_grace_s: float = 5.0,
     ) -> None:
         """``stage_max_workers``: cores one stage may use (``RecipeContext.max_workers``);
-        default: the machine's cores shared among ``max_concurrency`` stages."""
+        default: the machine's cores shared among ``max_concurrency`` stages.
+        ``shutdown_grace_s``: how long ``run_forever`` waits, once stopped, for the stages in
+        flight to reach a checkpoint before it abandons their messages and returns."""
         self.spec = spec
         self._bus = bus
         self._blobs = blob_store
@@ -197,31 +240,46 @@ class Worker:
         self._stage_max_workers = stage_max_workers or max(
             1, (os.cpu_count() or 1) // max_concurrency
         )
+        self._shutdown_grace_s = shutdown_grace_s
         self._stopping = threading.Event()
-        # The recipe context of each attempt in flight, so that a cancel can reach it.
-        self._in_flight: dict[tuple[UUID, int], RecipeContext] = {}
+        # Each attempt in flight, so that a cancel or a shutdown can reach it.
+        self._in_flight: dict[tuple[UUID, int], _Attempt] = {}
+        # Attempts cancelled here, in order: a command of one arriving later is not run.
+        self._cancelled: OrderedDict[tuple[UUID, int], None] = OrderedDict()
         self._in_flight_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def run_forever(self) -> None:
-        """Process messages until ``stop()`` or SIGTERM/SIGINT; finishes in-flight stages."""
+        """Process messages until ``stop()`` or SIGTERM/SIGINT. Then the stages in flight are
+        cancelled and get ``shutdown_grace_s`` to reach a checkpoint; a message still held
+        after that is abandoned (redelivered), so no stage dies silently with the process."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         log.info("%s worker %s listening on %s", self.spec.stage, self.name, self.topic)
+        loops: list[Callable[[], None]] = [self._loop] * self._max_concurrency
+        loops.append(self._control_loop)
+        loops += [functools.partial(loop, self._stopping) for loop in self.spec.background]
         threads = [
-            threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
-            for i in range(self._max_concurrency)
-        ]
-        threads += [
-            threading.Thread(target=loop, args=(self._stopping,), name=f"{self.name}-bg{i}")
-            for i, loop in enumerate(self.spec.background)
+            threading.Thread(target=loop, name=f"{self.name}-{i}", daemon=True)
+            for i, loop in enumerate(loops)
         ]
         for thread in threads:
             thread.start()
+        self._stopping.wait()
+        with self._in_flight_lock:
+            in_flight = list(self._in_flight.values())
+        for attempt in in_flight:
+            attempt.context.cancelled.set()
+        # Idle loops return within one receive wait; busy ones when their stage stops.
+        deadline = time.monotonic() + max(self._shutdown_grace_s, self._receive_wait_s)
         for thread in threads:
-            thread.join()
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        with self._in_flight_lock:
+            in_flight = list(self._in_flight.values())
+        for attempt in in_flight:
+            self._abandon(attempt, f"still running {self._shutdown_grace_s:g} s after the stop")
         log.info("%s worker %s stopped", self.spec.stage, self.name)
 
     def stop(self) -> None:
@@ -231,13 +289,40 @@ class Worker:
         self._bus.close()
 
     def cancel_stage(self, correlation_id: UUID, attempt: int) -> bool:
-        """Ask the recipe of that attempt, if it runs here, to stop at its next checkpoint."""
+        """Ask the recipe of that attempt, if it runs here, to stop at its next checkpoint;
+        a command of that attempt received later is dropped. Returns whether it ran here."""
+        key = (correlation_id, attempt)
         with self._in_flight_lock:
-            context = self._in_flight.get((correlation_id, attempt))
-        if context is None:
+            self._cancelled[key] = None
+            while len(self._cancelled) > REMEMBERED_CANCELS:
+                self._cancelled.popitem(last=False)
+            running = self._in_flight.get(key)
+            if running is not None:
+                running.cancel_requested = True
+        if running is None:
             return False
-        context.cancelled.set()
+        running.context.cancelled.set()
         return True
+
+    def receive_control(self, *, max_wait_s: float | None = None) -> int:
+        """Receive ``CancelStage`` commands for this stage and obey them; returns how many
+        messages were handled."""
+        wait_s = self._receive_wait_s if max_wait_s is None else max_wait_s
+        return receive_cancels(self._bus, self.spec.stage, self._on_cancel, max_wait_s=wait_s)
+
+    def _on_cancel(self, request: CancelStage) -> None:
+        if request.stage != self.spec.stage:
+            return
+        if self.cancel_stage(request.correlation_id, request.attempt):
+            log.info(
+                "cancelling %s of run %s attempt %s: %s",
+                request.stage,
+                request.correlation_id,
+                request.attempt,
+                request.reason,
+            )
+        if self.spec.on_cancel is not None:
+            self.spec.on_cancel(request)
 
     @property
     def topic(self) -> str:
@@ -252,13 +337,32 @@ class Worker:
                 log.exception("%s worker loop error", self.spec.stage)
                 self._stopping.wait(1.0)
 
+    def _control_loop(self) -> None:
+        # Cancels are rare and a recipe looks at them only at its checkpoints: a quick look
+        # now and then costs less than another receiver polling the bus all the time.
+        while not self._stopping.is_set():
+            try:
+                handled = self.receive_control(max_wait_s=0.0)
+            except Exception:
+                log.exception("%s worker control loop error", self.spec.stage)
+                handled = 0
+            if not handled:
+                self._stopping.wait(CONTROL_POLL_S)
+
     def process_next(self) -> bool:
         """Receive and process at most one message; returns whether one was processed."""
         messages = self._bus.receive_messages(
             self.topic, WORKER_SUBSCRIPTION, max_wait_time=self._receive_wait_s
         )
         self._beat()
-        return bool(handle_each(self._bus, messages, self._process, consumer=self.name))
+        return bool(handle_each(self._bus, messages, self._take, consumer=self.name))
+
+    def _take(self, message: ReceivedMessage) -> None:
+        if self._stopping.is_set():
+            # Stopped while this receive waited: the next worker takes it at once.
+            self._bus.abandon_message(message)
+            return
+        self._process(message)
 
     def _beat(self) -> None:
         if self._health_file is not None:
@@ -276,14 +380,36 @@ class Worker:
         except MalformedMessageError as exc:
             dead_letter(self._bus, message, reason=MALFORMED_MESSAGE, description=str(exc))
             return
-        with stage_span(command, enqueued_time=message.enqueued_time, worker=self.name) as span:
-            span.finish(self._handle(message, command))
+        key = (command.correlation_id, command.attempt)
+        attempt = _Attempt(message, RecipeContext(max_workers=self._stage_max_workers))
+        with self._in_flight_lock:
+            cancelled = key in self._cancelled
+            if not cancelled:
+                self._in_flight[key] = attempt
+        if cancelled:
+            log.info(
+                "dropping %s of run %s attempt %s: cancelled before it started",
+                command.stage,
+                command.correlation_id,
+                command.attempt,
+            )
+            self._bus.complete_message(message)
+            return
+        try:
+            with stage_span(command, enqueued_time=message.enqueued_time, worker=self.name) as span:
+                event = self._handle(attempt, command)
+                if attempt.abandoned:
+                    span.abandoned()
+                else:
+                    span.finish(event)
+        finally:
+            with self._in_flight_lock:
+                del self._in_flight[key]
 
-    def _handle(
-        self, message: ReceivedMessage, command: RunStage
-    ) -> StageSucceeded | StageFailed | None:
+    def _handle(self, attempt: _Attempt, command: RunStage) -> StageSucceeded | StageFailed | None:
         """StageStarted, the stage, its outcome event, complete; returns the outcome event
-        (None when the handler deferred the work)."""
+        (None when the handler deferred the work or the message was abandoned)."""
+        message = attempt.message
         self._publish(
             StageStarted(
                 correlation_id=command.correlation_id,
@@ -294,14 +420,24 @@ class Worker:
                 delivery_count=message.delivery_count,
             )
         )
-        with _LockRenewer(self._bus, message, self._lock_duration_s, on_renewed=self._beat):
+        renewer = _LockRenewer(self._bus, message, self._lock_duration_s, on_renewed=self._beat)
+        attempt.renewer = renewer
+        with renewer:
             started = time.monotonic()
             try:
-                event: StageSucceeded | StageFailed | None = self._run_stage(command)
+                event: StageSucceeded | StageFailed | None = self._run_stage(
+                    command, attempt.context
+                )
             except Exception as exc:
+                if attempt.context.cancelled.is_set() and not attempt.cancel_requested:
+                    # Stopped because this worker is stopping, not the run: redo it elsewhere.
+                    self._abandon(attempt, f"{type(exc).__name__}: {exc}")
+                    return None
                 event = failed_event(command, exc)
                 log.log(
-                    logging.WARNING if event.retryable else logging.ERROR,
+                    logging.WARNING
+                    if event.retryable or attempt.cancel_requested
+                    else logging.ERROR,
                     "%s failed for run %s attempt %s: %s",
                     command.stage,
                     command.correlation_id,
@@ -312,16 +448,46 @@ class Worker:
             else:
                 if event is not None:
                     event = event.model_copy(update={"duration_s": time.monotonic() - started})
-        if event is not None:
-            self._publish(event)
-        try:
-            self._bus.complete_message(message)
-        except MessageLockLostError:
-            # The event is out and de-duplicated by message id; a redelivery hits the cache.
-            log.warning("lock lost before completing %s", message.message_id)
+        with attempt.lock:
+            if attempt.settled:
+                log.info(
+                    "%s of run %s attempt %s ended after its message was abandoned",
+                    command.stage,
+                    command.correlation_id,
+                    command.attempt,
+                )
+                return None
+            attempt.settled = True
+            if event is not None:
+                self._publish(event)
+            try:
+                self._bus.complete_message(message)
+            except MessageLockLostError:
+                # The event is out and de-duplicated by message id; a redelivery hits the cache.
+                log.warning("lock lost before completing %s", message.message_id)
         return event
 
-    def _run_stage(self, command: RunStage) -> StageSucceeded | None:
+    def _abandon(self, attempt: _Attempt, why: str) -> None:
+        """Give the attempt's message back to the bus (delivered again at once) and make sure
+        nothing more is published or settled for it."""
+        with attempt.lock:
+            if attempt.settled:
+                return
+            attempt.settled = attempt.abandoned = True
+            if attempt.renewer is not None:
+                attempt.renewer.stop()
+            log.warning(
+                "%s worker stopping: abandoned message %s (%s); it will be delivered again",
+                self.spec.stage,
+                attempt.message.message_id,
+                why,
+            )
+            try:
+                self._bus.abandon_message(attempt.message)
+            except MessageLockLostError:
+                log.warning("lock on %s lost before abandoning it", attempt.message.message_id)
+
+    def _run_stage(self, command: RunStage, context: RecipeContext) -> StageSucceeded | None:
         """The stage's success event, or None when the handler deferred the work."""
         recipe = self._recipe_lookup(command.recipe)
         params = recipe.parse_params(command.params)
@@ -353,22 +519,16 @@ class Worker:
                 output_dir,
                 self._blobs,
                 output_prefix,
-                RecipeContext(
-                    max_workers=self._stage_max_workers,
-                    blob_inputs=self._download_blob_params(blob_params, root / "params"),
+                # The attempt's context (its cancellation), with this stage's blob params.
+                dataclasses.replace(
+                    context, blob_inputs=self._download_blob_params(blob_params, root / "params")
                 ),
             )
             if self.spec.download_inputs:
                 for name in self.spec.inputs:
                     ctx.download_input(name)
-            key = (command.correlation_id, command.attempt)
-            with self._in_flight_lock:
-                self._in_flight[key] = ctx.recipe_context
-            try:
-                result = self.spec.handler(ctx)
-            finally:
-                with self._in_flight_lock:
-                    del self._in_flight[key]
+            context.check_cancelled()
+            result = self.spec.handler(ctx)
             if result.deferred:
                 log.info(
                     "%s deferred for run %s: %s",
@@ -484,8 +644,12 @@ class _LockRenewer:
         self._thread.start()
 
     def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         self._done.set()
-        self._thread.join()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
     def _renew(self) -> None:
         while not self._done.wait(self._interval):
@@ -497,6 +661,36 @@ class _LockRenewer:
                 return
             except Exception:
                 log.exception("renewing the lock on %s failed", self._message.message_id)
+
+
+def receive_cancels(
+    bus: MessageBus,
+    stage: Stage,
+    on_cancel: Callable[[CancelStage], object],
+    *,
+    max_wait_s: float,
+) -> int:
+    """Receive from ``run-control``/``stage``: ``on_cancel`` for each ``CancelStage`` (then the
+    message is completed), dead-letter anything else. Returns how many messages were handled."""
+    messages = bus.receive_messages(
+        CONTROL_TOPIC,
+        control_subscription(stage),
+        max_message_count=CONTROL_BATCH,
+        max_wait_time=max_wait_s,
+    )
+
+    def handle(message: ReceivedMessage) -> None:
+        try:
+            request = decode(message.body, message.application_properties)
+            if not isinstance(request, CancelStage):
+                raise MalformedMessageError(f"expected cancel_stage, got {request!r}")
+        except MalformedMessageError as exc:
+            dead_letter(bus, message, reason=MALFORMED_MESSAGE, description=str(exc))
+            return
+        on_cancel(request)
+        bus.complete_message(message)
+
+    return handle_each(bus, messages, handle, consumer=f"{stage} run-control")
 
 
 def write_manifest(

@@ -9,7 +9,6 @@ Every way writes the same ``training.json`` that the register stage reads.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from services.train.settings import TrainSettings
 from shared.blobs.port import validate_prefix
 from shared.bootstrap import create_blob_store, create_bus, create_registry
 from shared.compute.port import ERROR_FILE, RESULT_FILE, TrainingCompute, TrainingJob
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, StageCancelledError
 from shared.tracking import ModelRegistry
 from shared.worker import ARTIFACTS_CONTAINER, StageContext, StageHandler, StageResult, StageSpec
 
@@ -87,11 +86,14 @@ def make_handler(
             raise ConfigurationError("subprocess training compute is not configured")
         job = _training_job(ctx, str(ctx.download_input("split")), str(ctx.output_dir))
         handle = subprocess_compute.begin_training(job)
-        with jobs.waiting_on(ctx.command, handle):
+        cancelled = ctx.recipe_context.cancelled
+        status = subprocess_compute.get_job_status(handle)
+        while not status.is_terminal:
+            if cancelled.wait(SUBPROCESS_POLL_S):
+                # The run was cancelled or the worker is stopping: its process group goes.
+                subprocess_compute.cancel_job(handle)
+                raise StageCancelledError(f"training job {handle.job_id} cancelled")
             status = subprocess_compute.get_job_status(handle)
-            while not status.is_terminal:
-                time.sleep(SUBPROCESS_POLL_S)
-                status = subprocess_compute.get_job_status(handle)
         if status.state != "succeeded":
             raise failure_of(status, _read_json(ctx.output_dir / ERROR_FILE))
         result = _read_json(ctx.output_dir / RESULT_FILE)
@@ -187,7 +189,6 @@ def build_spec(settings: TrainSettings) -> StageSpec:
         bus=create_bus(settings),
         blob_store=create_blob_store(settings),
         remote=azureml_compute,
-        local=subprocess_compute,
         poll_interval_s=settings.training_poll_interval_s,
         receive_wait_s=settings.training_receive_wait_s,
     )
@@ -205,7 +206,9 @@ def build_spec(settings: TrainSettings) -> StageSpec:
         handler=handler,
         # Azure ML reads the split from blob storage itself: fetch it only to train here.
         download_inputs=False,
-        background=(jobs.run,),
+        # Jobs handed to Azure ML: followed to their end, and cancelled with their run.
+        background=(jobs.run,) if azureml_compute else (),
+        on_cancel=jobs.cancel if azureml_compute else None,
     )
 
 

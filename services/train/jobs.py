@@ -7,9 +7,11 @@ train service's follower loop (``TrainingJobs.run``) then completes the stage:
 * ``compute-events``/``train``: Azure ML's Event Grid ``RunStatusChanged`` events (one per
   message); a terminal status finishes the job at once;
 * polling: every ``poll_interval_s`` each recorded job's status is read (events can be lost or
-  late, and a follower that was down missed them);
-* ``run-control``/``train``: ``CancelStage`` from the coordinator cancels the run's jobs (remote
-  ones recorded in the blob store, and local subprocesses this process is waiting on).
+  late, and a follower that was down missed them).
+
+``cancel`` stops a run's recorded jobs; the train worker calls it for every ``CancelStage`` it
+receives (``StageSpec.on_cancel``). A local training subprocess is the worker's own business:
+the stage handler stops it when the attempt's ``RecipeContext`` is cancelled.
 
 Finishing a succeeded job writes ``training.json`` and the stage manifest under the job's output
 prefix (the train stage's cache location) and publishes ``StageSucceeded``; a failed or
@@ -28,13 +30,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.blobs.port import BlobStore
-from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
+from shared.bus.consuming import MALFORMED_EVENT, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.compute.azureml_events import parse_run_status_changed
 from shared.compute.port import (
@@ -47,10 +48,10 @@ from shared.compute.port import (
     MalformedComputeEventError,
     TrainingCompute,
 )
-from shared.errors import BlobNotFoundError, MalformedMessageError, PermanentError, RetryableError
-from shared.messages import CancelStage, RunStage, StageFailed, StageSucceeded, decode, encode
+from shared.errors import BlobNotFoundError, PermanentError, RetryableError
+from shared.messages import CancelStage, RunStage, StageFailed, StageSucceeded, encode
 from shared.telemetry import in_current_trace, stage_span
-from shared.topology import COMPUTE_EVENTS_TOPIC, CONTROL_TOPIC, EVENTS_TOPIC, TRAIN_SUBSCRIPTION
+from shared.topology import COMPUTE_EVENTS_TOPIC, EVENTS_TOPIC, TRAIN_SUBSCRIPTION
 from shared.worker import StageResult, failed_event, succeeded_event, write_manifest
 
 log = logging.getLogger(__name__)
@@ -108,19 +109,14 @@ class TrainingJobs:
         bus: MessageBus,
         blob_store: BlobStore,
         remote: TrainingCompute | None,
-        local: TrainingCompute | None,
         poll_interval_s: float,
         receive_wait_s: float = 0.5,
     ) -> None:
         self._bus = bus
         self._blobs = blob_store
         self._remote = remote
-        self._local = local
         self._poll_interval_s = poll_interval_s
         self._receive_wait_s = receive_wait_s
-        # Local subprocess jobs this process is waiting on, by (correlation_id, attempt).
-        self._waiting: dict[tuple[str, int], JobHandle] = {}
-        self._lock = threading.Lock()
 
     # -- deferred remote jobs -------------------------------------------------------------
 
@@ -251,35 +247,11 @@ class TrainingJobs:
             raise PermanentError("a training job is recorded but no remote compute is configured")
         return self._remote
 
-    # -- local subprocess jobs ----------------------------------------------------------------
-
-    @contextmanager
-    def waiting_on(self, command: RunStage, handle: JobHandle) -> Iterator[None]:
-        """Make a local job the worker is waiting on cancellable by ``CancelStage``."""
-        key = (str(command.correlation_id), command.attempt)
-        with self._lock:
-            self._waiting[key] = handle
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._waiting.pop(key, None)
-
     # -- cancelling ---------------------------------------------------------------------------
 
     def cancel(self, request: CancelStage) -> list[str]:
-        """Cancel the run's jobs at or before ``request.attempt``; returns their ids."""
+        """Cancel the run's recorded jobs at or before ``request.attempt``; returns their ids."""
         cancelled = []
-        with self._lock:
-            local = [
-                handle
-                for (run, attempt), handle in self._waiting.items()
-                if run == str(request.correlation_id) and attempt <= request.attempt
-            ]
-        for handle in local:
-            if self._local is not None:
-                self._local.cancel_job(handle)
-                cancelled.append(handle.job_id)
         prefix = f"{RECORDS_PREFIX}/runs/{request.correlation_id}/"
         for blob in self._blobs.list_blobs(prefix):
             try:
@@ -299,39 +271,17 @@ class TrainingJobs:
     # -- the follower loop --------------------------------------------------------------------
 
     def run(self, stopping: threading.Event) -> None:
-        """Follow jobs until ``stopping`` is set: control messages, compute events, polling."""
+        """Follow remote jobs until ``stopping`` is set: compute events, polling."""
         next_poll = 0.0
         while not stopping.is_set():
             try:
-                self.receive_control()
-                if self._remote is not None:
-                    self.receive_compute_events()
-                    if time.monotonic() >= next_poll:
-                        self.poll()
-                        next_poll = time.monotonic() + self._poll_interval_s
+                self.receive_compute_events()
+                if time.monotonic() >= next_poll:
+                    self.poll()
+                    next_poll = time.monotonic() + self._poll_interval_s
             except Exception:
                 log.exception("training job follower error")
                 stopping.wait(1.0)
-
-    def receive_control(self) -> int:
-        messages = self._bus.receive_messages(
-            CONTROL_TOPIC,
-            TRAIN_SUBSCRIPTION,
-            max_message_count=RECEIVE_BATCH,
-            max_wait_time=self._receive_wait_s,
-        )
-        return handle_each(self._bus, messages, self._on_control, consumer="train run-control")
-
-    def _on_control(self, message: ReceivedMessage) -> None:
-        try:
-            request = decode(message.body, message.application_properties)
-            if not isinstance(request, CancelStage):
-                raise MalformedMessageError(f"expected cancel_stage, got {request!r}")
-        except MalformedMessageError as exc:
-            dead_letter(self._bus, message, reason=MALFORMED_MESSAGE, description=str(exc))
-            return
-        self.cancel(request)
-        self._bus.complete_message(message)
 
     def receive_compute_events(self) -> int:
         messages = self._bus.receive_messages(

@@ -30,7 +30,7 @@ class TrainSettings(WorkerSettings):
     training_timeout_s: float = 6 * 3600.0
     # How often training jobs handed to Azure ML are polled when no event arrives.
     training_poll_interval_s: float = 60.0
-    # How long the job follower waits on each of its two subscriptions per turn.
+    # How long the job follower waits for compute events per turn.
     training_receive_wait_s: float = 0.5
 
     azureml_subscription_id: str | None = None

@@ -290,7 +290,7 @@ def test_a_remote_training_job_gets_a_stage_span_over_its_whole_life(
     """The worker's span covers only the submit (outcome deferred); finishing the job records a
     second stage span of the same attempt from the submit time, in the run's trace."""
     blobs = LocalBlobStore(tmp_path / "blobs")
-    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=None, local=None, poll_interval_s=60)
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=None, poll_interval_s=60)
     run = uuid.uuid4()
     command = RunStage(
         correlation_id=run,

@@ -52,7 +52,7 @@ from shared.topology import (
     build_topology,
     command_topic,
 )
-from shared.worker import StageSpec, Worker
+from shared.worker import StageSpec, Worker, receive_cancels
 from tests.azureml_fake import FakeAzureML as FakeWorkspace
 from tests.azureml_fake import fake_ml_client, refuse_network
 from tests.hostile import undecodable_messages, unreadable_compute_events
@@ -158,14 +158,15 @@ def make_train(
         bus=bus,
         blob_store=blobs,
         remote=azure,
-        local=local,
         poll_interval_s=poll_interval_s,
         receive_wait_s=0.1,
     )
     handler = make_handler(
         settings, registry=None, jobs=jobs, subprocess_compute=local, azureml_compute=azure
     )
-    spec = StageSpec("train", ("split",), "model", handler, download_inputs=False)
+    spec = StageSpec(
+        "train", ("split",), "model", handler, download_inputs=False, on_cancel=jobs.cancel
+    )
     worker = Worker(
         spec,
         bus=bus,
@@ -322,7 +323,7 @@ def test_cancel_stage_cancels_the_azure_ml_job(train: Train) -> None:
 
     cancel = CancelStage(correlation_id=command.correlation_id, stage="train", attempt=1)
     train.bus.send_messages(CONTROL_TOPIC, [encode(cancel)])
-    assert train.jobs.receive_control() == 1
+    assert train.worker.receive_control() == 1
     assert train.azure.cancelled == [job_id]
 
     train.bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(job_id, "Canceled")])
@@ -373,7 +374,7 @@ def test_an_undecodable_cancel_between_valid_ones_is_dead_lettered_alone_and_at_
     ]
     train.bus.send_messages(CONTROL_TOPIC, [cancels[0], bad, cancels[1]])
 
-    assert train.jobs.receive_control() == 3
+    assert train.worker.receive_control() == 3
 
     assert train.azure.cancelled == [
         f"retrainer-echo-{command.correlation_id}-1" for command in commands
@@ -383,7 +384,7 @@ def test_an_undecodable_cancel_between_valid_ones_is_dead_lettered_alone_and_at_
     )
     assert (dead.message_id, dead.dead_letter_reason) == (bad.message_id, "MalformedMessage")
     time.sleep(LOCK_S)
-    assert train.jobs.receive_control() == 0
+    assert train.worker.receive_control() == 0
 
 
 @pytest.mark.parametrize("case", range(7))
@@ -434,14 +435,14 @@ def test_a_subprocess_job_is_cancelled_while_the_worker_waits(
     worker = threading.Thread(target=train.worker.process_next)
     worker.start()
     deadline = time.monotonic() + 60
-    while not train.jobs._waiting and time.monotonic() < deadline:
+    while not local._jobs and time.monotonic() < deadline:
         time.sleep(0.05)
 
     train.bus.send_messages(
         CONTROL_TOPIC,
         [encode(CancelStage(correlation_id=command.correlation_id, stage="train", attempt=1))],
     )
-    assert train.jobs.receive_control() == 1
+    assert train.worker.receive_control() == 1
     worker.join(timeout=30)
 
     assert not worker.is_alive()
@@ -468,7 +469,7 @@ def test_the_worker_submits_a_real_azure_ml_command_job_that_an_event_completes(
         code_dir="azureml:retrainer-src:3",
     )
     settings = TrainSettings(state_dir=tmp_path / "state", compute_gpu="azureml")
-    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, local=None, poll_interval_s=3600)
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, poll_interval_s=3600)
     handler = make_handler(
         settings, registry=None, jobs=jobs, subprocess_compute=None, azureml_compute=azure
     )
@@ -501,7 +502,7 @@ def test_the_worker_submits_a_real_azure_ml_command_job_that_an_event_completes(
     assert workspace.unexpected == []
 
 
-def test_the_follower_loop_polls_and_obeys_cancels_until_stopped(
+def test_the_follower_loop_polls_until_stopped(
     bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
 ) -> None:
     train = make_train(bus, blobs, tmp_path, compute_gpu="azureml", poll_interval_s=0.05)
@@ -515,6 +516,7 @@ def test_the_follower_loop_polls_and_obeys_cancels_until_stopped(
     try:
         cancel = CancelStage(correlation_id=command.correlation_id, stage="train", attempt=1)
         train.bus.send_messages(CONTROL_TOPIC, [encode(cancel)])
+        assert train.worker.receive_control() == 1
         deadline = time.monotonic() + 20
         while train.jobs.pending() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -557,7 +559,7 @@ def _follow_over(
     bus: ServiceBusMessageBus, connection_string: str, blobs: LocalBlobStore, azure: FakeAzureML
 ) -> tuple[RunStage, RunStage, list[int], list[Message]]:
     """Two recorded jobs: one completes by event, one is cancelled; returns what came out."""
-    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, local=None, poll_interval_s=3600)
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, poll_interval_s=3600)
     finished, cancelled = (
         RunStage(correlation_id=uuid.uuid4(), stage="train", attempt=1, recipe="echo", inputs={})
         for _ in range(2)
@@ -582,7 +584,7 @@ def _follow_over(
     handled = [0, 0]
     while handled != [1, 1] and time.monotonic() < deadline:
         handled[0] += jobs.receive_compute_events()
-        handled[1] += jobs.receive_control()
+        handled[1] += receive_cancels(bus, "train", jobs.cancel, max_wait_s=0.5)
     received = bus.receive_messages(
         EVENTS_TOPIC, COORDINATOR_SUBSCRIPTION, max_message_count=10, max_wait_time=5
     )
@@ -608,7 +610,7 @@ def test_cancelling_a_given_up_attempt_spares_its_retry(train: Train) -> None:
 
     cancel = CancelStage(correlation_id=first.correlation_id, stage="train", attempt=1)
     train.bus.send_messages(CONTROL_TOPIC, [encode(cancel)])
-    train.jobs.receive_control()
+    train.worker.receive_control()
 
     assert train.azure.cancelled == [f"retrainer-echo-{first.correlation_id}-1"]
     assert retry.attempt == 2

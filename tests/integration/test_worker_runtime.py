@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
 from shared.messages import (
+    CancelStage,
     Message,
     RunStage,
     StageFailed,
@@ -26,6 +28,7 @@ from shared.messages import (
     encode,
 )
 from shared.topology import (
+    CONTROL_TOPIC,
     COORDINATOR_SUBSCRIPTION,
     EVENTS_TOPIC,
     WORKER_SUBSCRIPTION,
@@ -353,3 +356,132 @@ def test_cancel_stage_reaches_the_recipe_of_the_attempt_in_flight(
     assert isinstance(failed, StageFailed)
     assert failed.error_type == "StageCancelledError" and not failed.retryable
     assert not worker.cancel_stage(command.correlation_id, command.attempt), "no longer in flight"
+
+
+def _waits_for_cancel(entered: threading.Event) -> StageSpec:
+    def handler(ctx: StageContext) -> StageResult:
+        entered.set()
+        while True:
+            ctx.recipe_context.check_cancelled()
+            ctx.recipe_context.cancelled.wait(0.05)
+
+    return StageSpec(stage="aggregation", inputs=("data",), output="dataset", handler=handler)
+
+
+def _cancel(bus: SqliteMessageBus, command: RunStage) -> None:
+    request = CancelStage(
+        correlation_id=command.correlation_id, stage=command.stage, attempt=command.attempt
+    )
+    bus.send_messages(CONTROL_TOPIC, [encode(request)])
+
+
+def test_a_cancel_stage_on_run_control_stops_the_attempt_and_reaches_the_stage_hook(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    entered = threading.Event()
+    hooked: list[CancelStage] = []
+    spec = dataclasses.replace(_waits_for_cancel(entered), on_cancel=hooked.append)
+    worker = make_worker(spec, bus, blobs)
+    command = send(bus)
+    processing = threading.Thread(target=worker.process_next)
+    processing.start()
+    assert entered.wait(60)
+
+    _cancel(bus, command)
+    assert worker.receive_control() == 1
+    processing.join(60)
+
+    assert not processing.is_alive()
+    _, failed = events(bus)
+    assert isinstance(failed, StageFailed) and failed.error_type == "StageCancelledError"
+    assert [request.correlation_id for request in hooked] == [command.correlation_id]
+
+
+def test_a_command_whose_attempt_was_cancelled_before_it_started_is_dropped_unrun(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    ran: list[StageContext] = []
+
+    def handler(ctx: StageContext) -> StageResult:
+        ran.append(ctx)
+        return StageResult()
+
+    worker = make_worker(StageSpec("aggregation", ("data",), "dataset", handler), bus, blobs)
+    command = send(bus)
+    _cancel(bus, command)
+    # Another stage's cancel is not this worker's business.
+    bus.send_messages(
+        CONTROL_TOPIC,
+        [encode(CancelStage(correlation_id=uuid.uuid4(), stage="train", attempt=1))],
+    )
+    assert worker.receive_control() == 2
+
+    assert worker.process_next()
+    assert ran == []
+    assert events(bus) == []
+    assert (
+        bus.receive_messages(command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=0.1)
+        == []
+    ), "completed, not redelivered"
+
+
+def _run_until_stopped(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    return thread
+
+
+def test_a_worker_stopped_mid_stage_abandons_the_message_instead_of_failing_the_run(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    entered = threading.Event()
+    worker = make_worker(_waits_for_cancel(entered), bus, blobs)
+    send(bus)
+    running = _run_until_stopped(worker)
+    assert entered.wait(60)
+
+    worker.stop()
+    running.join(60)
+
+    assert not running.is_alive()
+    assert [type(event) for event in events(bus)] == [StageStarted], "no StageFailed"
+    [again] = bus.receive_messages(
+        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=5
+    )
+    assert again.delivery_count == 2, "given back at once, for the next worker"
+
+
+def test_a_stage_that_ignores_the_stop_is_abandoned_after_the_grace_period(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def stubborn(ctx: StageContext) -> StageResult:
+        entered.set()
+        release.wait(60)
+        return StageResult()
+
+    worker = Worker(
+        StageSpec("aggregation", ("data",), "dataset", stubborn),
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.2,
+        shutdown_grace_s=0.2,
+    )
+    send(bus)
+    running = _run_until_stopped(worker)
+    assert entered.wait(60)
+
+    worker.stop()
+    running.join(60)
+    assert not running.is_alive(), "returned although the stage is still running"
+    [again] = bus.receive_messages(
+        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=5
+    )
+    assert again.delivery_count == 2
+
+    release.set()
+    time.sleep(0.5)  # let the stage's thread run to its end
+    assert [type(event) for event in events(bus)] == [StageStarted], "nothing after abandoning"
