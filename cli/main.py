@@ -47,7 +47,7 @@ from shared.messages import STAGES
 from shared.settings import CommonSettings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_PORT = 8080
 # How often `watch` asks the coordinator, and redraws its live table on a terminal.
 POLL_S = 0.5
 FRAME_S = 0.1
@@ -458,12 +458,20 @@ def write_baseline(
 
 
 def prepare_state(settings: CommonSettings) -> None:
-    """Create the bus and MLflow databases once, before several processes race to do it."""
+    """Create the state directory and the bus once, before several processes race to do it
+    (an unwritable directory fails here, not in six logs). The MLflow database is created by
+    the first process that uses it (``shared/tracking.py``), not at start-up."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     create_bus(settings).close()
-    import mlflow
 
-    mlflow.MlflowClient(settings.resolved_mlflow_tracking_uri).search_experiments()
+
+def default_port() -> int:
+    return int(os.environ.get("RETRAINER_PORT", DEFAULT_PORT))
+
+
+def default_url() -> str:
+    """``RETRAINER_URL``, else the coordinator ``retrainer up`` starts (``RETRAINER_PORT``)."""
+    return os.environ.get("RETRAINER_URL") or f"http://127.0.0.1:{default_port()}"
 
 
 def stack_env(settings: CommonSettings, port: int) -> dict[str, str]:
@@ -478,7 +486,9 @@ def stack_env(settings: CommonSettings, port: int) -> dict[str, str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from cli.stack import Stack
+    """The stack in the foreground until Ctrl-C or SIGTERM; a service that dies is restarted.
+    Exit status 1 if it does not come up (every service is stopped then)."""
+    from cli.stack import Stack, StackError
 
     settings = CommonSettings()
     prepare_state(settings)
@@ -491,20 +501,45 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    stack.start()
     url = f"http://127.0.0.1:{args.port}"
-    stack.wait_ready(url)
-    print(
-        f"retrainer is up: {url} (dashboard {url}/dashboard, API docs {url}/docs); "
-        f"logs in {stack.log_dir}",
-        flush=True,
-    )
-    print("Ctrl-C stops it.", flush=True)
-    while not stopping:
-        stack.restart_dead()
-        time.sleep(0.5)
-    stack.stop()
+    print(f"starting the coordinator and {len(STAGES)} workers (logs in {stack.log_dir})")
+    try:
+        stack.start()
+        took = stack.wait_ready(
+            url,
+            timeout_s=args.startup_timeout,
+            progress=_show_waiting,
+            stop_requested=lambda: stopping,
+        )
+        print(f"retrainer is up in {took:.1f} s: {url}")
+        print(f"  dashboard {url}/dashboard   API docs {url}/docs")
+        if url != f"http://127.0.0.1:{DEFAULT_PORT}":
+            print(f"  for the other commands: export RETRAINER_URL={url}")
+        print("Ctrl-C stops it.", flush=True)
+        while not stopping:
+            stack.restart_dead()
+            time.sleep(0.2)
+    except StackError as exc:
+        if not stopping:
+            print(f"error: retrainer did not come up: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        stopped_at = time.monotonic()
+        killed = stack.stop()
+        print(
+            f"stopped in {time.monotonic() - stopped_at:.1f} s"
+            + (f" (killed: {', '.join(killed)})" if killed else ""),
+            flush=True,
+        )
     return 0
+
+
+def _show_waiting(elapsed: float, waiting: dict[str, str]) -> None:
+    if waiting:
+        shown = ", ".join(
+            name if why == "starting" else f"{name} ({why})" for name, why in waiting.items()
+        )
+        print(f"  {elapsed:5.1f} s  waiting for {shown}", flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -520,8 +555,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with Stack(stack_env(settings, port), log_dir=settings.state_dir / "logs") as stack:
-        stack.wait_ready(url)
-        print(f"stack up: coordinator {url} + {len(STAGES)} workers (logs in {stack.log_dir})")
+        took = stack.wait_ready(url, progress=_show_waiting)
+        print(
+            f"stack up in {took:.1f} s: coordinator {url} + {len(STAGES)} workers "
+            f"(logs in {stack.log_dir})"
+        )
         with httpx.Client(base_url=url, timeout=10.0) as client:
             run = start_run(client, recipe, prefix, {})
             print(f"run {run['id']} started (dashboard: {url}/dashboard/runs/{run['id']})")
@@ -720,8 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get("RETRAINER_URL", DEFAULT_URL),
-        help="coordinator URL (env RETRAINER_URL)",
+        default=default_url(),
+        help="coordinator URL (env RETRAINER_URL; default: 127.0.0.1 on RETRAINER_PORT or 8080)",
     )
     parser.add_argument(
         "--token",
@@ -743,7 +781,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     up = commands.add_parser("up", help="run the coordinator and the five workers")
-    up.add_argument("--port", type=int, default=8080)
+    up.add_argument(
+        "--port", type=int, default=default_port(), help="env RETRAINER_PORT, default 8080"
+    )
+    up.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for every service (env RETRAINER_STARTUP_TIMEOUT_S, default 300)",
+    )
     up.set_defaults(func=cmd_up)
 
     sample = commands.add_parser("sample-data", help="upload a recipe's sample data")

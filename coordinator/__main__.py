@@ -13,6 +13,7 @@ from coordinator.api import create_app
 from coordinator.auth import check_exposure
 from coordinator.settings import CoordinatorSettings
 from shared.errors import ConfigurationError
+from shared.lifecycle import stop_with_supervisor
 from shared.telemetry import configure_from_settings
 
 log = logging.getLogger("coordinator")
@@ -20,6 +21,7 @@ log = logging.getLogger("coordinator")
 
 def main() -> None:
     settings = CoordinatorSettings()
+    stop_with_supervisor(settings.supervisor_pid)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,8 +1,9 @@
 """The coordinator's REST API.
 
 ``create_app`` builds the app; its lifespan builds the coordinator from settings (unless one is
-given) and runs the background loops, and stops them on shutdown (uvicorn turns SIGTERM into
-a shutdown). Nothing connects at import time.
+given) in the background (``coordinator/startup.py``: ``/healthz`` answers at once, ``/readyz``
+once the run store and the bus are connected) and runs the background loops, and stops them on
+shutdown (uvicorn turns SIGTERM into a shutdown). Nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from coordinator.service import (
     RunConflict,
 )
 from coordinator.settings import CoordinatorSettings
+from coordinator.startup import CoordinatorUnavailableError, Startup
 from coordinator.store import GroupNotFound
 from coordinator.webhook import PATH as WEBHOOK_PATH
 from coordinator.webhook import WebhookConfig, add_event_routes
@@ -506,14 +508,17 @@ def _bounded(error: str | None) -> str | None:
 
 
 def get_coordinator(request: Request) -> Coordinator:
-    coordinator: Coordinator = request.app.state.coordinator
-    return coordinator
+    """The coordinator; while it starts, waits for it (503 if it does not come in time)."""
+    startup: Startup = request.app.state.startup
+    return startup.get()
 
 
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
 
 
 def get_champions(request: Request) -> ModelChampions:
+    startup: Startup = request.app.state.startup
+    startup.get()  # built with the coordinator
     champions: ModelChampions = request.app.state.champions
     return champions
 
@@ -538,23 +543,37 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or CoordinatorSettings()
         auth = Authenticator.from_settings(resolved)
-        if coordinator is None:
-            # Once per process (python -m coordinator did it already: a no-op then).
-            configure_from_settings("coordinator", resolved)
-        running = coordinator or build_coordinator(resolved)
-        if coordinator is None:
+
+        def build() -> Coordinator:
+            running = build_coordinator(resolved)
             observe_last_successes(running.last_successes)
-        loops = None
-        if run_loops:
-            loops = BackgroundLoops(
+            app.state.champions = champions or build_champions(resolved, running.blobs)
+            return running
+
+        def make_loops(running: Coordinator) -> BackgroundLoops | None:
+            if not run_loops:
+                return None
+            return BackgroundLoops(
                 running,
                 resolved.loop_intervals,
                 blob_poller=build_blob_poller(resolved, running),
                 blob_poller_interval_s=resolved.blob_poller_interval_s,
             )
-        app.state.coordinator = running
-        app.state.champions = champions or build_champions(resolved, running.blobs)
-        app.state.loops = loops
+
+        if coordinator is None:
+            # Once per process (python -m coordinator did it already: a no-op then).
+            configure_from_settings("coordinator", resolved)
+            startup = Startup(
+                build, make_loops=make_loops, request_wait_s=resolved.startup_request_wait_s
+            )
+            startup.start()
+        else:
+            app.state.champions = champions or build_champions(resolved, coordinator.blobs)
+            loops = make_loops(coordinator)
+            if loops is not None:
+                loops.start()
+            startup = Startup.of(coordinator, loops)
+        app.state.startup = startup
         app.state.auth = auth
         secret = resolved.trigger_webhook_secret
         app.state.webhook = WebhookConfig(
@@ -562,15 +581,13 @@ def create_app(
             auth=auth,
             role=resolved.trigger_webhook_role,
         )
-        if loops:
-            loops.start()
         try:
             yield
         finally:
-            if loops:
-                loops.stop()
+            startup.stop()
             if coordinator is None:
-                running.close()
+                if startup.coordinator is not None:
+                    startup.coordinator.close()
                 # Here, not after uvicorn.run: uvicorn re-raises SIGTERM once shut down.
                 shutdown_telemetry()
 
@@ -775,22 +792,42 @@ def _add_routes(app: FastAPI) -> None:
     def retry_group(group_id: UUID, coordinator: CoordinatorDep) -> RunGroupOut:
         return RunGroupOut.of(coordinator.retry_group(group_id))
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        responses={HTTPStatus.SERVICE_UNAVAILABLE: {"description": "the start-up failed"}},
+    )
+    def healthz(request: Request) -> JSONResponse:
+        """Alive: answers as soon as the server listens; 503 once the start-up has failed
+        for good (restart the process)."""
+        startup: Startup = request.app.state.startup
+        if startup.status == "failed":
+            body = {"status": "failed", "error": startup.error or ""}
+            return JSONResponse(body, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        return JSONResponse({"status": "ok"})
 
     @app.get(
         "/readyz",
         response_model=Readiness,
         responses={HTTPStatus.SERVICE_UNAVAILABLE: {"model": Readiness}},
     )
-    def readyz(request: Request, coordinator: CoordinatorDep) -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:
+        """Ready: the run store answers and the bus loops run. While starting (or after a
+        failed start-up) ``status`` is ``starting`` (``failed``) and ``checks.startup`` says
+        what it waits for."""
+        startup: Startup = request.app.state.startup
+        coordinator = startup.coordinator
+        if startup.status != "ready" or coordinator is None:
+            checks = {"startup": startup.error or startup.status}
+            return JSONResponse(
+                Readiness(status=startup.status, checks=checks).model_dump(),
+                status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+            )
         checks = {"database": "ok"}
         try:
             coordinator.check_ready()
         except Exception as exc:
             checks["database"] = f"{type(exc).__name__}: {exc}"
-        loops: BackgroundLoops | None = request.app.state.loops
+        loops = startup.loops
         if loops is not None:
             # The consumer polls the bus every second or so: its last outcome is the bus's health.
             checks["bus"] = (
@@ -863,6 +900,14 @@ def _model_errors() -> Iterator[None]:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CoordinatorUnavailableError)
+    def unavailable(_: Request, exc: CoordinatorUnavailableError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(InvalidRunRequest)
     def invalid_run_request(_: Request, exc: InvalidRunRequest) -> JSONResponse:
         # The same shape as FastAPI's own validation errors, so clients parse one format.

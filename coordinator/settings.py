@@ -40,6 +40,9 @@ class CoordinatorSettings(CommonSettings):
     # The tenant's signing keys; default: login.microsoftonline.com's JWKS for the tenant.
     auth_jwks_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The API answers while the coordinator connects to its store and bus; a request that
+    # needs the coordinator meanwhile waits this long for it, then gets a 503.
+    startup_request_wait_s: float = Field(default=30.0, ge=0)
 
     max_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=2.0, ge=0)
@@ -48,7 +51,8 @@ class CoordinatorSettings(CommonSettings):
     run_timeout_s: float = Field(default=900.0, gt=0)
     train_timeout_s: float = Field(default=7200.0, gt=0)
 
-    consumer_wait_s: float = Field(default=1.0, gt=0)
+    # The longest the bus consumers wait per receive: also how long stopping them takes.
+    consumer_wait_s: float = Field(default=0.5, gt=0)
     relay_interval_s: float = Field(default=1.0, gt=0)
     watchdog_interval_s: float = Field(default=5.0, gt=0)
 

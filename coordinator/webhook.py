@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from coordinator.auth import AuthenticationError, AuthenticationUnavailable, Authenticator
 from coordinator.http import query_secret
 from coordinator.service import Coordinator
+from coordinator.startup import Startup
 from shared.errors import RetryableError
 from shared.events import EVENT_LIMITS, MalformedEventError, decode_events
 from shared.limits import truncate
@@ -188,7 +189,8 @@ def add_event_routes(app: FastAPI) -> None:
             problem = truncate(str(exc), 1000)
             log.warning("refusing blob events: %s", problem)
             return _problem(HTTPStatus.BAD_REQUEST, problem)
-        coordinator: Coordinator = request.app.state.coordinator
+        startup: Startup = request.app.state.startup
+        coordinator: Coordinator = await run_in_threadpool(startup.get)
         try:
             report = await run_in_threadpool(coordinator.receive_blob_events, events)
         except RetryableError as exc:

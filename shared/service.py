@@ -1,16 +1,24 @@
-"""Starting a stage worker process: settings -> adapters -> Worker."""
+"""Starting a stage worker process: settings -> adapters -> Worker.
+
+Start-up is cheap by design: recipes import their ML libraries on the first message that needs
+them (``recipes.base.lazy``), and the MLflow registry imports MLflow on its first call, so a
+worker listens within a second of starting. Stopping: SIGTERM ends ``Worker.run_forever``
+(stages in flight abandoned, see ``shared/worker.py``), telemetry is flushed, and the process
+exits without the interpreter's teardown.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from pydantic import Field
 
 from shared.bootstrap import create_blob_store, create_bus
 from shared.healthcheck import serve_health
+from shared.lifecycle import exit_now, stop_with_supervisor
 from shared.settings import CommonSettings
 from shared.telemetry import configure_from_settings, shutdown_telemetry
 from shared.worker import StageSpec, Worker
@@ -18,7 +26,8 @@ from shared.worker import StageSpec, Worker
 
 class WorkerSettings(CommonSettings):
     max_concurrency: int = 1
-    receive_wait_s: float = 1.0
+    # The longest a receive waits for a message: also how long stopping an idle worker takes.
+    receive_wait_s: float = 0.5
     work_dir: Path | None = None
     # Touched after every receive; the container healthcheck reads its age.
     health_file: Path | None = None
@@ -27,6 +36,9 @@ class WorkerSettings(CommonSettings):
     health_port: int | None = Field(default=None, ge=1, le=65535)
     health_max_age_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
+    # After SIGTERM, how long a stage in flight may take to reach a checkpoint before its
+    # message is abandoned (delivered again) and the process exits.
+    shutdown_grace_s: float = 5.0
 
     @property
     def resolved_health_file(self) -> Path | None:
@@ -42,7 +54,8 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
     from shared.recipe_registry import get_recipe, list_recipes
 
     modules = tuple(settings.recipe_modules)
-    # Import every recipe (and its ML libraries) now, not on the first message.
+    # Cheap (a recipe's libraries load with its first stage), and a recipe module that cannot
+    # be imported stops the worker now rather than failing every message.
     list_recipes(modules)
     return Worker(
         spec,
@@ -54,13 +67,16 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
         receive_wait_s=settings.receive_wait_s,
         work_dir=settings.work_dir,
         health_file=settings.resolved_health_file,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
 
 
 def run_stage_service(
     build_spec: Callable[[SettingsT], StageSpec], settings_type: type[SettingsT]
-) -> None:
+) -> NoReturn:
+    """A worker process's main: runs until SIGTERM/SIGINT, then exits the process."""
     settings = settings_type()
+    stop_with_supervisor(settings.supervisor_pid)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -83,3 +99,4 @@ def run_stage_service(
         worker.close()
         # SIGTERM stops run_forever: what the last stages recorded is sent before exiting.
         shutdown_telemetry()
+    exit_now(0)

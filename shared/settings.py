@@ -18,6 +18,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_file=".env", extra="ignore")
 
     state_dir: Path = Path(".retrainer")
+    # The process that started this one (``retrainer up``): when it is gone, this one stops.
+    supervisor_pid: int | None = None
 
     bus: Literal["sqlite", "servicebus"] = "sqlite"
     bus_sqlite_path: Path | None = None
