@@ -24,23 +24,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recipes.base import QualityGate, Recipe, RecipeParams
-from recipes.text_classification.aggregate import aggregate, read_sets
-from recipes.text_classification.dataset import POOL, TRAIN
+from recipes.base import QualityGate, Recipe, RecipeParams, lazy, pinned
 from recipes.text_classification.params import TextClassificationParams, coerce_params
-from recipes.text_classification.sample_data import write_sample_data
-from recipes.text_classification.split import split
-from recipes.text_classification.training import pinned_requirements, train
 
-__all__ = [
-    "TextClassificationParams",
-    "aggregate",
-    "recipe",
-    "split",
-    "train",
-    "write_baseline",
-    "write_sample_data",
-]
+__all__ = ["TextClassificationParams", "recipe", "write_baseline"]
 
 MIN_F1_MACRO = 0.5
 
@@ -48,6 +35,8 @@ MIN_F1_MACRO = 0.5
 def write_baseline(data_dir: Path, out_file: Path, params: RecipeParams) -> None:
     """A first baseline profile from a raw data set: its train set (or its pool) profiled,
     with the default tolerances. Edit it by hand from then on."""
+    from recipes.text_classification.aggregate import read_sets
+    from recipes.text_classification.dataset import POOL, TRAIN
     from recipes.text_classification.profile import (
         baseline_from,
         profile_texts,
@@ -78,12 +67,14 @@ recipe = Recipe(
     primary_metric="f1_macro",
     greater_is_better=True,
     compute="cpu",
-    aggregate=aggregate,
-    split=split,
-    train=train,
-    write_sample_data=write_sample_data,
+    # pandas and scikit-learn are imported by the first stage that runs here.
+    aggregate=lazy("recipes.text_classification.aggregate:aggregate"),
+    split=lazy("recipes.text_classification.split:split"),
+    train=lazy("recipes.text_classification.training:train"),
+    write_sample_data=lazy("recipes.text_classification.sample_data:write_sample_data"),
     quality_gate=QualityGate({"f1_macro": (">=", MIN_F1_MACRO)}),
-    pip_requirements=pinned_requirements(),
+    # What loading the registered ONNX model needs (scikit-learn is not among them).
+    pip_requirements=pinned("onnx", "onnxruntime", "numpy", "pandas"),
     stage_params={
         "aggregation": [
             "text_column",

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recipes.base import ChildRun, RecipeContext, RecipeParams, TrainResult, pinned
+from recipes.base import ChildRun, RecipeContext, RecipeParams, TrainResult
 from recipes.text_classification.cleaning import TextCleaner, clean_texts
 from recipes.text_classification.dataset import LABEL, SUBSET, TEST_FILE, TEXT, TRAIN_FILE
 from recipes.text_classification.onnx_export import (
@@ -414,8 +414,3 @@ def _child(fitted: Fitted, kind: str) -> ChildRun:
         artifacts=[fitted.artifact] if fitted.artifact else [],
         tags=tags,
     )
-
-
-def pinned_requirements() -> tuple[str, ...]:
-    """What loading the registered ONNX model needs (scikit-learn is not among them)."""
-    return pinned("onnx", "onnxruntime", "numpy", "pandas")
