@@ -17,32 +17,21 @@ integer and float columns as a features table holds them — and ``mlflow.pyfunc
 ``[P(ABSENT), P(PRESENT)]`` per row. Primary metric: test ROC-AUC, promoted only at
 ``MIN_ROC_AUC`` or above.
 
-Importing this package imports pandas and scikit-learn, not LightGBM, hyperopt or
-matplotlib: the stage functions import those when they run.
+Importing this package is cheap: pandas, scikit-learn, LightGBM, hyperopt and matplotlib are
+imported by the stage functions that use them.
 """
 
 from __future__ import annotations
 
-from recipes.base import QualityGate, Recipe, pinned
-from recipes.species_distribution.aggregate import aggregate
+from recipes.base import QualityGate, Recipe, lazy, pinned
 from recipes.species_distribution.params import (
     AGGREGATION_PARAMS,
     SPLIT_PARAMS,
     TRAIN_PARAMS,
     SpeciesDistributionParams,
 )
-from recipes.species_distribution.sample_data import write_sample_data
-from recipes.species_distribution.split import split
-from recipes.species_distribution.training import train
 
-__all__ = [
-    "SpeciesDistributionParams",
-    "aggregate",
-    "recipe",
-    "split",
-    "train",
-    "write_sample_data",
-]
+__all__ = ["SpeciesDistributionParams", "recipe"]
 
 # Promotion floor: clearly better than chance at ranking presences above absences.
 MIN_ROC_AUC = 0.7
@@ -58,10 +47,10 @@ recipe = Recipe(
     primary_metric="roc_auc",
     greater_is_better=True,
     compute="cpu",
-    aggregate=aggregate,
-    split=split,
-    train=train,
-    write_sample_data=write_sample_data,
+    aggregate=lazy("recipes.species_distribution.aggregate:aggregate"),
+    split=lazy("recipes.species_distribution.split:split"),
+    train=lazy("recipes.species_distribution.training:train"),
+    write_sample_data=lazy("recipes.species_distribution.sample_data:write_sample_data"),
     quality_gate=QualityGate({"roc_auc": (">=", MIN_ROC_AUC)}),
     pip_requirements=pinned("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "pydantic"),
     stage_params={

@@ -78,7 +78,7 @@ def train_spec(
     bus: SqliteMessageBus, blobs: LocalBlobStore, registry: MlflowRegistry, tmp_path: Path
 ) -> StageSpec:
     settings = TrainSettings(state_dir=tmp_path / "state", compute_cpu="in_process")
-    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=None, local=None, poll_interval_s=3600)
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=None, poll_interval_s=3600)
     handler = make_handler(
         settings, registry=registry, jobs=jobs, subprocess_compute=None, azureml_compute=None
     )

@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from recipes.base import RecipeContext
-from recipes.species_distribution import SpeciesDistributionParams, aggregate, split, train
+from recipes.species_distribution import SpeciesDistributionParams
+from recipes.species_distribution.aggregate import aggregate
 from recipes.species_distribution.dataset import DatasetSchema
 from recipes.species_distribution.model import FeatureFrame
 from recipes.species_distribution.sample_data import SPECIES, generate, write_sample_data
@@ -22,6 +23,8 @@ from recipes.species_distribution.search_space import (
     SearchSpaceError,
     parse_search_space,
 )
+from recipes.species_distribution.split import split
+from recipes.species_distribution.training import train
 from recipes.species_distribution.tuning import TuningError, tune
 from shared.errors import DataValidationError, StageCancelledError
 from shared.recipe_registry import get_recipe
