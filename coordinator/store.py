@@ -337,7 +337,9 @@ class RunStore:
         return cls(engine, schema=schema)
 
     def create_tables(self) -> None:
-        """Raises ConfigurationError naming the database and the cause when it cannot."""
+        """Raises StoreUnavailableError when the database cannot be reached (it may not be up
+        yet: the coordinator's start-up retries), ConfigurationError naming the database and
+        the cause for anything else."""
         where = self._engine.url.render_as_string(hide_password=True)
         if self._sqlite_directory is not None:
             directory = self._sqlite_directory
@@ -351,6 +353,8 @@ class RunStore:
                 if self._schema:
                     conn.execute(CreateSchema(self._schema, if_not_exists=True))
                 metadata.create_all(conn)
+        except OperationalError as exc:
+            raise StoreUnavailableError(f"run store {where}: {exc.orig}") from exc
         except DBAPIError as exc:
             raise ConfigurationError(f"run store {where}: {exc.orig}") from exc
 
