@@ -25,6 +25,7 @@ from coordinator.bootstrap import build_blob_poller, build_champions, build_coor
 from coordinator.dashboard import add_dashboard_routes
 from coordinator.domain import (
     AttemptRecord,
+    DataAssetRef,
     GroupStatus,
     InvalidTransition,
     ModelInfo,
@@ -113,8 +114,12 @@ class RunCreate(BaseModel):
     data: str = Field(
         min_length=1,
         max_length=MAX_NAME_LENGTH,
-        description="blob prefix of the raw data: container/path (a folder: data/ is read)",
-        examples=["raw/state-identifier/2025-03-01"],
+        description=(
+            "blob prefix of the raw data: container/path (a folder: data/ is read); or"
+            " asset:<name>@<version|latest> to train on a data-asset version without"
+            " aggregation and split"
+        ),
+        examples=["raw/state-identifier/2025-03-01", "asset:symbol_detection-training-data@latest"],
     )
     params: Params = Field(
         default_factory=dict,
@@ -225,6 +230,21 @@ class ModelOut(BaseModel):
         return None if model is None else cls(**model.model_dump())
 
 
+class DataAssetOut(BaseModel):
+    name: str
+    version: str
+    reference: str = Field(
+        description="what POST /runs takes as data to train on this version again",
+        examples=["symbol_detection-training-data@3"],
+    )
+
+    @classmethod
+    def of(cls, asset: DataAssetRef | None) -> DataAssetOut | None:
+        if asset is None:
+            return None
+        return cls(name=asset.name, version=asset.version, reference=f"asset:{asset.input}")
+
+
 class RunSummary(BaseModel):
     id: UUID
     recipe: str
@@ -240,6 +260,11 @@ class RunSummary(BaseModel):
     finished_at: datetime | None
     duration_s: float | None
     model: ModelOut | None
+    data_asset: DataAssetOut | None = Field(
+        default=None,
+        description="the data-asset version the run trains on: its split registered, or the"
+        " version its data (asset:<name>@<version|latest>) named",
+    )
 
     @classmethod
     def of(cls, run: Run) -> RunSummary:
@@ -259,6 +284,7 @@ class RunSummary(BaseModel):
             finished_at=run.finished_at,
             duration_s=_seconds(run.created_at, run.finished_at),
             model=ModelOut.of(run.model),
+            data_asset=DataAssetOut.of(run.data_asset),
         )
 
 

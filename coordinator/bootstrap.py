@@ -14,6 +14,7 @@ from shared.blobs.port import BlobStore
 from shared.bootstrap import (
     create_blob_store,
     create_bus,
+    create_data_assets,
     create_promotion_options,
     create_registry,
 )
@@ -39,9 +40,10 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         password=entra_database_password() if settings.database_entra_auth else None,
     )
     store.create_tables()
+    blobs = create_blob_store(settings)
     return Coordinator(
         bus=create_bus(settings),
-        blobs=create_blob_store(settings),
+        blobs=blobs,
         store=store,
         recipes=partial(get_recipe, extra_modules=extra_modules),
         policy=settings.policy,
@@ -49,6 +51,7 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         groups=settings.group_policy,
         min_free_disk_bytes=settings.min_free_disk_bytes,
         retention=settings.retention_policy,
+        data_assets=create_data_assets(settings, blobs),
     )
 
 

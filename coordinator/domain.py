@@ -32,6 +32,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.data_assets.port import DETAIL_NAME, DETAIL_VERSION
+from shared.data_assets.port import INPUT as DATA_ASSET_INPUT
 from shared.errors import PermanentError
 from shared.messages import (
     STAGES,
@@ -48,7 +50,9 @@ from shared.telemetry import command_traceparent
 
 # ``waiting``: a run-group member not yet admitted (the group's concurrency limit is reached).
 RunStatus = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
-StageStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled"]
+# ``skipped``: not run at all, e.g. aggregation and split of a run that trains on an existing
+# data-asset version (its outputs are that version's).
+StageStatus = Literal["pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped"]
 AttemptOutcome = Literal["succeeded", "failed", "timed_out", "superseded", "cancelled"]
 
 ACTIVE_RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running")
@@ -135,6 +139,17 @@ class StageState(_Frozen):
         )
 
 
+class DataAssetRef(_Frozen):
+    """A data-asset version (shared/data_assets): what the run trains on."""
+
+    name: str
+    version: str
+
+    @property
+    def input(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
 class ModelInfo(_Frozen):
     name: str | None
     version: str | None
@@ -164,6 +179,9 @@ class Run(_Frozen):
     # The run group this run is a member of, and since when it waits for admission there.
     group_id: UUID | None = None
     waiting_since: datetime | None = None
+    # The data-asset version the run trains on: the one its split was registered as, or the
+    # one it was started on (``data`` = ``asset:<name>@<version|latest>``, pinned at start).
+    data_asset: DataAssetRef | None = None
 
     def stage(self, name: Stage) -> StageState:
         return self.stages[STAGES.index(name)]
@@ -186,7 +204,7 @@ class Run(_Frozen):
     def outputs(self) -> dict[str, str]:
         merged: dict[str, str] = {}
         for stage in self.stages:
-            if stage.status == "succeeded":
+            if stage.status in ("succeeded", "skipped"):
                 merged.update(stage.outputs)
         return merged
 
@@ -215,6 +233,16 @@ class Run(_Frozen):
 
 
 @dataclass(frozen=True)
+class DataAssetStart:
+    """Train on this existing data-asset version: aggregation and split are skipped and the
+    split's output is ``prefix`` (the version's split folder)."""
+
+    name: str
+    version: str
+    prefix: str
+
+
+@dataclass(frozen=True)
 class StartRun:
     """A new run; a run-group member (``group_id``) starts ``waiting`` for admission."""
 
@@ -227,6 +255,7 @@ class StartRun:
     entity: str | None = None
     force: tuple[Stage, ...] = ()
     group_id: UUID | None = None
+    data_asset: DataAssetStart | None = None
 
 
 @dataclass(frozen=True)
@@ -361,10 +390,41 @@ def _start(message: StartRun, now: datetime, policy: Policy) -> Decision:
         force=message.force,
         group_id=message.group_id,
     )
+    notes = []
+    if message.data_asset is not None:
+        run = _on_data_asset(run, message.data_asset, now)
+        notes.append(
+            f"training on data asset {message.data_asset.name} version"
+            f" {message.data_asset.version}: aggregation and split skipped"
+        )
     if message.group_id is not None:
         run = run.model_copy(update={"status": "waiting", "waiting_since": now})
-        return Decision(run, notes=[f"run created in group {message.group_id}; waiting"])
-    return _queue(run, run.stages[0], now, policy, not_before=None, note="run started")
+        return Decision(run, notes=[*notes, f"run created in group {message.group_id}; waiting"])
+    queued = _queue(run, _first_stage(run), now, policy, not_before=None, note="run started")
+    return Decision(queued.run, queued.commands, [*notes, *queued.notes])
+
+
+def _on_data_asset(run: Run, asset: DataAssetStart, now: datetime) -> Run:
+    """``run`` with aggregation and split skipped: the split's output is the version's."""
+    details = {DETAIL_NAME: asset.name, DETAIL_VERSION: asset.version}
+    for name in ("aggregation", "split"):
+        skipped = run.stage(name).model_copy(
+            update={
+                "status": "skipped",
+                "finished_at": now,
+                "outputs": {"split": asset.prefix} if name == "split" else {},
+                "details": details,
+            }
+        )
+        run = _put(run, skipped)
+    return run.model_copy(
+        update={"data_asset": DataAssetRef(name=asset.name, version=asset.version)}
+    )
+
+
+def _first_stage(run: Run) -> StageState:
+    """The first stage a new run (or a newly admitted member) runs: skipped ones are not."""
+    return next(stage for stage in run.stages if stage.status != "skipped")
 
 
 def _admit(run: Run, now: datetime, policy: Policy) -> Decision:
@@ -375,7 +435,7 @@ def _admit(run: Run, now: datetime, policy: Policy) -> Decision:
     run = run.model_copy(update={"waiting_since": None})
     if stopped is None:
         run = run.model_copy(update={"status": "queued"})
-        return _queue(run, run.stages[0], now, policy, not_before=None, note="run admitted")
+        return _queue(run, _first_stage(run), now, policy, not_before=None, note="run admitted")
     run = run.model_copy(update={"status": "running"})
     stage = stopped.model_copy(update={"budget_start": stopped.attempt + 1})
     return _queue(run, stage, now, policy, not_before=None, note=f"run admitted at {stage.stage}")
@@ -500,12 +560,26 @@ def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Pol
     )
     run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
     notes.append(f"{stage.stage} attempt {event.attempt} succeeded")
+    asset = _registered_asset(stage)
+    if asset is not None:
+        run = run.model_copy(update={"data_asset": asset})
+        notes.append(f"split registered as data asset {asset.name} version {asset.version}")
     index = STAGES.index(stage.stage)
     if index + 1 == len(STAGES):
         run = run.model_copy(update={"status": "succeeded", "finished_at": now})
         return Decision(run, notes=[*notes, "run succeeded"])
     queued = _queue(run, run.stages[index + 1], now, policy, not_before=None, note=None)
     return Decision(queued.run, queued.commands, [*notes, *queued.notes])
+
+
+def _registered_asset(stage: StageState) -> DataAssetRef | None:
+    """The data-asset version a successful split was registered as (its details say)."""
+    if stage.stage != "split":
+        return None
+    name, version = stage.details.get(DETAIL_NAME), stage.details.get(DETAIL_VERSION)
+    if not isinstance(name, str) or not isinstance(version, str | int):
+        return None
+    return DataAssetRef(name=name, version=str(version))
 
 
 def _stage_failed(run: Run, event: StageFailed, now: datetime, policy: Policy) -> Decision:
@@ -640,6 +714,9 @@ def _queue(
         }
     )
     run = _put(run, queued).model_copy(update={"updated_at": now})
+    inputs = {"data": run.data, **run.outputs}
+    if run.data_asset is not None:
+        inputs[DATA_ASSET_INPUT] = run.data_asset.input
     command = RunStage(
         correlation_id=run.id,
         traceparent=_traceparent(run.id, queued.stage, attempt),
@@ -647,7 +724,7 @@ def _queue(
         attempt=attempt,
         recipe=run.recipe,
         params=dict(run.params),
-        inputs={"data": run.data, **run.outputs},
+        inputs=inputs,
         entity=run.entity,
         force=queued.stage in run.force,
     )

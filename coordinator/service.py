@@ -25,6 +25,7 @@ decision is committed (a redelivery finds its id in the inbox and changes nothin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -41,6 +42,7 @@ from coordinator.domain import (
     AdmitRun,
     CancelRun,
     CoordinatorInput,
+    DataAssetStart,
     Decision,
     GroupStatus,
     InvalidTransition,
@@ -71,6 +73,14 @@ from shared.blob_poller import BlobChangePoller
 from shared.blobs.port import BlobStore, folder_prefix, validate_prefix
 from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
+from shared.data_assets.port import (
+    DataAssetNotFoundError,
+    DataAssetRequestError,
+    DataAssets,
+    InvalidDataAssetError,
+    is_asset_reference,
+    parse_asset_reference,
+)
 from shared.entities import InvalidEntityError
 from shared.errors import (
     ConfigurationError,
@@ -229,8 +239,12 @@ class Coordinator:
         clock: Callable[[], datetime] = utcnow,
         relay_batch_size: int = 100,
         min_free_disk_bytes: int = 0,
+        data_assets: DataAssets | None = None,
     ) -> None:
         self.bus = bus
+        # Data-asset versions: runs on ``asset:<name>@<version>`` train on one; retention keeps
+        # every version's prefix.
+        self._data_assets = data_assets
         self.blobs = blobs
         self.store = store
         self._recipes = recipes
@@ -296,8 +310,8 @@ class Coordinator:
             pass
         else:
             return _same_request(existing, start), False
-        self._validate(recipe, data, params, entity=entity)
-        run = self._apply(run_id, start)
+        asset = self._validate(recipe, data, params, entity=entity)
+        run = self._apply(run_id, dataclasses.replace(start, data_asset=asset))
         _, previous = self._decided.start
         if previous is not None:
             # Another request with this id won the race; it must have asked the same.
@@ -492,7 +506,10 @@ class Coordinator:
 
     def _validate(
         self, recipe_name: str, data: str, params: Mapping[str, Any], *, entity: str | None = None
-    ) -> None:
+    ) -> DataAssetStart | None:
+        """Raises InvalidRunRequest naming each problem; returns the data-asset version to
+        train on when ``data`` is ``asset:<name>@<version|latest>`` (``latest`` resolved now,
+        so the run keeps its version whatever is registered meanwhile)."""
         problems: list[Problem] = []
         try:
             recipe = self._recipes(recipe_name)
@@ -507,23 +524,44 @@ class Coordinator:
                 )
             try:
                 recipe.registered_model_name(entity)
-            except InvalidEntityError as exc:
+                recipe.data_asset_name(entity)
+            except (InvalidEntityError, InvalidDataAssetError) as exc:
                 problems.append(Problem(("entity",), str(exc)))
+        asset = None
+        if is_asset_reference(data):
+            asset = self._resolve_asset(data, problems)
+        else:
+            self._check_data_prefix(data, problems)
+        if problems:
+            raise InvalidRunRequest(problems)
+        return asset
+
+    def _check_data_prefix(self, data: str, problems: list[Problem]) -> None:
         try:
             container, _ = validate_prefix(data)
         except InvalidBlobNameError as exc:
             problems.append(Problem(("data",), str(exc)))
-        else:
-            # The workers read data as a folder: what they will find is what is checked here.
-            folder = folder_prefix(data)
-            if container in RESERVED_CONTAINERS:
-                problems.append(
-                    Problem(("data",), f"{container!r} holds the workers' own outputs, not data")
-                )
-            elif next(iter(self.blobs.list_blobs(folder)), None) is None:
-                problems.append(Problem(("data",), f"no blobs in the folder {folder!r}"))
-        if problems:
-            raise InvalidRunRequest(problems)
+            return
+        # The workers read data as a folder: what they will find is what is checked here.
+        folder = folder_prefix(data)
+        if container in RESERVED_CONTAINERS:
+            problems.append(
+                Problem(("data",), f"{container!r} holds the workers' own outputs, not data")
+            )
+        elif next(iter(self.blobs.list_blobs(folder)), None) is None:
+            problems.append(Problem(("data",), f"no blobs in the folder {folder!r}"))
+
+    def _resolve_asset(self, data: str, problems: list[Problem]) -> DataAssetStart | None:
+        if self._data_assets is None:
+            problems.append(Problem(("data",), "data assets are not configured here"))
+            return None
+        try:
+            name, version = parse_asset_reference(data)
+            found = self._data_assets.get(name, version)
+        except (InvalidDataAssetError, DataAssetNotFoundError, DataAssetRequestError) as exc:
+            problems.append(Problem(("data",), str(exc)))
+            return None
+        return DataAssetStart(found.name, found.version, found.prefix)
 
     def _apply(self, run_id: UUID, message: CoordinatorInput) -> Run:
         with decision_span(message):
@@ -781,7 +819,9 @@ class Coordinator:
                     concurrency=schedule.group.concurrency,
                 )
                 return self._start_group(request, "schedule", details, claim) is not None
-            self._validate(schedule.recipe, schedule.data, schedule.params, entity=schedule.entity)
+            asset = self._validate(
+                schedule.recipe, schedule.data, schedule.params, entity=schedule.entity
+            )
         except InvalidRunRequest as exc:
             if self.store.skip_tick(state, tick):
                 log.warning("schedule %s: skipping the %s tick: %s", schedule.describe(), tick, exc)
@@ -795,6 +835,7 @@ class Coordinator:
             "schedule",
             trigger_details=details,
             entity=schedule.entity,
+            data_asset=asset,
         )
         with decision_span(start):
             decision = self.store.start_claimed(claim, run_id, self._deciding(start))
@@ -854,6 +895,9 @@ class Coordinator:
         # Listed before the runs are read: an entry a run starts using meanwhile is recent.
         entries = cache_entries(self.blobs)
         protected = self.store.protected_outputs(updated_since=now - max_age)
+        if self._data_assets is not None:
+            # A data-asset version points at its split for good.
+            protected |= {prefix.rstrip("/") for prefix in self._data_assets.prefixes()}
         removed = []
         for entry in removable(entries, protected, now=now, max_age=max_age):
             remove_entry(self.blobs, entry)

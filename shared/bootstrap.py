@@ -17,8 +17,11 @@ from shared.topology import build_topology
 from shared.triggers import covered, load_trigger_rules
 
 if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
     from shared.blobs.port import BlobStore
     from shared.bus.port import MessageBus
+    from shared.data_assets.port import DataAssets
     from shared.tracking import ModelRegistry
 
 
@@ -100,3 +103,37 @@ def create_registry(settings: CommonSettings) -> ModelRegistry:
 
 def create_promotion_options(settings: CommonSettings) -> PromotionOptions:
     return PromotionOptions(lease_s=settings.promotion_lease_s, wait_s=settings.promotion_wait_s)
+
+
+def create_data_assets(settings: CommonSettings, blobs: BlobStore | None = None) -> DataAssets:
+    """Data-asset versions (``RETRAINER_DATA_ASSETS``): records in ``blobs`` (default: the
+    configured blob store), or Azure ML data assets in the configured workspace."""
+    if settings.resolved_data_assets == "local":
+        from shared.data_assets.local import LocalDataAssets
+
+        return LocalDataAssets(blobs if blobs is not None else create_blob_store(settings))
+    from shared.data_assets.azureml import AzureMLDataAssets
+
+    return AzureMLDataAssets(
+        create_azureml_client(settings, purpose="azureml data assets"),
+        datastore=settings.azureml_datastore,
+    )
+
+
+def create_azureml_client(settings: CommonSettings, *, purpose: str) -> MLClient:
+    """An ``MLClient`` on the configured workspace with ``DefaultAzureCredential``."""
+    workspace = (
+        settings.azureml_subscription_id,
+        settings.azureml_resource_group,
+        settings.azureml_workspace,
+    )
+    if not all(workspace):
+        raise ConfigurationError(
+            f"{purpose} need RETRAINER_AZUREML_SUBSCRIPTION_ID,"
+            " RETRAINER_AZUREML_RESOURCE_GROUP and RETRAINER_AZUREML_WORKSPACE"
+        )
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    subscription_id, resource_group, workspace_name = (str(part) for part in workspace)
+    return MLClient(DefaultAzureCredential(), subscription_id, resource_group, workspace_name)

@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.data_assets.port import InvalidDataAssetError, validate_asset_name
 from shared.entities import entity_in_model_name, validate_model_name
 from shared.errors import ConfigurationError, StageCancelledError
 
@@ -261,6 +262,13 @@ class Recipe:
     # {entity} (shared/entities.py), so each entity has its own model and champion.
     model_name: str | None = None
     model_name_template: str = "{model}.{entity}"
+    # The data asset the split is registered as (shared/data_assets): a name template with
+    # {model}, the run's registered model name (so a per-entity run has its own asset), and
+    # {entity}; e.g. "{model}-training-data". Each successful split becomes its next version
+    # (the runtime registers it, not the recipe) and the model's lineage names the version.
+    # A recipe whose split feeds Azure ML AutoML writes train/MLTable (+ validation/MLTable).
+    # None: no data asset.
+    data_asset: str | None = None
 
     def __post_init__(self) -> None:
         known = set(self.params_model.model_fields)
@@ -288,6 +296,29 @@ class Recipe:
                 f"recipe {self.name!r}: model_name_template {self.model_name_template!r}"
                 f" may use only {{model}} and {{entity}} ({exc})"
             ) from None
+        if self.data_asset is not None:
+            try:
+                self.data_asset.format(model="m", entity="e")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"recipe {self.name!r}: data_asset {self.data_asset!r}"
+                    f" may use only {{model}} and {{entity}} ({exc})"
+                ) from None
+
+    def data_asset_name(self, entity: str | None = None) -> str | None:
+        """The data asset a run of this recipe for ``entity`` registers its split as (None when
+        the recipe has none); raises InvalidEntityError or InvalidDataAssetError."""
+        if self.data_asset is None:
+            return None
+        if entity is None and "{entity}" in self.data_asset:
+            raise InvalidDataAssetError(
+                f"recipe {self.name!r}: data asset {self.data_asset!r} needs an entity"
+            )
+        name = self.data_asset.format(
+            model=self.registered_model_name(entity),
+            entity="" if entity is None else entity_in_model_name(entity),
+        )
+        return validate_asset_name(name)
 
     def registered_model_name(self, entity: str | None = None) -> str:
         """The model a run of this recipe registers, for ``entity``; raises

@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.triggers import TriggerRule
 
+# Where a recipe of each ``compute`` (cpu|gpu) trains (services/train/settings.py).
+ComputeMode = Literal["in_process", "subprocess", "azureml"]
+
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_file=".env", extra="ignore")
@@ -47,6 +50,23 @@ class CommonSettings(BaseSettings):
     promotion_lease_s: int = Field(default=30, ge=15, le=60)
     promotion_wait_s: float = Field(default=300.0, ge=0)
 
+    # Where recipes train, by their ``compute``: read by the train service, and by every service
+    # that must know whether training happens on Azure ML (data assets below).
+    compute_cpu: ComputeMode = "in_process"
+    compute_gpu: ComputeMode = "subprocess"
+    # The Azure ML workspace (training jobs, data assets), reached with DefaultAzureCredential.
+    azureml_subscription_id: str | None = None
+    azureml_resource_group: str | None = None
+    azureml_workspace: str | None = None
+    # The Azure ML datastore registered on the blob container ``artifacts``: jobs read the split
+    # and write the model through it, and data assets point into it.
+    azureml_datastore: str = "retrainer_artifacts"
+
+    # Data-asset versions (shared/data_assets): ``local`` records in the blob store, or
+    # ``azureml`` data assets (mltable) in the workspace above. Unset: ``azureml`` when a
+    # compute above is azureml, else ``local``.
+    data_assets: Literal["local", "azureml"] | None = None
+
     # Recorded on every model version as lineage (e.g. the image tag or git commit).
     code_version: str = "dev"
 
@@ -80,6 +100,16 @@ class CommonSettings(BaseSettings):
     # service's managed identity, Monitoring Metrics Publisher) rather than the connection
     # string's key: needed when the component disables local authentication.
     telemetry_entra_auth: bool = False
+
+    @property
+    def uses_azureml(self) -> bool:
+        return "azureml" in (self.compute_cpu, self.compute_gpu)
+
+    @property
+    def resolved_data_assets(self) -> Literal["local", "azureml"]:
+        if self.data_assets is not None:
+            return self.data_assets
+        return "azureml" if self.uses_azureml else "local"
 
     @property
     def resolved_bus_sqlite_path(self) -> Path:

@@ -179,6 +179,9 @@ class StageSpec:
     run in their own threads beside the receive loops until the worker stops (the event).
     ``on_cancel`` is called with every ``CancelStage`` for this stage, after the attempt's
     ``RecipeContext`` was cancelled (train: stop an Azure ML job or a training subprocess).
+    ``after_success`` sees the success event of every attempt that succeeds here, a cache hit
+    too, and returns the event to publish (split: registers the output as a data-asset
+    version and names it in the details); what it raises fails the attempt like the stage.
     """
 
     stage: Stage
@@ -189,6 +192,7 @@ class StageSpec:
     download_inputs: bool = True
     background: tuple[Callable[[threading.Event], None], ...] = ()
     on_cancel: Callable[[CancelStage], object] | None = None
+    after_success: Callable[[RunStage, Recipe, StageSucceeded], StageSucceeded] | None = None
 
 
 @dataclass
@@ -502,7 +506,9 @@ class Worker:
             log.info(
                 "%s cache hit for run %s: %s", command.stage, command.correlation_id, output_prefix
             )
-            return self._succeeded(command, output_prefix, cached, cached=True)
+            return self._after_success(
+                command, recipe, self._succeeded(command, output_prefix, cached, cached=True)
+            )
 
         with tempfile.TemporaryDirectory(
             prefix=f"retrainer-{command.stage}-", dir=self._work_dir
@@ -551,7 +557,16 @@ class Worker:
         manifest = write_manifest(
             self._blobs, output_prefix, metrics=result.metrics, details=result.details
         )
-        return self._succeeded(command, output_prefix, manifest, cached=False)
+        return self._after_success(
+            command, recipe, self._succeeded(command, output_prefix, manifest, cached=False)
+        )
+
+    def _after_success(
+        self, command: RunStage, recipe: Recipe, event: StageSucceeded
+    ) -> StageSucceeded:
+        if self.spec.after_success is None:
+            return event
+        return self.spec.after_success(command, recipe, event)
 
     def _blob_params(
         self, command: RunStage, recipe: Recipe, params: RecipeParams

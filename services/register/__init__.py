@@ -6,6 +6,7 @@ import json
 
 from services.train import TRAINING_RECORD
 from shared.bootstrap import create_registry
+from shared.data_assets.port import INPUT as DATA_ASSET_INPUT
 from shared.settings import CommonSettings
 from shared.tracking import METRIC_TAG_PREFIX, ModelRegistry
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
@@ -31,6 +32,12 @@ def make_handler(registry: ModelRegistry, *, code_version: str) -> StageHandler:
         entity = ctx.command.entity
         if entity is not None:
             lineage["entity"] = entity
+        asset = inputs.get(DATA_ASSET_INPUT)
+        if asset:
+            # The data-asset version the model was trained on (``name@version``).
+            asset_name, _, asset_version = asset.rpartition("@")
+            lineage["data_asset"] = asset_name
+            lineage["data_asset_version"] = asset_version
         metric_tags = {
             METRIC_TAG_PREFIX + k: repr(float(v)) for k, v in training["metrics"].items()
         }
