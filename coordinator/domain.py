@@ -502,7 +502,7 @@ def _stage_started(run: Run, event: StageStarted, now: datetime, policy: Policy)
     stage = stage.model_copy(
         update={
             "status": "running",
-            "started_at": stage.started_at or event.occurred_at,
+            "started_at": stage.started_at or _not_before_queued(stage, event.occurred_at),
             "deadline": now + timedelta(seconds=policy.run_timeout(stage.stage)),
             "worker": event.worker,
         }
@@ -522,40 +522,57 @@ def _stage_progress(run: Run, event: StageProgress, now: datetime) -> Decision:
 
 
 def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Policy) -> Decision:
-    stage = _current_attempt(run, event) or _late_success(run, event)
-    if stage is None:
-        return _ignore_event(run, event)
-    notes = []
-    history = stage.history
-    late = event.attempt != stage.attempt
-    if late:
+    stage = _current_attempt(run, event)
+    if stage is not None:
+        started_at = stage.started_at or _not_before_queued(
+            stage, event.occurred_at - timedelta(seconds=event.duration_s)
+        )
+        finished_at = max(event.occurred_at, started_at)
+        success = AttemptRecord(
+            attempt=event.attempt,
+            outcome="succeeded",
+            queued_at=stage.queued_at,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+        history = (*stage.history, success)
+        notes = []
+    else:
+        late = _late_success(run, event)
+        if late is None:
+            return _ignore_event(run, event)
+        stage, timed_out = late
+        # The attempt that timed out did the work after all: its record becomes the success
+        # (one record per attempt number), and the attempt queued in its place is superseded.
         # ``attempt`` keeps the newest number so that no command id is ever issued twice.
-        history = (*history, stage.model_copy(update={"finished_at": now}).record("superseded"))
-        notes.append(f"{stage.stage} attempt {stage.attempt} superseded by a late success")
-    started_at = (
-        stage.started_at
-        if stage.started_at and not late
-        else event.occurred_at - timedelta(seconds=event.duration_s)
-    )
-    success = AttemptRecord(
-        attempt=event.attempt,
-        outcome="succeeded",
-        queued_at=None if late else stage.queued_at,
-        started_at=started_at,
-        finished_at=event.occurred_at,
-    )
+        superseded = stage.model_copy(update={"finished_at": now}).record("superseded")
+        queued_at = timed_out.queued_at
+        derived = event.occurred_at - timedelta(seconds=event.duration_s)
+        started_at = timed_out.started_at or (max(derived, queued_at) if queued_at else derived)
+        finished_at = max(event.occurred_at, started_at)
+        success = AttemptRecord(
+            attempt=event.attempt,
+            outcome="succeeded",
+            queued_at=queued_at,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+        kept = [r for r in stage.history if r.attempt != event.attempt]
+        history = tuple(sorted([*kept, success, superseded], key=lambda r: r.attempt))
+        stage = stage.model_copy(update={"queued_at": queued_at})
+        notes = [f"{stage.stage} attempt {stage.attempt} superseded by a late success"]
     stage = stage.model_copy(
         update={
             "status": "succeeded",
             "started_at": started_at,
-            "finished_at": event.occurred_at,
+            "finished_at": finished_at,
             "deadline": None,
             "outputs": dict(event.outputs),
             "metrics": dict(event.metrics),
             "details": dict(event.details),
             "cached": event.cached,
             "error": None,
-            "history": (*history, success),
+            "history": history,
         }
     )
     run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
@@ -586,10 +603,11 @@ def _stage_failed(run: Run, event: StageFailed, now: datetime, policy: Policy) -
     stage = _current_attempt(run, event)
     if stage is None:
         return _ignore_event(run, event)
+    started_at = stage.started_at or _not_before_queued(stage, event.occurred_at)
     stage = stage.model_copy(
         update={
-            "started_at": stage.started_at or event.occurred_at,
-            "finished_at": event.occurred_at,
+            "started_at": started_at,
+            "finished_at": max(event.occurred_at, started_at),
             "error": f"{event.error_type}: {event.error}",
         }
     )
@@ -652,11 +670,28 @@ def _current_attempt(run: Run, event: StageEvent) -> StageState | None:
     return stage
 
 
-def _late_success(run: Run, event: StageSucceeded) -> StageState | None:
+def _late_success(run: Run, event: StageSucceeded) -> tuple[StageState, AttemptRecord] | None:
+    """The current stage and the record of the older attempt that ``event`` reports, when that
+    attempt was given up by its deadline: its result is as good as the next attempt's. An
+    attempt that was cancelled (or that failed) stays so: its late result is never adopted, and
+    neither is one from before a manual retry (``budget_start``), which starts afresh."""
     stage = run.current_stage
-    if stage is None or stage.stage != event.stage or event.attempt >= stage.attempt:
+    if (
+        stage is None
+        or stage.stage != event.stage
+        or not stage.budget_start <= event.attempt < stage.attempt
+    ):
         return None
-    return stage
+    records = [r for r in stage.history if r.attempt == event.attempt]
+    if len(records) != 1 or records[0].outcome != "timed_out":
+        return None
+    return stage, records[0]
+
+
+def _not_before_queued(stage: StageState, moment: datetime) -> datetime:
+    """``moment`` (a worker's clock) no earlier than the attempt was queued (the coordinator's):
+    an attempt never starts before it was queued, whatever the clocks' skew."""
+    return moment if stage.queued_at is None else max(moment, stage.queued_at)
 
 
 def _retry_attempt(

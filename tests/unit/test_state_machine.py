@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -562,11 +563,12 @@ def test_late_success_of_an_older_attempt_of_the_current_stage_is_accepted() -> 
     assert [(c.command.stage, c.command.attempt) for c in decision.commands] == [("register", 1)]
     train = decision.run.stage("train")
     assert (train.status, train.attempt, train.outputs) == ("succeeded", 2, OUTPUTS["train"])
-    assert [(r.attempt, r.outcome) for r in train.history] == [
-        (1, "timed_out"),
-        (2, "superseded"),
-        (1, "succeeded"),
-    ]
+    # One record per attempt: the one that timed out did succeed, the next was superseded.
+    assert [(r.attempt, r.outcome) for r in train.history] == [(1, "succeeded"), (2, "superseded")]
+    first = train.history[0]
+    assert (first.queued_at, first.finished_at) == (train.queued_at, at(1001))
+    assert train.queued_at is not None and train.started_at is not None
+    assert train.queued_at <= train.started_at
     assert_ignored(decision.run, succeeded("train", 2))
 
 
@@ -589,3 +591,140 @@ def finished_run(status: str) -> Run:
     if status == "failed":
         return apply(start().run, failed("aggregation", retryable=False)).run
     return apply(start().run, CancelRun(RUN_ID)).run
+
+
+# --- retry after cancel, and a history that stays truthful -------------------------------
+
+
+def started_at(stage: Stage, attempt: int, occurred_at: datetime) -> StageStarted:
+    return started(stage, attempt).model_copy(update={"occurred_at": occurred_at})
+
+
+def test_retry_after_cancel_is_a_fresh_attempt_and_the_cancelled_ones_result_is_never_adopted() -> (
+    None
+):
+    run = apply(run_until("train"), started_at("train", 1, at(10)), seconds=10).run
+    run = apply(run, CancelRun(RUN_ID), seconds=20).run
+    # The cancelled attempt reports anyway (it finished before it saw the cancel).
+    assert_ignored(run, succeeded("train", 1, occurred_at=at(21)), seconds=21)
+
+    decision = apply(run, RetryRun(RUN_ID), seconds=30)
+
+    assert [(c.command.stage, c.command.attempt) for c in decision.commands] == [("train", 2)]
+    run = decision.run
+    # Still late, now that attempt 2 is queued: neither its success nor its failure counts.
+    assert_ignored(run, succeeded("train", 1, occurred_at=at(31)), seconds=31)
+    assert_ignored(run, failed("train", 1, retryable=True), seconds=31)
+    assert_ignored(run, started("train", 1), seconds=31)
+    # The worker's clock runs behind the coordinator's: the attempt still starts after it was
+    # queued.
+    run = apply(run, started_at("train", 2, at(29)), seconds=32).run
+    train = run.stage("train")
+    assert (train.status, train.attempt, train.queued_at, train.started_at) == (
+        "running",
+        2,
+        at(30),
+        at(30),
+    )
+    run = apply(run, succeeded("train", 2, occurred_at=at(40)), seconds=40).run
+    train = run.stage("train")
+    assert [(r.attempt, r.outcome) for r in train.history] == [(1, "cancelled"), (2, "succeeded")]
+    assert (train.history[1].queued_at, train.history[1].started_at) == (at(30), at(30))
+    assert run.status == "running" and run.stage("register").status == "queued"
+
+
+def test_cancel_and_retry_again_and_again_never_reuses_an_attempt_number() -> None:
+    run = run_until("split")
+    issued = [1]
+    for round_ in range(3):
+        run = apply(run, CancelRun(RUN_ID), seconds=10 * round_ + 1).run
+        decision = apply(run, RetryRun(RUN_ID), seconds=10 * round_ + 2)
+        issued += [c.command.attempt for c in decision.commands]
+        run = decision.run
+    split = run.stage("split")
+    assert issued == [1, 2, 3, 4]
+    assert [(r.attempt, r.outcome) for r in split.history] == [
+        (1, "cancelled"),
+        (2, "cancelled"),
+        (3, "cancelled"),
+    ]
+    assert (split.status, split.attempt) == ("queued", 4)
+
+
+def test_a_late_success_from_before_a_manual_retry_is_not_adopted() -> None:
+    run = apply(run_until("train"), started("train")).run
+    run = apply(run, DeadlineExpired(RUN_ID, "train", 1), seconds=1000).run  # attempt 2 queued
+    run = apply(run, CancelRun(RUN_ID), seconds=1001).run
+    run = apply(run, RetryRun(RUN_ID), seconds=1002).run  # attempt 3, a fresh budget
+    assert run.stage("train").attempt == 3
+
+    assert_ignored(run, succeeded("train", 1, occurred_at=at(1003)), seconds=1003)
+    assert_ignored(run, succeeded("train", 2, occurred_at=at(1003)), seconds=1003)
+
+
+def test_a_late_failure_of_a_timed_out_attempt_is_ignored() -> None:
+    run = apply(run_until("train"), started("train")).run
+    run = apply(run, DeadlineExpired(RUN_ID, "train", 1), seconds=1000).run
+
+    assert_ignored(run, failed("train", 1, retryable=False), seconds=1001)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_history_stays_truthful_whatever_the_order_of_inputs(seed: int) -> None:
+    """Random inputs (stale, duplicate, early, late events; deadlines; cancels and retries) with
+    worker clocks up to 5 s behind: after each, one record per attempt number in order, none
+    beyond the current attempt, no attempt started before it was queued or finished before it
+    started, no command id issued twice, and a cancelled attempt never succeeds."""
+    rng = random.Random(seed)
+    run = start().run
+    now = 0.0
+    issued: set[tuple[str, int]] = {("aggregation", 1)}
+    cancelled: set[tuple[str, int]] = set()
+    for _ in range(300):
+        now += rng.uniform(0.0, 400.0)
+        current = run.current_stage
+        stage = current.stage if current is not None and rng.random() < 0.8 else rng.choice(STAGES)
+        attempt = max(1, (current.attempt if current else 1) + rng.choice((-2, -1, 0, 0, 0, 1)))
+        clock = at(now - rng.uniform(0.0, 5.0))
+        kind = rng.choice(("started", "succeeded", "failed", "deadline", "cancel", "retry"))
+        message: object
+        if kind == "started":
+            message = started_at(stage, attempt, clock)
+        elif kind == "succeeded":
+            message = succeeded(stage, attempt, occurred_at=clock).model_copy(
+                update={"duration_s": rng.uniform(0.0, 600.0)}
+            )
+        elif kind == "failed":
+            message = failed(stage, attempt, retryable=rng.random() < 0.7).model_copy(
+                update={"occurred_at": clock}
+            )
+        elif kind == "deadline":
+            message = DeadlineExpired(RUN_ID, stage, attempt)
+        else:
+            message = CancelRun(RUN_ID) if kind == "cancel" else RetryRun(RUN_ID)
+        try:
+            decision = apply(run, message, seconds=now)
+        except InvalidTransition:
+            continue
+        if run.status == "cancelled" and not isinstance(message, RetryRun):
+            assert decision.run == run, f"a cancelled run moved on {message}"
+        for scheduled in decision.commands:
+            if isinstance(scheduled.command, RunStage):
+                key = (scheduled.command.stage, scheduled.command.attempt)
+                assert key not in issued, f"command {key} issued twice"
+                issued.add(key)
+        run = decision.run
+        for state in run.stages:
+            numbers = [record.attempt for record in state.history]
+            assert numbers == sorted(set(numbers)), f"{state.stage} history {numbers}"
+            assert all(number <= state.attempt for number in numbers)
+            for record in state.history:
+                times = [record.queued_at, record.started_at, record.finished_at]
+                known = [t for t in times if t is not None]
+                assert known == sorted(known), f"{state.stage} attempt {record.attempt}: {times}"
+                if record.outcome == "cancelled":
+                    cancelled.add((state.stage, record.attempt))
+                if record.outcome == "succeeded":
+                    assert (state.stage, record.attempt) not in cancelled
+            if state.queued_at is not None and state.started_at is not None:
+                assert state.queued_at <= state.started_at, state.stage
