@@ -15,6 +15,7 @@ from coordinator.domain import (
     Policy,
     RetryRun,
     Run,
+    ScheduledCommand,
     StartRun,
     decide,
 )
@@ -43,9 +44,9 @@ def succeeded(stage: Stage, outputs: dict[str, str], details: dict[str, object])
     )
 
 
-def command_of(decision_commands: list[object]) -> RunStage:
+def command_of(decision_commands: list[ScheduledCommand]) -> RunStage:
     [scheduled] = decision_commands
-    command = scheduled.command  # type: ignore[attr-defined]
+    command = scheduled.command
     assert isinstance(command, RunStage)
     return command
 
