@@ -4,6 +4,7 @@ retrainer demo                      the whole thing on embedded defaults, one co
 retrainer up                        coordinator + five workers as supervised processes
 retrainer sample-data RECIPE        upload a generated sample data set to the blob store
 retrainer upload PATH PREFIX        upload a file or directory (a trigger rule may start a run)
+retrainer load-zip ZIP|URL PREFIX   convert a delivered zip (drawings + .npy labels) and upload it
 retrainer baseline RECIPE DATA --out BLOB   write a first baseline profile from a data set
 retrainer run RECIPE DATA [-p k=v]  start a run (and --watch it)
 retrainer watch RUN_ID              follow a run stage by stage (a live table on a terminal)
@@ -858,6 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.groups import add_group_commands
 
     add_group_commands(commands)
+    from cli.load_zip import add_load_zip_command
+
+    add_load_zip_command(commands)
     models = commands.add_parser("models", help="a model's champion: show it, or promote/roll back")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     champion = models_commands.add_parser("champion", help="show a model's champion")

@@ -16,6 +16,9 @@ cores the stage may use; it defaults to ``None``, i.e. a fresh context, for dire
   artifacts (plots, reports) into ``out_dir`` and list them in the result, and return child runs
   (tuning trials, zoo members) that the runtime logs as MLflow child runs of the run.
 - ``write_sample_data(out_dir, seed)``: writes a small raw data set for demos and tests.
+- ``load_archive(archive, out_dir) -> summary`` (optional): converts an archive a team
+  delivers (a zip) into the recipe's raw data layout in ``out_dir``; ``retrainer load-zip``
+  uploads each top-level folder it writes under the data prefix.
 
 A long stage calls ``ctx.check_cancelled()`` at its checkpoints (between epochs, trials, zoo
 members): once the run is cancelled it raises ``StageCancelledError`` and the worker is free.
@@ -269,6 +272,9 @@ class Recipe:
     # A recipe whose split feeds Azure ML AutoML writes train/MLTable (+ validation/MLTable).
     # None: no data asset.
     data_asset: str | None = None
+    # ``load_archive(archive, out_dir) -> summary``: a delivered zip -> the raw data layout
+    # (``retrainer load-zip``); the summary is a JSON-able mapping shown to the caller.
+    load_archive: Callable[[Path, Path], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         known = set(self.params_model.model_fields)
