@@ -1,14 +1,18 @@
 """Starting a stage worker process: settings -> adapters -> Worker.
 
-Start-up is cheap by design: recipes import their ML libraries on the first message that needs
-them (``recipes.base.lazy``), and the MLflow registry imports MLflow on its first call, so a
-worker listens within a second of starting. Stopping: SIGTERM ends ``Worker.run_forever``
+Building a worker is cheap by design: recipes import their ML libraries on the first call of a
+stage function (``recipes.base.lazy``) and the MLflow registry imports MLflow on its first
+call. Then, unless ``RETRAINER_WARM_UP=false``, the worker warms up before its first receive
+(``StageSpec.warm_up``): the stage functions it runs and, for train/register/tag, MLflow and
+its store, so the health file (and so ``retrainer up``'s readiness) means "ready for a run
+without start-up costs". Stopping: SIGTERM ends ``Worker.run_forever``
 (stages in flight abandoned, see ``shared/worker.py``), telemetry is flushed, and the process
 exits without the interpreter's teardown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +23,7 @@ from pydantic import Field
 from shared.bootstrap import create_blob_store, create_bus
 from shared.healthcheck import serve_health
 from shared.lifecycle import exit_now, stop_with_supervisor
+from shared.recipe import LazyFunction, Recipe
 from shared.settings import CommonSettings
 from shared.telemetry import configure_from_settings, shutdown_telemetry
 from shared.worker import StageSpec, Worker
@@ -39,6 +44,9 @@ class WorkerSettings(CommonSettings):
     # After SIGTERM, how long a stage in flight may take to reach a checkpoint before its
     # message is abandoned (delivered again) and the process exits.
     shutdown_grace_s: float = 5.0
+    # Import the stage's recipe functions and set up MLflow before reporting ready (the
+    # first run then costs what any other does); false: on the first message instead.
+    warm_up: bool = True
 
     @property
     def resolved_health_file(self) -> Path | None:
@@ -49,6 +57,30 @@ class WorkerSettings(CommonSettings):
 
 SettingsT = TypeVar("SettingsT", bound=WorkerSettings)
 
+# The Recipe attribute holding each recipe stage's function.
+_STAGE_FUNCTIONS = {"aggregation": "aggregate", "split": "split", "train": "train"}
+
+
+def recipe_warm_up(
+    stage: str,
+    modules: tuple[str, ...],
+    *,
+    include: Callable[[Recipe], bool] = lambda _recipe: True,
+) -> Callable[[], None]:
+    """A warm-up that imports ``stage``'s function of every recipe (``include`` filters)
+    named lazily (``recipes.base.lazy``), i.e. the recipe's libraries."""
+
+    def warm() -> None:
+        from shared.recipe_registry import list_recipes
+
+        for recipe in list_recipes(modules).values():
+            function = getattr(recipe, _STAGE_FUNCTIONS[stage])
+            if isinstance(function, LazyFunction) and include(recipe):
+                function.resolve()
+
+    warm.__qualname__ = f"recipe_warm_up[{stage}]"
+    return warm
+
 
 def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
     from shared.recipe_registry import get_recipe, list_recipes
@@ -57,8 +89,13 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
     # Cheap (a recipe's libraries load with its first stage), and a recipe module that cannot
     # be imported stops the worker now rather than failing every message.
     list_recipes(modules)
+    warm: tuple[Callable[[], object], ...] = ()
+    if settings.warm_up:
+        if spec.stage in ("aggregation", "split"):
+            warm = (recipe_warm_up(spec.stage, modules),)
+        warm += spec.warm_up
     return Worker(
-        spec,
+        dataclasses.replace(spec, warm_up=warm),
         bus=create_bus(settings),
         blob_store=create_blob_store(settings),
         recipe_lookup=lambda name: get_recipe(name, modules),

@@ -10,12 +10,13 @@ services that hold one start without it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,17 @@ class ModelRegistry(Protocol):
         the next one."""
 
 
+def registry_warm_up(
+    registry: ModelRegistry, flavors: Sequence[str] = ()
+) -> tuple[Callable[[], object], ...]:
+    """The registry's warm-up (``MlflowRegistry.warm_up``) as a worker's ``StageSpec.warm_up``;
+    none for a registry without one (a test double)."""
+    warm = getattr(registry, "warm_up", None)
+    if warm is None:
+        return ()
+    return (functools.partial(warm, tuple(flavors)),)
+
+
 class MlflowRegistry:
     def __init__(self, tracking_uri: str, *, artifact_root: Path | None) -> None:
         """``artifact_root`` places new experiments' artifacts for a local (SQLite/file)
@@ -137,6 +149,17 @@ class MlflowRegistry:
                     client.search_experiments(max_results=1)
                 self._connected = (mlflow, client)
             return self._connected
+
+    def warm_up(self, flavors: Sequence[str] = ()) -> None:
+        """What the first call would pay, paid now: MLflow's import, the store's set-up (a
+        local store's tables), the run-context providers a run start consults and the given
+        model flavours' modules. A worker calls it before it reports ready."""
+        self._connect()
+        from mlflow.tracking.context.registry import resolve_tags
+
+        resolve_tags()
+        for flavor in ("pyfunc", *flavors):
+            importlib.import_module(f"mlflow.{flavor}")
 
     def log_training(
         self,

@@ -182,6 +182,9 @@ class StageSpec:
     ``after_success`` sees the success event of every attempt that succeeds here, a cache hit
     too, and returns the event to publish (split: registers the output as a data-asset
     version and names it in the details); what it raises fails the attempt like the stage.
+    ``warm_up`` callables run once when the worker starts, before it takes a message or
+    reports itself alive (heavy imports, a tracking store's set-up), so that the first run
+    does not pay them; one that fails is logged and the first message meets the problem.
     """
 
     stage: Stage
@@ -193,6 +196,7 @@ class StageSpec:
     background: tuple[Callable[[threading.Event], None], ...] = ()
     on_cancel: Callable[[CancelStage], object] | None = None
     after_success: Callable[[RunStage, Recipe, StageSucceeded], StageSucceeded] | None = None
+    warm_up: tuple[Callable[[], object], ...] = ()
 
 
 @dataclass
@@ -261,6 +265,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+        self.warm_up()
         log.info("%s worker %s listening on %s", self.spec.stage, self.name, self.topic)
         loops: list[Callable[[], None]] = [self._loop] * self._max_concurrency
         loops.append(self._control_loop)
@@ -285,6 +290,22 @@ class Worker:
         for attempt in in_flight:
             self._abandon(attempt, f"still running {self._shutdown_grace_s:g} s after the stop")
         log.info("%s worker %s stopped", self.spec.stage, self.name)
+
+    def warm_up(self) -> float:
+        """Run the spec's ``warm_up`` callables (before the first receive, so before the
+        health file says this worker is alive); returns the seconds they took."""
+        started = time.monotonic()
+        for warm in self.spec.warm_up:
+            if self._stopping.is_set():
+                break
+            try:
+                warm()
+            except Exception:
+                log.warning("%s warm-up %r failed", self.spec.stage, warm, exc_info=True)
+        took = time.monotonic() - started
+        if self.spec.warm_up:
+            log.info("%s worker %s warmed up in %.2f s", self.spec.stage, self.name, took)
+        return took
 
     def stop(self) -> None:
         self._stopping.set()

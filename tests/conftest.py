@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# Stacks started by tests import a recipe's libraries with its first stage, as before workers
+# warmed up (RETRAINER_WARM_UP): most tests run the small fixture recipes and would otherwise
+# pay every built-in recipe's imports at start-up. The warm-up has tests of its own.
+os.environ.setdefault("RETRAINER_WARM_UP", "false")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from services.train import TRAINING_RECORD
 from shared.bootstrap import create_registry
 from shared.data_assets.port import INPUT as DATA_ASSET_INPUT
 from shared.settings import CommonSettings
-from shared.tracking import METRIC_TAG_PREFIX, ModelRegistry
+from shared.tracking import METRIC_TAG_PREFIX, ModelRegistry, registry_warm_up
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
 
 REGISTRATION_RECORD = "registration.json"
@@ -60,8 +60,14 @@ def make_handler(registry: ModelRegistry, *, code_version: str) -> StageHandler:
 
 
 def build_spec(settings: CommonSettings) -> StageSpec:
-    handler = make_handler(create_registry(settings), code_version=settings.code_version)
+    registry = create_registry(settings)
+    handler = make_handler(registry, code_version=settings.code_version)
     # Registering is idempotent per run through the registry, not through the stage cache.
     return StageSpec(
-        stage="register", inputs=("model",), output="registration", handler=handler, cacheable=False
+        stage="register",
+        inputs=("model",),
+        output="registration",
+        handler=handler,
+        cacheable=False,
+        warm_up=registry_warm_up(registry),
     )

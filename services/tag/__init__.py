@@ -14,7 +14,7 @@ from shared.history import append_run
 from shared.promotion import Promotion, PromotionOptions, change_champion
 from shared.recipe import Recipe
 from shared.settings import CommonSettings
-from shared.tracking import ModelRegistry, ModelVersionRecord
+from shared.tracking import ModelRegistry, ModelVersionRecord, registry_warm_up
 from shared.worker import StageContext, StageHandler, StageResult, StageSpec
 
 
@@ -116,10 +116,12 @@ def make_handler(registry: ModelRegistry, *, options: PromotionOptions) -> Stage
 
 
 def build_spec(settings: CommonSettings) -> StageSpec:
+    registry = create_registry(settings)
     return StageSpec(
         stage="tag",
         inputs=("registration",),
         output="promotion",
-        handler=make_handler(create_registry(settings), options=create_promotion_options(settings)),
+        handler=make_handler(registry, options=create_promotion_options(settings)),
         cacheable=False,
+        warm_up=registry_warm_up(registry),
     )

@@ -9,6 +9,7 @@ Every way writes the same ``training.json`` that the register stage reads.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,9 @@ from shared.blobs.port import validate_prefix
 from shared.bootstrap import create_blob_store, create_bus, create_registry
 from shared.compute.port import ERROR_FILE, RESULT_FILE, TrainingCompute, TrainingJob
 from shared.errors import ConfigurationError, StageCancelledError
-from shared.tracking import ModelRegistry
+from shared.recipe import Recipe
+from shared.service import recipe_warm_up
+from shared.tracking import ModelRegistry, registry_warm_up
 from shared.worker import ARTIFACTS_CONTAINER, StageContext, StageHandler, StageResult, StageSpec
 
 if TYPE_CHECKING:
@@ -192,9 +195,10 @@ def build_spec(settings: TrainSettings) -> StageSpec:
         poll_interval_s=settings.training_poll_interval_s,
         receive_wait_s=settings.training_receive_wait_s,
     )
+    registry = create_registry(settings) if "in_process" in modes else None
     handler = make_handler(
         settings,
-        registry=create_registry(settings) if "in_process" in modes else None,
+        registry=registry,
         jobs=jobs,
         subprocess_compute=subprocess_compute,
         azureml_compute=azureml_compute,
@@ -209,6 +213,25 @@ def build_spec(settings: TrainSettings) -> StageSpec:
         # Jobs handed to Azure ML: followed to their end, and cancelled with their run.
         background=(jobs.run,) if azureml_compute else (),
         on_cancel=jobs.cancel if azureml_compute else None,
+        warm_up=_warm_up(settings, registry),
+    )
+
+
+def _warm_up(
+    settings: TrainSettings, registry: ModelRegistry | None
+) -> tuple[Callable[[], object], ...]:
+    """Before the worker reports ready: the train functions of the recipes it trains in its
+    own process, and MLflow (import, store, the scikit-learn flavour) when it logs runs."""
+    if registry is None:
+        return ()
+    modules = tuple(settings.recipe_modules)
+
+    def in_process(recipe: Recipe) -> bool:
+        return settings.compute_for(recipe.compute) == "in_process"
+
+    return (
+        *registry_warm_up(registry, ("sklearn",)),
+        recipe_warm_up("train", modules, include=in_process),
     )
 
 

@@ -38,6 +38,7 @@ from shared.topology import (
 from shared.worker import StageContext, StageResult, StageSpec, Worker
 from tests.hostile import undecodable_messages
 from tests.recipe_fixtures import echo_recipe, only
+from tests.waiting import WAIT_S, wait_until
 
 LOCK_S = 0.6
 
@@ -485,3 +486,69 @@ def test_a_stage_that_ignores_the_stop_is_abandoned_after_the_grace_period(
     release.set()
     time.sleep(0.5)  # let the stage's thread run to its end
     assert [type(event) for event in events(bus)] == [StageStarted], "nothing after abandoning"
+
+
+def test_the_worker_warms_up_before_it_reports_alive_or_takes_a_message(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    health = tmp_path / "alive"
+    seen: list[tuple[bool, int]] = []
+    release = threading.Event()
+    send(bus)
+
+    def warm() -> None:
+        # Neither alive nor anything taken while warming up.
+        seen.append((health.exists(), len(events(bus))))
+        release.wait(WAIT_S)
+
+    def failing_warm() -> None:
+        raise RuntimeError("warm-up failures are logged, not fatal")
+
+    spec = dataclasses.replace(aggregation_spec(), warm_up=(warm, failing_warm))
+    worker = Worker(
+        spec,
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.05,
+        health_file=health,
+    )
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: bool(seen), "the warm-up to start")
+        assert seen == [(False, 0)]
+        release.set()
+        wait_until(health.exists, "the health file after the warm-up")
+        taken: list[Message] = []
+
+        def succeeded() -> bool:
+            taken.extend(events(bus))
+            return any(isinstance(e, StageSucceeded) for e in taken)
+
+        wait_until(succeeded, "the command taken after the warm-up")
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(WAIT_S)
+
+
+def test_build_worker_warms_the_stage_functions_of_lazy_recipes_unless_told_not_to(
+    tmp_path: Path,
+) -> None:
+    from shared.recipe import LazyFunction
+    from shared.recipe_registry import get_recipe
+    from shared.service import WorkerSettings, build_worker
+
+    modules = ["tests.lazy_recipe_fixture"]
+    lazy_split = get_recipe("lazy_echo", modules).split
+    assert isinstance(lazy_split, LazyFunction)
+    off = WorkerSettings(state_dir=tmp_path, recipe_modules=modules, warm_up=False)
+    assert build_worker(split_spec(), off).spec.warm_up == ()
+
+    on = WorkerSettings(state_dir=tmp_path, recipe_modules=modules, warm_up=True)
+    worker = build_worker(split_spec(), on)
+    assert worker.spec.warm_up
+    worker.warm_up()
+    assert lazy_split._function is not None
