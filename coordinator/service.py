@@ -561,7 +561,8 @@ class Coordinator:
         except (InvalidDataAssetError, DataAssetNotFoundError, DataAssetRequestError) as exc:
             problems.append(Problem(("data",), str(exc)))
             return None
-        return DataAssetStart(found.name, found.version, found.prefix)
+        # Stage outputs are named without the trailing '/' (the worker reads them as folders).
+        return DataAssetStart(found.name, found.version, found.prefix.rstrip("/"))
 
     def _apply(self, run_id: UUID, message: CoordinatorInput) -> Run:
         with decision_span(message):
