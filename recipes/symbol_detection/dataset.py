@@ -198,8 +198,11 @@ def write_mltable(folder: Path, annotations_file: str = ANNOTATIONS) -> Path:
     JSON lines, ``image_url`` a stream column. Written by the ``mltable`` package."""
     import mltable
 
+    # An absolute path: mltable resolves a relative one against the working directory; saved
+    # into the same folder, it is written relative again ("annotations.jsonl").
+    source = str((Path(folder) / annotations_file).resolve())
     table = mltable.from_json_lines_files(
-        paths=[{"file": f"./{annotations_file}"}], invalid_lines="error", include_path_column=False
+        paths=[{"file": source}], invalid_lines="error", include_path_column=False
     )
     table = table.convert_column_types({"image_url": mltable.DataType.to_stream()})
     table.save(str(folder), colocated=False, overwrite=True)
