@@ -7,8 +7,8 @@ bus, the local blob store and MLflow on SQLite.
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,18 +19,22 @@ from cli.main import prepare_state, stack_env, upload_sample_data, watch_run
 from cli.stack import Stack, free_port
 from shared.bootstrap import create_blob_store
 from shared.settings import CommonSettings
+from tests.e2e.slow_recipes import EPOCH_DIR_ENV
+from tests.waiting import WAIT_S, wait_until
 
 pytestmark = pytest.mark.slow
 
 SAMPLE = "datasets/state-identifier/sample"
-RUN_TIMEOUT_S = 240
 
 
 class Deployment:
-    def __init__(self, stack: Stack, client: httpx.Client, settings: CommonSettings) -> None:
+    def __init__(
+        self, stack: Stack, client: httpx.Client, settings: CommonSettings, epoch_dir: Path
+    ) -> None:
         self.stack = stack
         self.client = client
         self.settings = settings
+        self.epoch_dir = epoch_dir
 
     def run(self, recipe: str, data: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         response = self.client.post(
@@ -41,9 +45,7 @@ class Deployment:
         return body
 
     def wait(self, run_id: str) -> dict[str, Any]:
-        return watch_run(
-            self.client, run_id, out=lambda _line: None, poll_s=0.2, timeout_s=RUN_TIMEOUT_S
-        )
+        return watch_run(self.client, run_id, out=lambda _line: None, poll_s=0.2, timeout_s=WAIT_S)
 
     def stage(self, run_id: str, name: str) -> dict[str, Any]:
         run = self.client.get(f"/runs/{run_id}").json()
@@ -65,6 +67,7 @@ def deployment(
         "RETRAINER_RECIPE_MODULES": '["tests.e2e.slow_recipes"]',
         "RETRAINER_BUS_LOCK_DURATION_S": "2",
         "RETRAINER_CODE_VERSION": "e2e-test",
+        EPOCH_DIR_ENV: str(state_dir / "epochs"),
     }
     stack = Stack(env, log_dir=state_dir / "logs")
     stack.start()
@@ -72,7 +75,7 @@ def deployment(
         url = f"http://127.0.0.1:{port}"
         stack.wait_ready(url)
         with httpx.Client(base_url=url, timeout=10.0) as client:
-            yield Deployment(stack, client, settings)
+            yield Deployment(stack, client, settings, state_dir / "epochs")
     finally:
         stack.stop()
 
@@ -167,10 +170,9 @@ def test_unknown_recipe_is_refused_with_422(deployment: Deployment) -> None:
 
 def test_worker_killed_mid_stage_still_ends_in_success(deployment: Deployment) -> None:
     run = deployment.run("slow_state_identifier", SAMPLE)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while deployment.stage(run["id"], "train")["status"] != "running":
-        assert time.monotonic() < deadline, "train never started"
-        time.sleep(0.1)
+    wait_until(
+        lambda: deployment.stage(run["id"], "train")["status"] == "running", "train to start"
+    )
     killed_pid = deployment.stack.pid("train")
     deployment.stack.kill("train")  # SIGKILL: no cleanup, the message stays locked
     assert deployment.stack.restart_dead() == ["train"]
@@ -207,3 +209,45 @@ def test_image_classification_runs_through_the_stack(deployment: Deployment) -> 
     probabilities = np.asarray(model.predict(np.zeros((2, 32, 32, 3), dtype="float32")))
     assert probabilities.shape == (2, 3)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_cancel_stops_an_in_process_training_at_its_next_epoch_and_frees_the_worker(
+    deployment: Deployment,
+) -> None:
+    """A 20-epoch training is cancelled during its third epoch: it ends that epoch and starts
+    no other, the run is ``cancelled`` with no model, and the train worker (one stage at a
+    time) takes the next run's training. Counted in epochs, not seconds."""
+    epochs = deployment.epoch_dir / "cancelled"
+    params = {"epochs": 20, "gate": "cancelled"}
+    run = deployment.run("epochs_state_identifier", SAMPLE, params)
+    for epoch in (1, 2):
+        wait_until((epochs / f"started-{epoch}").exists, f"epoch {epoch} to start")
+        (epochs / f"end-{epoch}").touch()
+    wait_until(lambda: (epochs / "started-3").exists(), "epoch 3 to start")
+
+    cancelled = deployment.client.post(f"/runs/{run['id']}/cancel")
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    wait_until(lambda: (epochs / "cancel-seen").exists(), "the cancel to reach the training")
+    # From now on every epoch would end at once: only the checkpoint can stop the training.
+    (epochs / "open").touch()
+    following = deployment.run("epochs_state_identifier", SAMPLE, {"epochs": 2, "gate": "next"})
+    (deployment.epoch_dir / "next").mkdir(parents=True, exist_ok=True)
+    (deployment.epoch_dir / "next" / "open").touch()
+    after = deployment.wait(following["id"])
+
+    assert after["status"] == "succeeded", after
+    assert (deployment.epoch_dir / "next" / "ended-2").exists()
+    started = sorted(int(p.name.split("-")[1]) for p in epochs.glob("started-*"))
+    assert started == [1, 2, 3], "the training went on past the epoch it was cancelled in"
+    assert (epochs / "ended-3").exists()
+    final = deployment.client.get(f"/runs/{run['id']}").json()
+    assert final["status"] == "cancelled"
+    train = next(s for s in final["stages"] if s["name"] == "train")
+    assert train["status"] == "cancelled"
+    assert [(a["attempt"], a["outcome"]) for a in train["attempts"]] == [(1, "cancelled")]
+    assert [s["status"] for s in final["stages"][3:]] == ["pending", "pending"]
+    assert final.get("model") is None
+    client = _mlflow_client(deployment.settings)
+    assert client.search_model_versions(f"tags.correlation_id = '{run['id']}'") == []
