@@ -43,6 +43,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.compute.port import AutoMLImageObjectDetection
 from shared.data_assets.port import InvalidDataAssetError, validate_asset_name
 from shared.entities import entity_in_model_name, validate_model_name
 from shared.errors import ConfigurationError, StageCancelledError
@@ -272,6 +273,10 @@ class Recipe:
     # A recipe whose split feeds Azure ML AutoML writes train/MLTable (+ validation/MLTable).
     # None: no data asset.
     data_asset: str | None = None
+    # ``automl(params) -> AutoMLImageObjectDetection``: where the recipe trains on Azure ML
+    # (RETRAINER_COMPUTE_GPU/CPU=azureml), an AutoML job on the split's train/ (and
+    # validation/) MLTable replaces ``train``; its best child's MLflow model is registered.
+    automl: Callable[[RecipeParams], AutoMLImageObjectDetection] | None = None
     # ``load_archive(archive, out_dir) -> summary``: a delivered zip -> the raw data layout
     # (``retrainer load-zip``); the summary is a JSON-able mapping shown to the caller.
     load_archive: Callable[[Path, Path], Mapping[str, Any]] | None = None

@@ -8,6 +8,7 @@ Every way writes the same ``training.json`` that the register stage reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,9 @@ from services.train.settings import TrainSettings
 from shared.blobs.port import validate_prefix
 from shared.bootstrap import create_blob_store, create_bus, create_registry
 from shared.compute.port import ERROR_FILE, RESULT_FILE, TrainingCompute, TrainingJob
-from shared.errors import ConfigurationError, StageCancelledError
+from shared.data_assets.port import INPUT as DATA_ASSET_INPUT
+from shared.data_assets.port import TRAIN_TABLE, VALIDATION_TABLE
+from shared.errors import BlobNotFoundError, ConfigurationError, StageCancelledError
 from shared.recipe import Recipe
 from shared.service import recipe_warm_up
 from shared.tracking import ModelRegistry, registry_warm_up
@@ -113,7 +116,12 @@ def make_handler(
             _datastore_uri(settings.azureml_datastore, ctx.input_prefix("split")),
             _datastore_uri(settings.azureml_datastore, ctx.output_prefix + "/"),
         )
-        return jobs.submit(ctx.command, ctx.output_prefix, lambda: compute.begin_training(job))
+        if ctx.recipe.automl is None:
+            return jobs.submit(ctx.command, ctx.output_prefix, lambda: compute.begin_training(job))
+        job = _automl_job(ctx, job, settings)
+        return jobs.submit(
+            ctx.command, ctx.output_prefix, lambda: compute.begin_training(job), kind="automl"
+        )
 
     return train
 
@@ -137,6 +145,29 @@ def _training_job(ctx: StageContext, input_uri: str, output_uri: str) -> Trainin
         attempt=ctx.command.attempt,
         tags=_run_tags(ctx),
     )
+
+
+def _automl_job(ctx: StageContext, job: TrainingJob, settings: TrainSettings) -> TrainingJob:
+    """``job`` as the recipe's AutoML task: training data is the run's data-asset version when
+    it is an Azure ML data asset (``azureml:<name>:<version>``), else the split's ``train/``
+    MLTable; validation data the split's ``validation/`` MLTable when the split wrote one."""
+    assert ctx.recipe.automl is not None
+    spec = ctx.recipe.automl(ctx.params)
+    split = ctx.input_prefix("split")
+    asset = ctx.command.inputs.get(DATA_ASSET_INPUT)
+    if asset and settings.resolved_data_assets == "azureml":
+        name, _, version = asset.rpartition("@")
+        training = f"azureml:{name}:{version}"
+    else:
+        training = _datastore_uri(settings.azureml_datastore, f"{split}{TRAIN_TABLE}/")
+    validation = None
+    try:
+        ctx.blob_store.get_blob_properties(f"{split}{VALIDATION_TABLE}/MLTable")
+    except BlobNotFoundError:
+        pass
+    else:
+        validation = _datastore_uri(settings.azureml_datastore, f"{split}{VALIDATION_TABLE}/")
+    return dataclasses.replace(job, automl=spec, training_data=training, validation_data=validation)
 
 
 def _done(ctx: StageContext, training: dict[str, object]) -> StageResult:
@@ -257,4 +288,5 @@ def _azureml_compute(settings: TrainSettings) -> AzureMLTrainingCompute:
         environment=settings.azureml_environment,
         code_dir=str(settings.azureml_code_dir),
         instance_type=settings.azureml_instance_type,
+        mlflow_tracking_uri=settings.resolved_mlflow_tracking_uri,
     )

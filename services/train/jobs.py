@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from shared.blobs.port import BlobStore
 from shared.bus.consuming import MALFORMED_EVENT, dead_letter, handle_each
@@ -60,6 +60,8 @@ RECORDS_PREFIX = "artifacts/training-jobs"
 TRAINING_RECORD = "training.json"
 MODEL_OUTPUT = "model"
 RECEIVE_BATCH = 20
+# A command job runs the train entry point (result.json); an AutoML job's best child is the result.
+JobKind = Literal["command", "automl"]
 
 
 class TrainingJobFailedError(RetryableError):
@@ -97,6 +99,14 @@ def failure_of(status: JobStatus, error: Mapping[str, Any] | None) -> Exception:
     return TrainingJobFailedError(f"training job failed: {status.message}")
 
 
+def _job_details(record: Mapping[str, Any]) -> dict[str, str]:
+    """Where the work went, for the run's record (an AutoML job says so)."""
+    details = {"compute_backend": record["backend"], "compute_job_id": record["job_id"]}
+    if record.get("kind", "command") != "command":
+        details["compute_job_kind"] = record["kind"]
+    return details
+
+
 def _pointer_name(job_id: str) -> str:
     """The blob naming a job's record, to find it from the job's id (an event)."""
     return f"{RECORDS_PREFIX}/jobs/{job_id}"
@@ -124,10 +134,17 @@ class TrainingJobs:
         return f"{RECORDS_PREFIX}/runs/{command.correlation_id}/attempt-{command.attempt}.json"
 
     def submit(
-        self, command: RunStage, output_prefix: str, begin: Callable[[], JobHandle]
+        self,
+        command: RunStage,
+        output_prefix: str,
+        begin: Callable[[], JobHandle],
+        *,
+        kind: JobKind = "command",
     ) -> StageResult:
         """Start a remote job via ``begin()`` (returns a ``JobHandle``) unless this attempt has
-        one already (a redelivered command), record it, and defer the stage."""
+        one already (a redelivered command), record it, and defer the stage. ``kind``: a
+        ``command`` job writes result.json under the output prefix; an ``automl`` job's result
+        is its best child run (``AutoMLCompute.automl_result``)."""
         name = self.record_name(command)
         try:
             record = json.loads(self._blobs.download_blob(name).data)
@@ -136,6 +153,7 @@ class TrainingJobs:
             record = {
                 "backend": handle.backend,
                 "job_id": handle.job_id,
+                "kind": kind,
                 "command": command.model_dump(mode="json"),
                 "output_prefix": output_prefix,
                 "submitted_at": datetime.now(UTC).isoformat(),
@@ -145,7 +163,7 @@ class TrainingJobs:
             log.info("run %s: training job %s submitted", command.correlation_id, handle.job_id)
         return StageResult(
             deferred=True,
-            details={"compute_backend": record["backend"], "compute_job_id": record["job_id"]},
+            details=_job_details(record),
         )
 
     def pending(self) -> list[dict[str, Any]]:
@@ -188,6 +206,17 @@ class TrainingJobs:
     def finish(self, record: Mapping[str, Any], status: JobStatus) -> None:
         command = RunStage.model_validate(record["command"])
         prefix = record["output_prefix"]
+        result: Mapping[str, Any] | None = None
+        if status.state == "succeeded" and record.get("kind") == "automl":
+            try:
+                result = self._automl_result(record)
+            except ComputeUnavailableError as exc:
+                # Left recorded: the next poll (or event) tries again.
+                log.warning("run %s: AutoML result not read yet: %s", command.correlation_id, exc)
+                return
+            except PermanentError as exc:
+                status = JobStatus("failed", str(exc))
+                result = {"error": str(exc), "error_type": type(exc).__name__, "retryable": False}
         # A stage span over the job's whole life: the worker's own span covered the submit.
         with stage_span(
             command,
@@ -196,7 +225,9 @@ class TrainingJobs:
         ) as span:
             event: StageSucceeded | StageFailed
             if status.state == "succeeded":
-                event = self._succeeded(command, prefix, record)
+                event = self._succeeded(command, prefix, record, result)
+            elif result is not None:
+                event = failed_event(command, failure_of(status, result))
             else:
                 error = failure_of(status, self._read_json(prefix, ERROR_FILE))
                 event = failed_event(command, error)
@@ -208,10 +239,23 @@ class TrainingJobs:
                 self._blobs.delete_blob(name)
         log.info("run %s: training job %s %s", command.correlation_id, record["job_id"], status)
 
+    def _automl_result(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
+        remote = self._require_remote()
+        reader = getattr(remote, "automl_result", None)
+        if reader is None:
+            raise PermanentError(f"{record['backend']} compute cannot read AutoML results")
+        result: Mapping[str, Any] = reader(JobHandle(record["job_id"], record["backend"]))
+        return result
+
     def _succeeded(
-        self, command: RunStage, prefix: str, record: Mapping[str, Any]
+        self,
+        command: RunStage,
+        prefix: str,
+        record: Mapping[str, Any],
+        result: Mapping[str, Any] | None = None,
     ) -> StageSucceeded | StageFailed:
-        result = self._read_json(prefix, RESULT_FILE)
+        if result is None:
+            result = self._read_json(prefix, RESULT_FILE)
         if result is None:
             return failed_event(
                 command, TrainingJobFailedError(f"the training job wrote no {prefix}/{RESULT_FILE}")
@@ -226,8 +270,7 @@ class TrainingJobs:
         details = {
             "mlflow_run_id": training["mlflow_run_id"],
             "model_uri": training["model_uri"],
-            "compute_backend": record["backend"],
-            "compute_job_id": record["job_id"],
+            **_job_details(record),
         }
         manifest = write_manifest(self._blobs, prefix, metrics=training["metrics"], details=details)
         submitted = datetime.fromisoformat(record["submitted_at"])

@@ -41,6 +41,7 @@ from shared.compute.azureml_events import (
 )
 from shared.compute.port import (
     PARAMS_BASE64_PREFIX,
+    AutoMLResultError,
     ComputeRequestError,
     ComputeUnavailableError,
     JobHandle,
@@ -51,10 +52,15 @@ from shared.compute.port import (
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
+    from azure.ai.ml.automl import ImageObjectDetectionJob
     from azure.ai.ml.entities import Command
     from azure.core.credentials import TokenCredential
 
 BACKEND = "azureml"
+# Where an AutoML parent run names its best child (a tag of the job's run), and where that child
+# keeps its MLflow model.
+BEST_CHILD_TAG = "automl_best_child_run_id"
+AUTOML_MODEL_PATH = "outputs/mlflow-model"
 
 COMMAND = (
     "python -m services.train.entrypoint"
@@ -103,12 +109,16 @@ class AzureMLTrainingCompute:
         environment: str,
         code_dir: str,
         instance_type: str | None = None,
+        mlflow_tracking_uri: str | None = None,
     ) -> None:
+        """``mlflow_tracking_uri``: the workspace's MLflow, where AutoML logs its child runs
+        (``automl_result`` reads the best one's metrics there)."""
         self._ml_client = ml_client
         self._compute_name = compute_name
         self._environment = environment
         self._code_dir = code_dir
         self._instance_type = instance_type
+        self._mlflow_tracking_uri = mlflow_tracking_uri
 
     @classmethod
     def from_workspace(
@@ -122,6 +132,7 @@ class AzureMLTrainingCompute:
         environment: str,
         code_dir: str,
         instance_type: str | None = None,
+        mlflow_tracking_uri: str | None = None,
     ) -> AzureMLTrainingCompute:
         from azure.ai.ml import MLClient
 
@@ -136,6 +147,7 @@ class AzureMLTrainingCompute:
             environment=environment,
             code_dir=code_dir,
             instance_type=instance_type,
+            mlflow_tracking_uri=mlflow_tracking_uri,
         )
 
     def build_command_job(self, job: TrainingJob) -> Command:
@@ -185,8 +197,115 @@ class AzureMLTrainingCompute:
             f"/codes/{asset['name']}/versions/{asset['version']}"
         )
 
+    def build_automl_job(self, job: TrainingJob) -> ImageObjectDetectionJob:
+        """The AutoML image object-detection job ``job.automl`` asks for: trains on
+        ``job.training_data`` (validated on ``job.validation_data`` if given, else on a
+        ``validation_data_size`` share), within the limits, in auto mode or sweeping the
+        search space; named like a command job, so a resubmission finds the first."""
+        from azure.ai.ml import automl
+        from azure.ai.ml.automl import ImageObjectDetectionSearchSpace
+        from azure.ai.ml.sweep import BanditPolicy
+
+        spec = job.automl
+        if spec is None:
+            raise ComputeRequestError("not an AutoML training job")
+        if not job.training_data:
+            raise ComputeRequestError("an AutoML job needs training data")
+        validation = (
+            None
+            if job.validation_data is None
+            else Input(type=AssetTypes.MLTABLE, path=job.validation_data)
+        )
+        tags = {
+            **dict(job.tags),
+            "correlation_id": job.correlation_id,
+            "recipe": job.recipe,
+            "attempt": str(job.attempt),
+        }
+        automl_job = automl.image_object_detection(
+            name=job_name_for(job),
+            display_name=f"{job.recipe} {job.correlation_id}",
+            description=f"retrainer: AutoML {job.recipe} for run {job.correlation_id}",
+            experiment_name=job.experiment_name,
+            compute=self._compute_name,
+            training_data=Input(type=AssetTypes.MLTABLE, path=job.training_data),
+            validation_data=validation,
+            # AutoML holds out this share only when it is given no validation data.
+            validation_data_size=spec.validation_data_size if validation is None else None,
+            target_column_name=spec.target_column_name,
+            primary_metric=spec.primary_metric,
+            tags=tags,
+        )
+        automl_job.set_limits(
+            timeout_minutes=spec.timeout_minutes,
+            max_trials=spec.max_trials,
+            max_concurrent_trials=spec.max_concurrent_trials,
+        )
+        if spec.search_space is not None:
+            try:
+                subspaces = [
+                    ImageObjectDetectionSearchSpace(**_distributions(subspace))
+                    for subspace in spec.search_space
+                ]
+            except (TypeError, ValueError) as exc:
+                raise ComputeRequestError(f"invalid AutoML search space: {exc}") from None
+            automl_job.extend_search_space(subspaces)
+            automl_job.set_sweep(
+                sampling_algorithm=spec.sampling_algorithm,
+                early_termination=BanditPolicy(
+                    evaluation_interval=spec.early_termination_evaluation_interval,
+                    slack_factor=spec.early_termination_slack_factor,
+                    delay_evaluation=spec.early_termination_delay_evaluation,
+                ),
+            )
+        return automl_job
+
+    def automl_result(self, handle: JobHandle) -> dict[str, Any]:
+        """The best child run of a succeeded AutoML job (named by the job's
+        ``automl_best_child_run_id`` tag, else by that tag on the job's MLflow run), its MLflow
+        model and its metrics."""
+        with _translated(handle.job_id):
+            azure_job = self._ml_client.jobs.get(handle.job_id)
+        best = (getattr(azure_job, "tags", None) or {}).get(BEST_CHILD_TAG) or (
+            getattr(azure_job, "properties", None) or {}
+        ).get(BEST_CHILD_TAG)
+        client = self._mlflow()
+        try:
+            if not best:
+                best = client.get_run(handle.job_id).data.tags.get(BEST_CHILD_TAG)
+            if not best:
+                raise AutoMLResultError(
+                    f"AutoML job {handle.job_id} names no best child run ({BEST_CHILD_TAG})"
+                )
+            child = client.get_run(str(best))
+        except AutoMLResultError:
+            raise
+        except Exception as exc:
+            if _mlflow_not_found(exc):
+                raise AutoMLResultError(
+                    f"AutoML job {handle.job_id}: its run or best child {best} is not in MLflow"
+                ) from exc
+            raise ComputeUnavailableError(
+                f"reading AutoML job {handle.job_id}'s best child from MLflow: {exc}"
+            ) from exc
+        metrics = {k: float(v) for k, v in child.data.metrics.items()}
+        return {
+            "mlflow_run_id": child.info.run_id,
+            "model_uri": f"runs:/{child.info.run_id}/{AUTOML_MODEL_PATH}",
+            "experiment_id": child.info.experiment_id,
+            "metrics": metrics,
+            "automl_job": handle.job_id,
+        }
+
+    def _mlflow(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self._mlflow_tracking_uri)
+
     def begin_training(self, job: TrainingJob) -> JobHandle:
-        command_job = self.build_command_job(job)
+        command_job: Command | ImageObjectDetectionJob = (
+            self.build_command_job(job) if job.automl is None else self.build_automl_job(job)
+        )
         name = str(command_job.name)
         with _translated(name):
             try:
@@ -220,6 +339,51 @@ class AzureMLTrainingCompute:
             # Only request it: the job's status (events, get_job_status) shows it cancelled; no
             # poller thread following the operation.
             self._ml_client.jobs.begin_cancel(handle.job_id, polling=False)
+
+
+_DISTRIBUTIONS = {
+    "choice": ("Choice", ("values",)),
+    "uniform": ("Uniform", ("min_value", "max_value")),
+    "loguniform": ("LogUniform", ("min_value", "max_value")),
+    "quniform": ("QUniform", ("min_value", "max_value", "q")),
+    "qloguniform": ("QLogUniform", ("min_value", "max_value", "q")),
+    "normal": ("Normal", ("mu", "sigma")),
+    "lognormal": ("LogNormal", ("mu", "sigma")),
+    "qnormal": ("QNormal", ("mu", "sigma", "q")),
+    "qlognormal": ("QLogNormal", ("mu", "sigma", "q")),
+    "randint": ("Randint", ("upper",)),
+}
+
+
+def _distributions(subspace: Mapping[str, Any]) -> dict[str, Any]:
+    """A search subspace as the SDK takes it: a scalar is a one-value choice, a list a choice,
+    ``{"type": ..., ...}`` that distribution."""
+    from azure.ai.ml import sweep
+
+    converted: dict[str, Any] = {}
+    for param, value in subspace.items():
+        if isinstance(value, Mapping):
+            kind = str(value.get("type", "")).lower()
+            if kind not in _DISTRIBUTIONS:
+                raise ValueError(
+                    f"{param}: unknown distribution {kind!r}; one of {sorted(_DISTRIBUTIONS)}"
+                )
+            class_name, fields = _DISTRIBUTIONS[kind]
+            unknown = sorted(set(value) - {"type", *fields})
+            if unknown:
+                raise ValueError(f"{param}: {kind} takes {list(fields)}, not {unknown}")
+            converted[param] = getattr(sweep, class_name)(
+                **{k: v for k, v in value.items() if k != "type"}
+            )
+        elif isinstance(value, list | tuple):
+            converted[param] = sweep.Choice(list(value))
+        else:
+            converted[param] = sweep.Choice([value])
+    return converted
+
+
+def _mlflow_not_found(error: BaseException) -> bool:
+    return getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
 @contextmanager

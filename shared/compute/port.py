@@ -30,6 +30,46 @@ ARTIFACTS_DIR = "artifacts"
 PARAMS_BASE64_PREFIX = "base64:"
 
 
+SearchSpace = tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class AutoMLImageObjectDetection:
+    """An Azure ML AutoML image object-detection task (``azure.ai.ml.automl``), which a recipe
+    may ask for instead of its own ``train`` when it trains on Azure ML (``Recipe.automl``).
+
+    ``search_space`` None is AutoML's auto mode (it picks models and hyperparameters within
+    the limits); otherwise each entry is one subspace, param -> a value, a list of values, or
+    a distribution ``{"type": "choice"|"uniform"|"loguniform"|"quniform"|"qloguniform"|
+    "normal"|"lognormal"|"randint", ...}`` (``values``; ``min_value``/``max_value``; ``q``;
+    ``mu``/``sigma``; ``upper``), e.g. ``{"model_name": "yolov5", "learning_rate":
+    {"type": "uniform", "min_value": 0.0001, "max_value": 0.01}}``; it is swept with
+    ``sampling_algorithm`` and a Bandit early-termination policy.
+    """
+
+    primary_metric: str = "mean_average_precision"
+    max_trials: int = 8
+    max_concurrent_trials: int = 4
+    timeout_minutes: int = 180
+    # The share of the training data held out when the split made no validation table.
+    validation_data_size: float = 0.2
+    target_column_name: str = "label"
+    search_space: SearchSpace | None = None
+    sampling_algorithm: Literal["random", "grid", "bayesian"] = "random"
+    # Bandit early termination (used with a search space).
+    early_termination_slack_factor: float = 0.2
+    early_termination_evaluation_interval: int = 2
+    early_termination_delay_evaluation: int = 6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrent_trials <= self.max_trials:
+            raise ValueError("max_concurrent_trials must be between 1 and max_trials")
+        if self.timeout_minutes < 1:
+            raise ValueError("timeout_minutes must be at least 1")
+        if not 0.0 < self.validation_data_size < 1.0:
+            raise ValueError("validation_data_size must be between 0 and 1")
+
+
 @dataclass(frozen=True)
 class TrainingJob:
     """One training run to start.
@@ -49,6 +89,13 @@ class TrainingJob:
     # The stage attempt: a retry is a new job, a redelivery of the same attempt is not.
     attempt: int = 1
     tags: Mapping[str, str] = field(default_factory=dict)
+    # An AutoML job instead of the train entry point (Azure ML only): it trains on
+    # ``training_data`` (an ``azureml:<asset>:<version>`` data asset or a datastore URI of an
+    # MLTable folder), validates on ``validation_data`` when given, and its best child run's
+    # MLflow model is the result (``automl_result``).
+    automl: AutoMLImageObjectDetection | None = None
+    training_data: str = ""
+    validation_data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +130,15 @@ class TrainingCompute(Protocol):
         ...
 
 
+class AutoMLCompute(TrainingCompute, Protocol):
+    def automl_result(self, handle: JobHandle) -> Mapping[str, Any]:
+        """What a succeeded AutoML job produced, as the train entry point's ``result.json``
+        would say it: ``mlflow_run_id`` and ``model_uri`` of its best child run's MLflow model,
+        ``metrics`` of that run, ``experiment_id``. Raises ``ComputeUnavailableError`` (try
+        again) or ``AutoMLResultError``."""
+        ...
+
+
 class ComputeUnavailableError(RetryableError):
     """The compute could not be reached or was busy (connection error, HTTP 429/5xx)."""
 
@@ -95,6 +151,10 @@ class JobNotFoundError(PermanentError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"training job not found: {job_id!r}")
         self.job_id = job_id
+
+
+class AutoMLResultError(PermanentError):
+    """A succeeded AutoML job whose best child run or model cannot be found."""
 
 
 class MalformedComputeEventError(PermanentError):

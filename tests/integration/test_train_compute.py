@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
+from mlflow import MlflowClient
 
 from services.train import make_handler
 from services.train.jobs import RECORDS_PREFIX, TrainingJobs
@@ -31,7 +32,13 @@ from shared.bus.sqlite import SqliteMessageBus
 from shared.compute.azureml import AzureMLTrainingCompute
 from shared.compute.azureml_events import RUN_STATUS_CHANGED
 from shared.compute.local import LocalTrainingCompute
-from shared.compute.port import JobHandle, JobNotFoundError, JobStatus, TrainingJob
+from shared.compute.port import (
+    AutoMLImageObjectDetection,
+    JobHandle,
+    JobNotFoundError,
+    JobStatus,
+    TrainingJob,
+)
 from shared.messages import (
     CancelStage,
     Message,
@@ -499,6 +506,105 @@ def test_the_worker_submits_a_real_azure_ml_command_job_that_an_event_completes(
     succeeded = [e for e in train.events() if isinstance(e, StageSucceeded)]
     assert succeeded[0].outputs == {"model": prefix}
     assert succeeded[0].details["compute_job_id"] == name
+    assert workspace.unexpected == []
+
+
+def _automl(params: object) -> AutoMLImageObjectDetection:
+    return AutoMLImageObjectDetection(max_trials=8, max_concurrent_trials=4)
+
+
+def test_the_worker_submits_an_automl_job_that_a_run_status_changed_event_completes(
+    bus: SqliteMessageBus,
+    blobs: LocalBlobStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A recipe with an AutoML task on Azure ML: the real SDK submits an AutoML image
+    object-detection job on the run's data-asset version and the split's validation table
+    (only the HTTP transport is faked); its RunStatusChanged event finishes the stage with the
+    best child run's MLflow model, read from a real MLflow store."""
+    workspace = FakeWorkspace()
+    monkeypatch.chdir(tmp_path)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    azure = AzureMLTrainingCompute(
+        fake_ml_client(workspace),
+        compute_name="gpu-cluster",
+        environment="azureml:retrainer-train@latest",
+        code_dir="azureml:retrainer-src:3",
+        mlflow_tracking_uri=tracking_uri,
+    )
+    settings = TrainSettings(
+        state_dir=tmp_path / "state", compute_gpu="azureml", data_assets="azureml"
+    )
+    jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=azure, poll_interval_s=3600)
+    handler = make_handler(
+        settings, registry=None, jobs=jobs, subprocess_compute=None, azureml_compute=azure
+    )
+    spec = StageSpec("train", ("split",), "model", handler, download_inputs=False)
+    detector = dataclasses.replace(gpu_echo, automl=_automl)
+    worker = Worker(
+        spec, bus=bus, blob_store=blobs, recipe_lookup=only(detector), lock_duration_s=LOCK_S
+    )
+    train = Train(worker, jobs, FakeAzureML(), bus, blobs)
+    blobs.upload_blob(f"{SPLIT}/validation/MLTable", b"paths: []\n")
+
+    with refuse_network():
+        command = train.send(inputs={"split": SPLIT, "data_asset": "echo-training-data@2"})
+        worker.process_next()
+        _, progress = train.events()
+        name = f"retrainer-echo-{command.correlation_id}-1"
+        assert isinstance(progress, StageProgress)
+        assert progress.details == {
+            "compute_backend": "azureml",
+            "compute_job_id": name,
+            "compute_job_kind": "automl",
+        }
+        [put] = workspace.calls("PUT", "/jobs/")
+        assert put.path == f"/jobs/{name}"
+        job = put.body["properties"]
+        assert job["jobType"] == "AutoML"
+        assert job["tags"]["correlation_id"] == str(command.correlation_id)
+        task = job["taskDetails"]
+        assert task["taskType"] == "ImageObjectDetection"
+        assert task["primaryMetric"] == "MeanAveragePrecision"
+        assert task["trainingData"]["uri"].endswith("/data/echo-training-data/versions/2")
+        assert task["validationData"] == {
+            "jobInputType": "mltable",
+            "uri": "azureml://datastores/retrainer_artifacts/paths/cache/split/abc/validation/",
+        }
+        assert task["limitSettings"] == {
+            "maxConcurrentTrials": 4,
+            "maxTrials": 8,
+            "timeout": "PT3H",
+        }
+
+        # AutoML ran its trials, logged them to the workspace's MLflow and named the best.
+        client = MlflowClient(tracking_uri)
+        experiment = client.create_experiment(
+            "retrainer-echo", artifact_location=(tmp_path / "mlartifacts").as_uri()
+        )
+        best = client.create_run(experiment, run_name=f"{name}_5").info.run_id
+        client.log_metric(best, "mean_average_precision", 0.64)
+        workspace.jobs[name]["properties"]["tags"]["automl_best_child_run_id"] = best
+        workspace.set_status(name, "Completed")
+
+        bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(f"{name}_5", "Completed")])
+        bus.send_messages(COMPUTE_EVENTS_TOPIC, [run_status_changed(name, "Completed")])
+        assert jobs.receive_compute_events() == 2
+
+    [succeeded] = train.events()
+    assert isinstance(succeeded, StageSucceeded)
+    assert succeeded.metrics == {"mean_average_precision": 0.64}
+    assert succeeded.details["mlflow_run_id"] == best
+    assert succeeded.details["model_uri"] == f"runs:/{best}/outputs/mlflow-model"
+    assert succeeded.details["compute_job_kind"] == "automl"
+    [prefix] = succeeded.outputs.values()
+    training = json.loads(blobs.download_blob(f"{prefix}/training.json").data)
+    assert (training["mlflow_run_id"], training["model_uri"]) == (
+        best,
+        f"runs:/{best}/outputs/mlflow-model",
+    )  # what the register stage registers
+    assert jobs.pending() == []
     assert workspace.unexpected == []
 
 
