@@ -170,6 +170,10 @@ class AttemptOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
+    deliveries: int | None = Field(
+        description="bus deliveries of the attempt's command: 2 or more when a worker died or"
+        " stopped mid-stage and the bus delivered it again; null if no worker reported it"
+    )
 
     @classmethod
     def of(cls, record: AttemptRecord) -> AttemptOut:
@@ -195,6 +199,11 @@ class StageOut(BaseModel):
     metrics: dict[str, float]
     details: dict[str, Any]
     error: str | None
+    deliveries: int = Field(description="bus deliveries of the current attempt's command so far")
+    waiting: str | None = Field(
+        description="why a queued attempt past its queue deadline still waits: its workers are"
+        " busy with a backlog, or 'no live worker for stage X'"
+    )
     attempts: list[AttemptOut]
 
     @classmethod
@@ -215,6 +224,8 @@ class StageOut(BaseModel):
             metrics=stage.metrics,
             details=stage.details,
             error=_bounded(stage.error),
+            deliveries=stage.deliveries,
+            waiting=stage.waiting,
             attempts=[AttemptOut.of(record) for record in stage.history],
         )
 

@@ -20,6 +20,12 @@ Rules worth knowing:
   skew cannot expire a stage early; the timings shown (started/finished) are the worker's.
 * A retry after a failure or a missed deadline waits ``policy.backoff``; a manual ``RetryRun``
   does not wait and gives the stage a fresh budget of ``policy.max_attempts`` attempts.
+* A queue deadline (a command nobody started) measures the time a worker could have taken the
+  command, from the workers' heartbeats (``DeadlineExpired.workers``): it fires only once a
+  live worker of the stage has been idle, finding nothing to take, for ``queue_timeout_s``
+  since the command became available. While every live worker is busy (a backlog) the
+  deadline moves on; with no live worker at all the stage waits and says so
+  (``StageState.waiting``): a new attempt would wait in the same queue.
 """
 
 from __future__ import annotations
@@ -101,6 +107,9 @@ class AttemptRecord(_Frozen):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Bus deliveries of the attempt's command (2 or more: a worker died or stopped mid-stage
+    # and the bus redelivered it); None when no worker reported it.
+    deliveries: int | None = None
 
 
 class StageState(_Frozen):
@@ -122,6 +131,11 @@ class StageState(_Frozen):
     cached: bool = False
     error: str | None = None
     history: tuple[AttemptRecord, ...] = ()
+    # Bus deliveries of the current attempt's command so far (0: not started).
+    deliveries: int = 0
+    # Why a queued attempt still waits once its queue deadline passed: its workers are busy
+    # with a backlog, or the stage has no live worker at all.
+    waiting: str | None = None
 
     @property
     def attempts_in_budget(self) -> int:
@@ -136,6 +150,7 @@ class StageState(_Frozen):
             queued_at=self.queued_at,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            deliveries=self.deliveries or None,
         )
 
 
@@ -276,10 +291,27 @@ class RetryRun:
 
 
 @dataclass(frozen=True)
+class WorkerSeen:
+    """One worker of a stage as its latest heartbeat showed it, on the coordinator's side of
+    the bus: ``checked_at`` (when it sent it), ``idle_since`` (since when it had a free slot
+    and found nothing to take; None: working) and ``expires_at`` (when, without a newer
+    heartbeat, it no longer counts as live)."""
+
+    worker: str
+    checked_at: datetime
+    idle_since: datetime | None
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class DeadlineExpired:
+    """``workers``: the heartbeats of the stage's workers at ``now``; None: not known (the
+    queue deadline then fires as a plain timeout)."""
+
     run_id: UUID
     stage: Stage
     attempt: int
+    workers: tuple[WorkerSeen, ...] | None = None
 
 
 CoordinatorInput = (
@@ -505,10 +537,15 @@ def _stage_started(run: Run, event: StageStarted, now: datetime, policy: Policy)
             "started_at": stage.started_at or _not_before_queued(stage, event.occurred_at),
             "deadline": now + timedelta(seconds=policy.run_timeout(stage.stage)),
             "worker": event.worker,
+            "deliveries": max(stage.deliveries, event.delivery_count),
+            "waiting": None,
         }
     )
     run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
-    return Decision(run, notes=[f"{stage.stage} attempt {stage.attempt} started on {event.worker}"])
+    note = f"{stage.stage} attempt {stage.attempt} started on {event.worker}"
+    if event.delivery_count > 1:
+        note += f" (delivery {event.delivery_count} of its command)"
+    return Decision(run, notes=[note])
 
 
 def _stage_progress(run: Run, event: StageProgress, now: datetime) -> Decision:
@@ -528,12 +565,14 @@ def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Pol
             stage, event.occurred_at - timedelta(seconds=event.duration_s)
         )
         finished_at = max(event.occurred_at, started_at)
+        deliveries = max(stage.deliveries, event.delivery_count)
         success = AttemptRecord(
             attempt=event.attempt,
             outcome="succeeded",
             queued_at=stage.queued_at,
             started_at=started_at,
             finished_at=finished_at,
+            deliveries=deliveries,
         )
         history = (*stage.history, success)
         notes = []
@@ -550,12 +589,14 @@ def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Pol
         derived = event.occurred_at - timedelta(seconds=event.duration_s)
         started_at = timed_out.started_at or (max(derived, queued_at) if queued_at else derived)
         finished_at = max(event.occurred_at, started_at)
+        deliveries = event.delivery_count
         success = AttemptRecord(
             attempt=event.attempt,
             outcome="succeeded",
             queued_at=queued_at,
             started_at=started_at,
             finished_at=finished_at,
+            deliveries=deliveries,
         )
         kept = [r for r in stage.history if r.attempt != event.attempt]
         history = tuple(sorted([*kept, success, superseded], key=lambda r: r.attempt))
@@ -573,6 +614,8 @@ def _stage_succeeded(run: Run, event: StageSucceeded, now: datetime, policy: Pol
             "cached": event.cached,
             "error": None,
             "history": history,
+            "deliveries": deliveries,
+            "waiting": None,
         }
     )
     run = _put(run, stage).model_copy(update={"status": "running", "updated_at": now})
@@ -609,6 +652,8 @@ def _stage_failed(run: Run, event: StageFailed, now: datetime, policy: Policy) -
             "started_at": started_at,
             "finished_at": max(event.occurred_at, started_at),
             "error": f"{event.error_type}: {event.error}",
+            "deliveries": max(stage.deliveries, event.delivery_count),
+            "waiting": None,
         }
     )
     if not event.retryable:
@@ -631,6 +676,10 @@ def _deadline_expired(
         or stage.deadline > now
     ):
         return _ignore(run, f"deadline of {message.stage} attempt {message.attempt} is not due")
+    if stage.status == "queued" and message.workers is not None:
+        postponed = _postpone_queue_deadline(run, stage, message.workers, now, policy)
+        if postponed is not None:
+            return postponed
     if stage.status == "queued":
         problem = f"did not start within {policy.queue_timeout_s:g} s"
     else:
@@ -645,6 +694,47 @@ def _deadline_expired(
     else:
         decision = _retry_attempt(run, stage, "timed_out", now, policy)
     return Decision(decision.run, [stop, *decision.commands], decision.notes)
+
+
+def _postpone_queue_deadline(
+    run: Run, stage: StageState, workers: Sequence[WorkerSeen], now: datetime, policy: Policy
+) -> Decision | None:
+    """A later deadline for a queued attempt that no worker could have taken for
+    ``queue_timeout_s`` yet; None when one could have (the deadline fires)."""
+    timeout = timedelta(seconds=policy.queue_timeout_s)
+    available = stage.not_before or stage.queued_at or now
+    live = [worker for worker in workers if worker.expires_at > now]
+    # How long each idle live worker has found nothing to take while the command was there.
+    idle = [
+        worker.checked_at - max(available, worker.idle_since)
+        for worker in live
+        if worker.idle_since is not None
+    ]
+    longest = max(idle, default=None)
+    if longest is not None and longest >= timeout:
+        return None
+    if not live:
+        waiting = no_live_worker(stage.stage)
+        next_check = now + timeout
+    elif longest is None:
+        waiting = (
+            f"waiting behind a backlog: {len(live)} live {stage.stage} "
+            f"worker{'s' if len(live) > 1 else ''}, all busy"
+        )
+        next_check = now + timeout
+    else:
+        waiting = None
+        # Idle for a while already: check again when that reaches the timeout.
+        next_check = now + max(timeout - max(longest, timedelta(0)), timedelta(seconds=1))
+    waited = stage.model_copy(update={"deadline": next_check, "waiting": waiting})
+    run = _put(run, waited).model_copy(update={"updated_at": now})
+    note = f"{stage.stage} attempt {stage.attempt} not started yet"
+    return Decision(run, notes=[f"{note}: {waiting}" if waiting else note])
+
+
+def no_live_worker(stage: Stage) -> str:
+    """``StageState.waiting`` of a queued attempt whose stage has no live worker."""
+    return f"no live worker for stage {stage}"
 
 
 def _stop(run_id: UUID, stage: StageState, reason: str) -> ScheduledCommand:
@@ -746,6 +836,8 @@ def _queue(
             "details": {},
             "cached": False,
             "error": None,
+            "deliveries": 0,
+            "waiting": None,
         }
     )
     run = _put(run, queued).model_copy(update={"updated_at": now})

@@ -25,6 +25,7 @@ decision is committed (a redelivery finds its id in the inbox and changes nothin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -54,6 +55,7 @@ from coordinator.domain import (
     RunNotFound,
     RunStatus,
     StartRun,
+    WorkerSeen,
     admit,
     decide,
 )
@@ -106,6 +108,7 @@ from shared.messages import (
     StageProgress,
     StageStarted,
     StageSucceeded,
+    WorkerHeartbeat,
     decode,
     utcnow,
 )
@@ -116,6 +119,9 @@ from shared.triggers import RESERVED_CONTAINERS, NoMatch, TriggerRule, route
 log = logging.getLogger(__name__)
 
 RecipeLookup = Callable[[str], Recipe]
+
+# A worker whose heartbeats stopped for this many of its intervals is no longer live.
+HEARTBEATS_MISSED = 3
 
 
 class InvalidRunRequest(PermanentError):
@@ -600,6 +606,9 @@ class Coordinator:
         except MalformedMessageError as exc:
             self._dead_letter(received, MALFORMED_MESSAGE, str(exc))
             return
+        if isinstance(event, WorkerHeartbeat):
+            self._record_heartbeat(received, event)
+            return
         if not isinstance(event, StageStarted | StageProgress | StageSucceeded | StageFailed):
             self._dead_letter(
                 received, "UnexpectedMessage", f"{event.message_type} is not a stage event"
@@ -607,6 +616,31 @@ class Coordinator:
             return
         with decision_span(event):
             self._handle_stage_event(received, event)
+
+    def _record_heartbeat(self, received: ReceivedMessage, beat: WorkerHeartbeat) -> None:
+        """Keep the worker's latest state, dated by the bus (its enqueued time), not by the
+        worker's clock. A failure to record one is no reason to redeliver it: the next one
+        comes within its interval."""
+        checked_at = received.enqueued_time
+        seen = WorkerSeen(
+            worker=beat.worker,
+            checked_at=checked_at,
+            idle_since=None if beat.idle_s is None else checked_at - timedelta(seconds=beat.idle_s),
+            expires_at=checked_at + timedelta(seconds=HEARTBEATS_MISSED * beat.interval_s + 1),
+        )
+        try:
+            self.store.record_heartbeat(
+                str(beat.correlation_id),
+                beat.worker,
+                beat.stage,
+                seen,
+                slots=beat.slots,
+                busy=beat.busy,
+            )
+        except Exception as exc:
+            log.warning("could not record the heartbeat of %s: %s", beat.worker, exc)
+        with contextlib.suppress(MessageLockLostError):
+            self.bus.complete_message(received)
 
     def _handle_stage_event(
         self,
@@ -880,10 +914,16 @@ class Coordinator:
     # --- watchdog and relay ----------------------------------------------------------------
 
     def watchdog_tick(self) -> int:
-        """Act on every overdue stage; returns how many deadlines were due."""
-        due = self.store.list_due_deadlines(self._clock())
+        """Act on every overdue stage, with what the workers' heartbeats say of its stage;
+        returns how many deadlines were due."""
+        now = self._clock()
+        due = self.store.list_due_deadlines(now)
+        workers = self.store.workers_by_stage(now) if due else {}
         for expired in due:
-            self._apply(expired.run_id, expired)
+            self._apply(
+                expired.run_id,
+                dataclasses.replace(expired, workers=workers.get(expired.stage, ())),
+            )
         return len(due)
 
     def prune_cache(self) -> list[str]:

@@ -65,6 +65,7 @@ from coordinator.domain import (
     RunGroup,
     RunNotFound,
     RunStatus,
+    WorkerSeen,
     settle_group,
 )
 from shared.bus.port import OutgoingMessage
@@ -230,6 +231,23 @@ run_group_members = Table(
     Column("waiting_since", _UtcDateTime, nullable=True),
     UniqueConstraint("group_id", "entity", name="uq_run_group_members_entity"),
     Index("ix_run_group_members_status", "status"),
+)
+
+
+# The stage workers' latest heartbeats (shared.messages.WorkerHeartbeat), one row per worker
+# process, dated on the coordinator's side of the bus: what the queue deadline goes by.
+worker_heartbeats = Table(
+    "worker_heartbeats",
+    metadata,
+    Column("worker_id", String(64), primary_key=True),
+    Column("worker", String(200), nullable=False),
+    Column("stage", String(20), nullable=False),
+    Column("checked_at", _UtcDateTime, nullable=False),
+    Column("idle_since", _UtcDateTime, nullable=True),
+    Column("expires_at", _UtcDateTime, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("busy", Integer, nullable=False),
+    Index("ix_worker_heartbeats_expires_at", "expires_at"),
 )
 
 
@@ -923,6 +941,58 @@ class RunStore:
             if stage is not None:
                 due.append(DeadlineExpired(UUID(state["id"]), stage.stage, stage.attempt))
         return due
+
+    # --- worker heartbeats ------------------------------------------------------------------
+
+    def record_heartbeat(
+        self, worker_id: str, worker: str, stage: str, seen: WorkerSeen, *, slots: int, busy: int
+    ) -> None:
+        """Keep the newest heartbeat of each worker process (an older one arriving late
+        changes nothing)."""
+        values = {
+            "worker": worker,
+            "stage": stage,
+            "checked_at": seen.checked_at,
+            "idle_since": seen.idle_since,
+            "expires_at": seen.expires_at,
+            "slots": slots,
+            "busy": busy,
+        }
+        with self._connection() as conn, conn.begin():
+            updated = conn.execute(
+                update(worker_heartbeats)
+                .where(
+                    worker_heartbeats.c.worker_id == worker_id,
+                    worker_heartbeats.c.checked_at <= seen.checked_at,
+                )
+                .values(**values)
+            )
+            if updated.rowcount:
+                return
+            exists = conn.scalar(
+                select(worker_heartbeats.c.worker_id).where(
+                    worker_heartbeats.c.worker_id == worker_id
+                )
+            )
+            if exists is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(worker_heartbeats).values(worker_id=worker_id, **values)
+                        )
+                except IntegrityError:
+                    pass  # another coordinator recorded this worker's heartbeat meanwhile
+
+    def workers_by_stage(self, now: datetime) -> dict[str, tuple[WorkerSeen, ...]]:
+        """The workers still live at ``now``, by stage."""
+        query = select(worker_heartbeats).where(worker_heartbeats.c.expires_at > now)
+        found: dict[str, list[WorkerSeen]] = {}
+        with self._connection() as conn:
+            for row in conn.execute(query).all():
+                found.setdefault(row.stage, []).append(
+                    WorkerSeen(row.worker, row.checked_at, row.idle_since, row.expires_at)
+                )
+        return {stage: tuple(seen) for stage, seen in found.items()}
 
     # --- outbox ----------------------------------------------------------------------------
 

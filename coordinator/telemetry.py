@@ -24,6 +24,7 @@ from coordinator.domain import (
     RetryRun,
     Run,
     StartRun,
+    no_live_worker,
 )
 from shared.errors import RetrainerError
 from shared.messages import StageEvent, StageFailed
@@ -37,6 +38,7 @@ from shared.telemetry import (
     ATTR_GROUP_ID,
     ATTR_MODEL_NAME,
     ATTR_MODEL_VERSION,
+    ATTR_OUTCOME,
     ATTR_PREVIOUS_VERSION,
     ATTR_PRIMARY_METRIC,
     ATTR_PRIMARY_METRIC_VALUE,
@@ -51,6 +53,8 @@ from shared.telemetry import (
     EVENT_RUN_FAILED,
     EVENT_RUN_STARTED,
     EVENT_RUN_SUCCEEDED,
+    EVENT_STAGE_WITHOUT_WORKER,
+    OUTCOME_POSTPONED,
     SpanHandle,
     coordinator_span,
     current_span,
@@ -147,6 +151,16 @@ def _record(
             EVENT_MODEL_PROMOTED,
             {**common, **_model(run, recipes), ATTR_REASON: run.model.reason},
         )
+
+    current = run.current_stage
+    if isinstance(message, DeadlineExpired) and previous is not None and not decision.commands:
+        # Not given up: the attempt waits on (a backlog, or no live worker), or was not due.
+        current_span().set({ATTR_OUTCOME: OUTCOME_POSTPONED})
+    if current is not None and current.waiting == no_live_worker(current.stage):
+        before = previous.current_stage if previous is not None else None
+        if before is None or before.waiting != current.waiting:
+            log.warning("run %s: %s", run.id, current.waiting)
+            emit_event(EVENT_STAGE_WITHOUT_WORKER, {**common, ATTR_STAGE: current.stage})
 
     status_event = _STATUS_EVENTS.get(run.status)
     if status_event is not None and (previous is None or previous.status != run.status):

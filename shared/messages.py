@@ -126,13 +126,18 @@ class StageProgress(StageEvent):
 
 
 class StageSucceeded(StageEvent):
+    """v2 added ``delivery_count``: the bus delivery of the command that did the work (a
+    worker that died mid-stage makes it 2 or more); a v1 event means 1."""
+
     message_type: ClassVar[str] = "stage_succeeded"
+    schema_version: ClassVar[int] = 2
 
     outputs: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     details: JsonDict = Field(default_factory=dict)
     cached: bool = False
     duration_s: float = 0.0
+    delivery_count: int = Field(default=1, ge=1)
 
     @property
     def message_id(self) -> str:
@@ -140,11 +145,15 @@ class StageSucceeded(StageEvent):
 
 
 class StageFailed(StageEvent):
+    """v2 added ``delivery_count`` (as StageSucceeded's); a v1 event means 1."""
+
     message_type: ClassVar[str] = "stage_failed"
+    schema_version: ClassVar[int] = 2
 
     error: str
     error_type: str
     retryable: bool
+    delivery_count: int = Field(default=1, ge=1)
 
     @field_validator("error", "error_type")
     @classmethod
@@ -157,9 +166,43 @@ class StageFailed(StageEvent):
         return f"{self.correlation_id}:{self.stage}:{self.attempt}:failed"
 
 
+class WorkerHeartbeat(Event):
+    """A stage worker is alive, sent every ``interval_s`` to ``stage-events``: the
+    coordinator's queue deadline waits while a stage's workers are busy with a backlog and
+    says so when a stage has no live worker at all. ``correlation_id`` is the worker process's
+    own id (a heartbeat belongs to no run).
+
+    ``idle_s``: how long the worker has had a free slot and found nothing to take (its receives
+    came back empty), as of sending; None while it is working (every slot busy, or it took a
+    command since its last empty receive). Durations, not times: the coordinator dates them by
+    the bus's enqueued time, so a worker's clock skew does not matter."""
+
+    message_type: ClassVar[str] = "worker_heartbeat"
+
+    worker: str = Field(max_length=200)
+    stage: Stage
+    interval_s: float = Field(gt=0)
+    slots: int = Field(ge=1)
+    busy: int = Field(ge=0)
+    idle_s: float | None = Field(default=None, ge=0)
+    sequence: int = Field(default=0, ge=0)
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.correlation_id}:heartbeat:{self.sequence}"
+
+
 MESSAGE_CLASSES: dict[str, type[Message]] = {
     cls.message_type: cls
-    for cls in (RunStage, CancelStage, StageStarted, StageProgress, StageSucceeded, StageFailed)
+    for cls in (
+        RunStage,
+        CancelStage,
+        StageStarted,
+        StageProgress,
+        StageSucceeded,
+        StageFailed,
+        WorkerHeartbeat,
+    )
 }
 
 # The application properties that carry the W3C traceparent on the bus: Service Bus' own
@@ -179,6 +222,9 @@ def traceparent_properties(traceparent: str | None) -> dict[str, str]:
 _UPCASTERS: dict[tuple[str, int], Callable[[JsonDict], JsonDict]] = {
     # v2's new fields have defaults that mean what v1 meant.
     ("run_stage", 1): lambda body: body,
+    # v2's delivery_count defaults to the single delivery a v1 event stood for.
+    ("stage_succeeded", 1): lambda body: body,
+    ("stage_failed", 1): lambda body: body,
 }
 
 

@@ -47,6 +47,9 @@ class WorkerSettings(CommonSettings):
     # Import the stage's recipe functions and set up MLflow before reporting ready (the
     # first run then costs what any other does); false: on the first message instead.
     warm_up: bool = True
+    # A WorkerHeartbeat to the coordinator this often: a stage whose workers are busy with a
+    # backlog is not timed out, and one with no live worker is reported (0: none sent).
+    heartbeat_s: float = Field(default=10.0, ge=0)
 
     @property
     def resolved_health_file(self) -> Path | None:
@@ -105,6 +108,7 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
         work_dir=settings.work_dir,
         health_file=settings.resolved_health_file,
         shutdown_grace_s=settings.shutdown_grace_s,
+        heartbeat_s=settings.heartbeat_s or None,
     )
 
 

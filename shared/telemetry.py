@@ -96,6 +96,8 @@ EVENT_RUN_FAILED = "RunFailed"
 EVENT_RUN_CANCELLED = "RunCancelled"
 EVENT_MODEL_REGISTERED = "ModelRegistered"
 EVENT_MODEL_PROMOTED = "ModelPromoted"
+# A queued stage's deadline passed and the stage has no live worker (no heartbeat).
+EVENT_STAGE_WITHOUT_WORKER = "StageWithoutWorker"
 
 METRIC_STAGE_DURATION = "retrainer.stage.duration"
 METRIC_QUEUE_WAIT = "retrainer.stage.queue_wait"
@@ -111,6 +113,9 @@ OUTCOME_CACHED = "cached"
 OUTCOME_DEFERRED = "deferred"
 # The worker stopped during the stage and gave its message back to the bus.
 OUTCOME_ABANDONED = "abandoned"
+# The coordinator's decision on a missed queue deadline: the attempt waits on (its workers
+# are busy with a backlog, or it has no live worker), nothing was given up.
+OUTCOME_POSTPONED = "postponed"
 
 SPAN_NAMES = frozenset({SPAN_STAGE, SPAN_COORDINATOR})
 ATTRIBUTE_NAMES = frozenset(
@@ -145,11 +150,19 @@ EVENT_NAMES = frozenset(
         EVENT_RUN_CANCELLED,
         EVENT_MODEL_REGISTERED,
         EVENT_MODEL_PROMOTED,
+        EVENT_STAGE_WITHOUT_WORKER,
     }
 )
 METRIC_NAMES = frozenset({METRIC_STAGE_DURATION, METRIC_QUEUE_WAIT, METRIC_SINCE_LAST_SUCCESS})
 OUTCOMES = frozenset(
-    {OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_CACHED, OUTCOME_DEFERRED, OUTCOME_ABANDONED}
+    {
+        OUTCOME_SUCCEEDED,
+        OUTCOME_FAILED,
+        OUTCOME_CACHED,
+        OUTCOME_DEFERRED,
+        OUTCOME_ABANDONED,
+        OUTCOME_POSTPONED,
+    }
 )
 ALL_NAMES = SPAN_NAMES | ATTRIBUTE_NAMES | EVENT_NAMES | METRIC_NAMES
 

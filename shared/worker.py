@@ -31,6 +31,7 @@ import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from shared.messages import (
     StageProgress,
     StageStarted,
     StageSucceeded,
+    WorkerHeartbeat,
     decode,
     encode,
 )
@@ -230,11 +232,14 @@ class Worker:
         name: str | None = None,
         stage_max_workers: int | None = None,
         shutdown_grace_s: float = 5.0,
+        heartbeat_s: float | None = None,
     ) -> None:
         """``stage_max_workers``: cores one stage may use (``RecipeContext.max_workers``);
         default: the machine's cores shared among ``max_concurrency`` stages.
         ``shutdown_grace_s``: how long ``run_forever`` waits, once stopped, for the stages in
-        flight to reach a checkpoint before it abandons their messages and returns."""
+        flight to reach a checkpoint before it abandons their messages and returns.
+        ``heartbeat_s``: ``run_forever`` sends a ``WorkerHeartbeat`` this often (None: never),
+        so the coordinator knows the stage has a live worker and whether it is busy."""
         self.spec = spec
         self._bus = bus
         self._blobs = blob_store
@@ -255,6 +260,13 @@ class Worker:
         # Attempts cancelled here, in order: a command of one arriving later is not run.
         self._cancelled: OrderedDict[tuple[UUID, int], None] = OrderedDict()
         self._in_flight_lock = threading.Lock()
+        self._heartbeat_s = heartbeat_s
+        # This process's id in heartbeats (two replicas may share a name).
+        self.instance_id = uuid.uuid4()
+        self._heartbeats_sent = 0
+        # Per receive loop (thread id): since when (monotonic) its receives came back empty;
+        # None once it took a message.
+        self._idle_since: dict[int, float | None] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -269,6 +281,8 @@ class Worker:
         log.info("%s worker %s listening on %s", self.spec.stage, self.name, self.topic)
         loops: list[Callable[[], None]] = [self._loop] * self._max_concurrency
         loops.append(self._control_loop)
+        if self._heartbeat_s is not None:
+            loops.append(self._heartbeat_loop)
         loops += [functools.partial(loop, self._stopping) for loop in self.spec.background]
         threads = [
             threading.Thread(target=loop, name=f"{self.name}-{i}", daemon=True)
@@ -374,11 +388,49 @@ class Worker:
             if not handled:
                 self._stopping.wait(CONTROL_POLL_S)
 
+    def _heartbeat_loop(self) -> None:
+        assert self._heartbeat_s is not None
+        while not self._stopping.is_set():
+            try:
+                self.send_heartbeat()
+            except Exception as exc:
+                log.warning("%s worker could not send its heartbeat: %s", self.spec.stage, exc)
+            self._stopping.wait(self._heartbeat_s)
+
+    def heartbeat(self) -> WorkerHeartbeat:
+        """This worker's state now: its slots, how many are busy, how long it has been idle."""
+        now = time.monotonic()
+        with self._in_flight_lock:
+            busy = len(self._in_flight)
+            idle = [now - since for since in self._idle_since.values() if since is not None]
+        self._heartbeats_sent += 1
+        return WorkerHeartbeat(
+            correlation_id=self.instance_id,
+            worker=self.name,
+            stage=self.spec.stage,
+            interval_s=self._heartbeat_s or 1.0,
+            slots=self._max_concurrency,
+            busy=busy,
+            idle_s=max(idle) if idle else None,
+            sequence=self._heartbeats_sent,
+        )
+
+    def send_heartbeat(self) -> None:
+        self._bus.send_messages(EVENTS_TOPIC, [encode(self.heartbeat())])
+
     def process_next(self) -> bool:
         """Receive and process at most one message; returns whether one was processed."""
+        looked_at = time.monotonic()
         messages = self._bus.receive_messages(
             self.topic, WORKER_SUBSCRIPTION, max_wait_time=self._receive_wait_s
         )
+        loop = threading.get_ident()
+        with self._in_flight_lock:
+            if messages:
+                self._idle_since[loop] = None
+            elif self._idle_since.get(loop) is None:
+                # A free slot that found nothing to take since it started looking.
+                self._idle_since[loop] = looked_at
         self._beat()
         return bool(handle_each(self._bus, messages, self._take, consumer=self.name))
 
@@ -473,6 +525,9 @@ class Worker:
             else:
                 if event is not None:
                     event = event.model_copy(update={"duration_s": time.monotonic() - started})
+            if event is not None:
+                # How many deliveries the attempt took: a worker that died mid-stage shows.
+                event = event.model_copy(update={"delivery_count": message.delivery_count})
         with attempt.lock:
             if attempt.settled:
                 log.info(

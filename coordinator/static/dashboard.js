@@ -359,6 +359,7 @@
         started_at: stage.started_at,
         finished_at: stage.finished_at,
         duration_s: stage.duration_s,
+        deliveries: stage.deliveries || null,
       });
     }
     return attempts;
@@ -437,6 +438,7 @@
             `${stage.name} attempt ${a.attempt}: ${a.outcome}`,
             `started ${formatTime(a.started_at)}`,
             formatDuration(seconds),
+            a.deliveries > 1 ? `delivered ${a.deliveries} times` : null,
             a.error ? a.error : null,
           ].filter(Boolean).join(" · ");
           // The duration is written on bars wide enough for it (and in every bar's tooltip).
@@ -460,6 +462,10 @@
       const sub = [];
       if (stage.attempt > 1) sub.push(`${stage.attempt} attempts`);
       if (stage.cached) sub.push("cached");
+      // A command the bus delivered again: a worker died or stopped during the attempt.
+      const redelivered = Math.max(0, ...attempts.map((a) => a.deliveries || 0));
+      if (redelivered > 1) sub.push(`delivered ${redelivered}×`);
+      if (stage.status === "queued" && stage.waiting) sub.push(stage.waiting);
       if (stage.status === "queued" && stage.not_before && ms(stage.not_before) > now()) {
         sub.push(`retry in ${formatDuration((ms(stage.not_before) - now()) / 1000)}`);
       }
@@ -619,7 +625,14 @@
           { dataset: { stage: stage.name } },
           el("td", null, stage.name),
           el("td", null, badge(stage.status), stage.cached ? el("span", { class: "tag" }, "cached") : null),
-          el("td", { class: "num" }, stage.attempt || "—"),
+          el(
+            "td",
+            { class: "num" },
+            stage.attempt || "—",
+            stage.deliveries > 1
+              ? el("div", { class: "deliveries muted small", title: "bus deliveries of this attempt's command" }, `${stage.deliveries} deliveries`)
+              : null
+          ),
           el(
             "td",
             { class: "mono small" },

@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from coordinator import store as store_module
-from coordinator.domain import Policy, Run
+from coordinator.domain import Policy, Run, WorkerSeen
 from coordinator.service import Coordinator
 from coordinator.store import RunStore, StoreUnavailableError
 from shared.blobs.local import LocalBlobStore
@@ -355,12 +355,21 @@ def test_a_retryable_failure_is_retried_after_the_backoff_through_the_bus(
 # --- watchdog ----------------------------------------------------------------------------
 
 
+def idle_worker(coordinator: Coordinator, now: datetime, stage: Stage = "aggregation") -> None:
+    """A live worker of ``stage`` that has found nothing to take since before ``now`` and
+    will go on like that for the rest of the test."""
+    far = now + timedelta(days=1)
+    seen = WorkerSeen(f"{stage}@test", far, now - timedelta(seconds=1), far)
+    coordinator.store.record_heartbeat(str(uuid4()), seen.worker, stage, seen, slots=1, busy=0)
+
+
 def test_watchdog_retries_a_stage_nobody_started_and_then_fails_the_run(
     tmp_path: Path, clock: Clock
 ) -> None:
     deployment = Deployment(tmp_path, Policy(max_attempts=2, queue_timeout_s=60), clock)
     try:
         coordinator = deployment.coordinator()
+        idle_worker(coordinator, clock.now)
         run = deployment.start(coordinator)
         coordinator.relay_outbox()
 

@@ -18,6 +18,7 @@ from coordinator.domain import (
     Run,
     RunNotFound,
     StartRun,
+    WorkerSeen,
     decide,
 )
 from shared.messages import (
@@ -366,6 +367,95 @@ def test_run_deadline_retries_then_fails_naming_the_stage_and_the_timeout() -> N
     assert run.status == "failed"
     assert run.error == "train did not report within 1000 s after 3 attempts"
     assert [r.outcome for r in run.stage("train").history] == ["timed_out"] * 3
+
+
+def worker(
+    checked_at: float, idle_since: float | None, *, expires_at: float = 10_000.0
+) -> WorkerSeen:
+    idle = None if idle_since is None else at(idle_since)
+    return WorkerSeen("split@host", at(checked_at), idle, at(expires_at))
+
+
+def test_queue_deadline_waits_while_the_live_workers_are_busy_with_a_backlog() -> None:
+    run = run_until("split")
+    busy = (worker(59, None), worker(58, idle_since=None))
+
+    decision = apply(run, DeadlineExpired(RUN_ID, "split", 1, busy), POLICY.queue_timeout_s)
+
+    assert decision.commands == [], "no retry, no CancelStage"
+    split = decision.run.stage("split")
+    assert (split.status, split.attempt, split.history) == ("queued", 1, ())
+    assert split.deadline == at(2 * POLICY.queue_timeout_s)
+    assert split.waiting == "waiting behind a backlog: 2 live split workers, all busy"
+    # Started at last: the note goes, and nothing was lost on the way.
+    started_run = apply(decision.run, started("split"), 500).run
+    assert started_run.stage("split").waiting is None
+
+
+def test_queue_deadline_with_no_live_worker_waits_and_says_so() -> None:
+    run = run_until("split")
+    gone = (worker(1, idle_since=0, expires_at=30),)
+
+    for workers in ((), gone):
+        decision = apply(run, DeadlineExpired(RUN_ID, "split", 1, workers), POLICY.queue_timeout_s)
+
+        assert decision.commands == []
+        split = decision.run.stage("split")
+        assert (split.status, split.attempt) == ("queued", 1)
+        assert split.waiting == "no live worker for stage split"
+        assert "no live worker for stage split" in decision.notes[0]
+
+
+def test_queue_deadline_fires_once_a_live_worker_found_nothing_to_take_for_the_timeout() -> None:
+    run = run_until("split")
+    timeout = POLICY.queue_timeout_s
+
+    # Idle since before the command was queued, but seen idle for less than the timeout since.
+    early = apply(run, DeadlineExpired(RUN_ID, "split", 1, (worker(50, 0),)), timeout)
+    assert early.commands == []
+    assert early.run.stage("split").deadline == at(timeout + timeout - 50)
+    assert early.run.stage("split").waiting is None
+
+    late = apply(early.run, DeadlineExpired(RUN_ID, "split", 1, (worker(110, 0),)), 110)
+    stop, retry = late.commands
+    assert isinstance(stop.command, CancelStage) and isinstance(retry.command, RunStage)
+    [record] = late.run.stage("split").history
+    assert (record.outcome, record.error) == ("timed_out", "split did not start within 60 s")
+
+
+def test_an_idle_worker_counts_from_when_the_command_became_available() -> None:
+    run = apply(run_until("split"), failed("split", retryable=True), 100).run
+    split = run.stage("split")
+    assert split.not_before == at(102)
+    assert split.deadline is not None
+    due = (split.deadline - T0).total_seconds()
+
+    # Idle since long ago, last seen idle 30 s after the retry became available: not enough.
+    decision = apply(run, DeadlineExpired(RUN_ID, "split", 2, (worker(132, 0),)), due)
+
+    assert decision.commands == []
+
+
+def test_deliveries_of_a_redelivered_command_are_recorded_with_the_attempt() -> None:
+    run = run_until("split")
+    run = apply(run, started("split", delivery_count=1)).run
+    decision = apply(run, started("split", delivery_count=2), 5)
+    assert decision.notes == ["split attempt 1 started on split-worker (delivery 2 of its command)"]
+    assert decision.run.stage("split").deliveries == 2
+
+    done = apply(decision.run, succeeded("split").model_copy(update={"delivery_count": 2}), 9).run
+
+    [record] = done.stage("split").history
+    assert (record.outcome, record.deliveries) == ("succeeded", 2)
+    assert done.stage("train").deliveries == 0
+
+
+def test_deliveries_reach_the_record_of_a_success_without_a_start_event() -> None:
+    run = run_until("split")
+
+    done = apply(run, succeeded("split").model_copy(update={"delivery_count": 3})).run
+
+    assert done.stage("split").history[-1].deliveries == 3
 
 
 def test_deadline_that_is_not_due_yet_is_ignored() -> None:

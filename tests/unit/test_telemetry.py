@@ -48,6 +48,7 @@ def test_names_are_the_agreed_ones() -> None:
         "RunCancelled",
         "ModelRegistered",
         "ModelPromoted",
+        "StageWithoutWorker",
     } == EVENT_NAMES
     assert {
         "retrainer.stage.duration",

@@ -150,7 +150,7 @@ resource stageOverDeadline 'Microsoft.Insights/scheduledQueryRules@2023-12-01' =
   kind: 'LogAlert'
   properties: {
     displayName: 'retrainer: a stage missed its deadline'
-    description: 'The coordinator\'s watchdog gave up on a stage attempt that did not start or finish in time (it retries or fails the run).'
+    description: 'The coordinator\'s watchdog gave up on a stage attempt that did not start or finish in time (it retries or fails the run); a queued attempt whose workers are busy with a backlog, or that has no live worker, is postponed, not given up.'
     severity: 2
     enabled: true
     scopes: [
@@ -161,7 +161,7 @@ resource stageOverDeadline 'Microsoft.Insights/scheduledQueryRules@2023-12-01' =
     criteria: {
       allOf: [
         {
-          query: 'requests\n| where name == "retrainer.coordinator"\n| where tostring(customDimensions["retrainer.input"]) == "deadline_expired"\n| extend stage = tostring(customDimensions["retrainer.stage_name"])\n| project timestamp, stage, operation_Id'
+          query: 'requests\n| where name == "retrainer.coordinator"\n| where tostring(customDimensions["retrainer.input"]) == "deadline_expired"\n| where tostring(customDimensions["retrainer.outcome"]) != "postponed"\n| extend stage = tostring(customDimensions["retrainer.stage_name"])\n| project timestamp, stage, operation_Id'
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0
