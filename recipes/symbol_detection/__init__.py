@@ -72,4 +72,6 @@ recipe = Recipe(
     load_archive=load_archive,
     # Each split (train/ + validation/ MLTables) becomes the next version of this data asset.
     data_asset="{model}-training-data",
+    # On Azure ML an AutoML image object-detection task replaces the local detector.
+    automl=lazy("recipes.symbol_detection.automl:automl_task"),
 )

@@ -44,6 +44,12 @@ TRAIN_PARAMS = (
     "learning_rate",
     "score_threshold",
     "seed",
+    # The AutoML task on Azure ML (automl.py).
+    "automl_search_space",
+    "automl_max_trials",
+    "automl_max_concurrent_trials",
+    "automl_timeout_minutes",
+    "automl_validation_size",
 )
 
 
@@ -124,6 +130,28 @@ class SymbolDetectionParams(RecipeParams):
         le=1.0,
         description="detections at or above this confidence count for precision and recall",
     )
+    # -- train on Azure ML: the AutoML task (automl.py) -----------------------------------------
+    automl_search_space: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="a YAML list of search subspaces (model_name yolov5 / fasterrcnn_* ..., "
+        "hyperparameter ranges); unset: AutoML's auto mode",
+    )
+    automl_max_trials: int = Field(default=8, ge=1, le=1000)
+    automl_max_concurrent_trials: int = Field(default=4, ge=1, le=100)
+    automl_timeout_minutes: int = Field(default=180, ge=1, le=43_200)
+    automl_validation_size: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="held out when the split made no validation set"
+    )
+
+    @field_validator("automl_search_space")
+    @classmethod
+    def _search_space(cls, value: str | None) -> str | None:
+        if value is not None:
+            from recipes.symbol_detection.automl import parse_search_space
+
+            parse_search_space(value)
+        return value
 
     @field_validator("images_dir", "labels_dir")
     @classmethod
