@@ -149,13 +149,16 @@ def _training_job(ctx: StageContext, input_uri: str, output_uri: str) -> Trainin
 
 def _automl_job(ctx: StageContext, job: TrainingJob, settings: TrainSettings) -> TrainingJob:
     """``job`` as the recipe's AutoML task: training data is the run's data-asset version when
-    it is an Azure ML data asset (``azureml:<name>:<version>``), else the split's ``train/``
-    MLTable; validation data the split's ``validation/`` MLTable when the split wrote one."""
+    ``RETRAINER_DATA_ASSETS=azureml`` (``azureml:<name>:<version>``), else the split's
+    ``train/`` MLTable by datastore URI (the table that version points at); validation data the
+    split's ``validation/`` MLTable when the split wrote one."""
     assert ctx.recipe.automl is not None
     spec = ctx.recipe.automl(ctx.params)
     split = ctx.input_prefix("split")
     asset = ctx.command.inputs.get(DATA_ASSET_INPUT)
-    if asset and settings.resolved_data_assets == "azureml":
+    # Only where the split workers are set to register Azure ML assets too (explicitly): else
+    # the same table by its datastore URI (the asset still names it in the model's lineage).
+    if asset and settings.data_assets == "azureml":
         name, _, version = asset.rpartition("@")
         training = f"azureml:{name}:{version}"
     else:
