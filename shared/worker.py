@@ -216,6 +216,11 @@ class _Attempt:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class _StopWarmingUp(BaseException):
+    """Raised by the stop signal's handler into a warm-up in progress (a BaseException, so
+    that a warm-up's own ``except Exception`` does not swallow it)."""
+
+
 class Worker:
     def __init__(
         self,
@@ -255,6 +260,8 @@ class Worker:
         )
         self._shutdown_grace_s = shutdown_grace_s
         self._stopping = threading.Event()
+        # True while ``warm_up`` runs in the main thread: a signal then interrupts it.
+        self._warming = False
         # Each attempt in flight, so that a cancel or a shutdown can reach it.
         self._in_flight: dict[tuple[UUID, int], _Attempt] = {}
         # Attempts cancelled here, in order: a command of one arriving later is not run.
@@ -276,8 +283,11 @@ class Worker:
         after that is abandoned (redelivered), so no stage dies silently with the process."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
+                signal.signal(sig, self._on_signal)
         self.warm_up()
+        if self._stopping.is_set():
+            log.info("%s worker %s stopped before it took a message", self.spec.stage, self.name)
+            return
         log.info("%s worker %s listening on %s", self.spec.stage, self.name, self.topic)
         loops: list[Callable[[], None]] = [self._loop] * self._max_concurrency
         loops.append(self._control_loop)
@@ -309,13 +319,19 @@ class Worker:
         """Run the spec's ``warm_up`` callables (before the first receive, so before the
         health file says this worker is alive); returns the seconds they took."""
         started = time.monotonic()
-        for warm in self.spec.warm_up:
-            if self._stopping.is_set():
-                break
-            try:
-                warm()
-            except Exception:
-                log.warning("%s warm-up %r failed", self.spec.stage, warm, exc_info=True)
+        try:
+            self._warming = True
+            for warm in self.spec.warm_up:
+                if self._stopping.is_set():
+                    break
+                try:
+                    warm()
+                except Exception:
+                    log.warning("%s warm-up %r failed", self.spec.stage, warm, exc_info=True)
+        except _StopWarmingUp:
+            log.info("%s worker %s stopped while warming up", self.spec.stage, self.name)
+        finally:
+            self._warming = False
         took = time.monotonic() - started
         if self.spec.warm_up:
             log.info("%s worker %s warmed up in %.2f s", self.spec.stage, self.name, took)
@@ -323,6 +339,14 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _on_signal(self, *_: object) -> None:
+        self.stop()
+        # A warm-up (importing an ML stack: tens of seconds on a busy machine) is cut short
+        # where it is: nothing was taken yet, so there is nothing to finish.
+        if self._warming:
+            self._warming = False
+            raise _StopWarmingUp
 
     def close(self) -> None:
         self._bus.close()
