@@ -12,7 +12,11 @@ Azure ML REST API (``management.azure.com``, Microsoft.MachineLearningServices) 
 * ``GET  .../locations/{loc}/mfeOperationResults/{id}``  the cancel LRO: 200, done;
 * ``GET  .../environments/{name}/versions``    versions, newest first (``name@latest``);
 * ``GET  .../codes/{name}/versions?hash=``     a code snapshot with that content hash, if any;
-* ``GET  .../codes/{name}/versions/{version}`` a code version.
+* ``GET  .../codes/{name}/versions/{version}`` a code version;
+* ``GET  .../data``, ``.../data/{name}``, ``.../data/{name}/versions[/{version}]``: data assets
+  (containers with ``latestVersion``/``nextVersion``, versions); ``PUT .../data/{name}/versions/
+  {version}`` stores one (409 if that version exists with another ``dataUri``);
+* ``GET  .../datastores/{name}``               404 (the SDK then skips reading a remote MLTable).
 
 Not served: ``POST .../codes/{name}/versions/{version}/startPendingUpload``, the start of a new
 code snapshot upload, after which the SDK writes the files to blob storage with its own storage
@@ -218,6 +222,12 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/environments/(?P<name>[^/]+)/versions"), "_list_environment_versions"),
     ("GET", re.compile(r"/codes/(?P<name>[^/]+)/versions"), "_list_code_versions"),
     ("GET", re.compile(r"/codes/(?P<name>[^/]+)/versions/(?P<version>[^/]+)"), "_get_code"),
+    ("GET", re.compile(r"/data"), "_list_data"),
+    ("GET", re.compile(r"/data/(?P<name>[^/]+)"), "_get_data_container"),
+    ("GET", re.compile(r"/data/(?P<name>[^/]+)/versions"), "_list_data_versions"),
+    ("GET", re.compile(r"/data/(?P<name>[^/]+)/versions/(?P<version>[^/]+)"), "_get_data"),
+    ("PUT", re.compile(r"/data/(?P<name>[^/]+)/versions/(?P<version>[^/]+)"), "_put_data"),
+    ("GET", re.compile(r"/datastores/(?P<name>[^/]+)"), "_get_datastore"),
 ]
 _OPERATION_RESULT = re.compile(
     rf"/subscriptions/[^/]+/providers/{PROVIDER}/locations/[^/]+/mfeOperationResults/[^/]+",
@@ -241,6 +251,7 @@ class FakeAzureML(HttpTransport):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.environments: dict[str, list[str]] = {}  # name -> versions, oldest first
         self.codes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.data: dict[str, dict[str, dict[str, Any]]] = {}  # name -> version -> resource
         # True: the workspace already holds any code snapshot asked for by content hash (the
         # SDK then reuses it); False: the SDK would upload one to blob storage, outside this fake.
         self.snapshots_present = False
@@ -489,6 +500,76 @@ class FakeAzureML(HttpTransport):
         if code is None:
             return FakeResponse(request, 404, _error("UserError", f"no code {name}:{version}"))
         return FakeResponse(request, 200, code)
+
+
+    # --- data assets -----------------------------------------------------------------------------
+
+    def _data_container(self, name: str) -> dict[str, Any]:
+        numbers = [int(v) for v in self.data.get(name, {}) if v.isdigit()]
+        latest = max(numbers, default=0)
+        return {
+            "id": f"{self.workspace_id}/data/{name}",
+            "name": name,
+            "type": f"{PROVIDER}/workspaces/data",
+            "properties": {
+                "dataType": "mltable",
+                "isArchived": False,
+                "latestVersion": str(latest),
+                "nextVersion": str(latest + 1),
+                "properties": {},
+                "tags": {},
+            },
+        }
+
+    def _list_data(self, request: HttpRequest, recorded: Recorded) -> FakeResponse:
+        value = [self._data_container(name) for name in sorted(self.data)]
+        return FakeResponse(request, 200, {"value": value})
+
+    def _get_data_container(
+        self, request: HttpRequest, recorded: Recorded, name: str
+    ) -> FakeResponse:
+        if name not in self.data:
+            return FakeResponse(request, 404, _error("UserError", f"no data asset {name}"))
+        return FakeResponse(request, 200, self._data_container(name))
+
+    def _list_data_versions(
+        self, request: HttpRequest, recorded: Recorded, name: str
+    ) -> FakeResponse:
+        versions = self.data.get(name, {})
+        return FakeResponse(request, 200, {"value": list(versions.values())})
+
+    def _get_data(
+        self, request: HttpRequest, recorded: Recorded, name: str, version: str
+    ) -> FakeResponse:
+        found = self.data.get(name, {}).get(version)
+        if found is None:
+            return FakeResponse(request, 404, _error("UserError", f"no data {name}:{version}"))
+        return FakeResponse(request, 200, found)
+
+    def _put_data(
+        self, request: HttpRequest, recorded: Recorded, name: str, version: str
+    ) -> FakeResponse:
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        properties = dict(body.get("properties") or {})
+        existing = self.data.get(name, {}).get(version)
+        if existing is not None and existing["properties"]["dataUri"] != properties.get("dataUri"):
+            return FakeResponse(
+                request, 409, _error("UserError", f"data {name}:{version} exists with another path")
+            )
+        properties.setdefault("isAnonymous", False)
+        properties.setdefault("isArchived", False)
+        resource = {
+            "id": f"{self.workspace_id}/data/{name}/versions/{version}",
+            "name": version,
+            "type": f"{PROVIDER}/workspaces/data/versions",
+            "properties": properties,
+            "systemData": {"createdAt": "2025-01-01T00:00:00Z", "createdBy": "fake"},
+        }
+        self.data.setdefault(name, {})[version] = resource
+        return FakeResponse(request, 201 if existing is None else 200, resource)
+
+    def _get_datastore(self, request: HttpRequest, recorded: Recorded, name: str) -> FakeResponse:
+        return FakeResponse(request, 404, _error("UserError", f"no datastore {name} in the fake"))
 
 
 def fake_ml_client(fake: FakeAzureML, **kwargs: Any) -> Any:

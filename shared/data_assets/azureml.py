@@ -16,6 +16,7 @@ resolves to, ``azureml``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,26 @@ class _Collision(Exception):
     pass
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    """What the SDK wrapped: its exceptions nest the HTTP error a few levels down."""
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(found) < 8 and current not in found:
+        found.append(current)
+        current = (
+            getattr(current, "inner_exception", None) or current.__cause__ or current.__context__
+        )
+    return found
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _plain(error: BaseException) -> str:
+    """The SDK colours its messages for terminals; error texts travel in events and logs."""
+    return " ".join(_ANSI_ESCAPE.sub("", str(error)).split())
+
+
 @contextmanager
 def _translated(name: str) -> Iterator[None]:
     """azure-core / azure-ai-ml exceptions -> the port's errors (a 404 and a version collision
@@ -192,6 +213,12 @@ def _translated(name: str) -> Iterator[None]:
     except MlException as exc:
         if type(exc).__name__ == "AssetPathException":
             raise _Collision() from exc
-        raise DataAssetRequestError(f"invalid Azure ML data asset {name!r}: {exc}") from exc
+        causes = _causes(exc)
+        if any(isinstance(cause, ResourceNotFoundError) for cause in causes):
+            raise _NotFound() from None
+        transient = ServiceRequestError | ServiceResponseError | ConnectionError | TimeoutError
+        if any(isinstance(cause, transient) for cause in causes):
+            raise DataAssetUnavailableError(f"Azure ML call failed: {_plain(exc)}") from exc
+        raise DataAssetRequestError(f"invalid Azure ML data asset {name!r}: {_plain(exc)}") from exc
     except AzureError as exc:
         raise DataAssetUnavailableError(f"Azure ML call failed: {exc}") from exc
