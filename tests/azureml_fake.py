@@ -501,7 +501,6 @@ class FakeAzureML(HttpTransport):
             return FakeResponse(request, 404, _error("UserError", f"no code {name}:{version}"))
         return FakeResponse(request, 200, code)
 
-
     # --- data assets -----------------------------------------------------------------------------
 
     def _data_container(self, name: str) -> dict[str, Any]:
