@@ -112,16 +112,33 @@ def create_data_assets(settings: CommonSettings, blobs: BlobStore | None = None)
         from shared.data_assets.local import LocalDataAssets
 
         return LocalDataAssets(blobs if blobs is not None else create_blob_store(settings))
-    from shared.data_assets.azureml import AzureMLDataAssets
+    from shared.data_assets.port import LazyDataAssets
 
-    return AzureMLDataAssets(
-        create_azureml_client(settings, purpose="azureml data assets"),
-        datastore=settings.azureml_datastore,
-    )
+    # Checked now (a missing workspace is a configuration error at start-up); the SDK is
+    # imported and the client built with the first call.
+    _azureml_workspace(settings, purpose="azureml data assets")
+
+    def build() -> DataAssets:
+        from shared.data_assets.azureml import AzureMLDataAssets
+
+        return AzureMLDataAssets(
+            create_azureml_client(settings, purpose="azureml data assets"),
+            datastore=settings.azureml_datastore,
+        )
+
+    return LazyDataAssets(build)
 
 
 def create_azureml_client(settings: CommonSettings, *, purpose: str) -> MLClient:
     """An ``MLClient`` on the configured workspace with ``DefaultAzureCredential``."""
+    subscription_id, resource_group, workspace_name = _azureml_workspace(settings, purpose=purpose)
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    return MLClient(DefaultAzureCredential(), subscription_id, resource_group, workspace_name)
+
+
+def _azureml_workspace(settings: CommonSettings, *, purpose: str) -> tuple[str, str, str]:
     workspace = (
         settings.azureml_subscription_id,
         settings.azureml_resource_group,
@@ -132,8 +149,5 @@ def create_azureml_client(settings: CommonSettings, *, purpose: str) -> MLClient
             f"{purpose} need RETRAINER_AZUREML_SUBSCRIPTION_ID,"
             " RETRAINER_AZUREML_RESOURCE_GROUP and RETRAINER_AZUREML_WORKSPACE"
         )
-    from azure.ai.ml import MLClient
-    from azure.identity import DefaultAzureCredential
-
     subscription_id, resource_group, workspace_name = (str(part) for part in workspace)
-    return MLClient(DefaultAzureCredential(), subscription_id, resource_group, workspace_name)
+    return subscription_id, resource_group, workspace_name

@@ -28,6 +28,8 @@ Adapters: ``local.py`` (records in the blob store, the embedded default) and ``a
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,6 +89,34 @@ class DataAssets(Protocol):
     def prefixes(self) -> set[str]:
         """The prefixes every version of every asset points at (cache retention keeps them)."""
         ...
+
+
+class LazyDataAssets:
+    """A ``DataAssets`` built by ``factory`` on its first use: the Azure ML adapter imports
+    azure-ai-ml and builds a client, which a service should not pay for at start-up."""
+
+    def __init__(self, factory: Callable[[], DataAssets]) -> None:
+        self._factory = factory
+        self._built: DataAssets | None = None
+        self._lock = threading.Lock()
+
+    def _assets(self) -> DataAssets:
+        with self._lock:
+            if self._built is None:
+                self._built = self._factory()
+            return self._built
+
+    def register(self, name: str, prefix: str, *, correlation_id: str) -> DataAssetVersion:
+        return self._assets().register(name, prefix, correlation_id=correlation_id)
+
+    def get(self, name: str, version: str = LATEST) -> DataAssetVersion:
+        return self._assets().get(name, version)
+
+    def list_versions(self, name: str) -> list[DataAssetVersion]:
+        return self._assets().list_versions(name)
+
+    def prefixes(self) -> set[str]:
+        return self._assets().prefixes()
 
 
 class InvalidDataAssetError(PermanentError):

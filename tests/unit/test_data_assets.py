@@ -124,3 +124,26 @@ def test_a_recipe_names_its_asset_per_model_and_so_per_entity() -> None:
         per_entity.data_asset_name()
     with pytest.raises(ValueError, match="may use only"):
         dataclasses.replace(echo_recipe, data_asset="{recipe}-data")
+
+
+def test_the_composition_root_picks_the_adapter_by_configuration(tmp_path: Path) -> None:
+    from shared.bootstrap import create_data_assets
+    from shared.errors import ConfigurationError
+    from shared.settings import CommonSettings
+
+    local = CommonSettings(state_dir=tmp_path, blob_local_root=tmp_path / "blobs")
+    assert local.resolved_data_assets == "local"
+    assert isinstance(create_data_assets(local), LocalDataAssets)
+    on_azure = CommonSettings(state_dir=tmp_path, compute_gpu="azureml")
+    assert on_azure.resolved_data_assets == "azureml"
+    with pytest.raises(ConfigurationError, match="RETRAINER_AZUREML_WORKSPACE"):
+        create_data_assets(on_azure)
+    configured = CommonSettings(
+        state_dir=tmp_path,
+        data_assets="azureml",
+        azureml_subscription_id="s",
+        azureml_resource_group="g",
+        azureml_workspace="w",
+    )
+    # Nothing is imported or connected until the first call.
+    assert type(create_data_assets(configured)).__name__ == "LazyDataAssets"

@@ -38,9 +38,11 @@ var roles = loadJsonContent('../roles.json')
 var condaFile = loadTextContent('../../azureml/environment.yml')
 // A content hash: a changed environment.yml (or image) is a new version; the same one is kept.
 var environmentVersion = uniqueString(condaFile, trainImage)
-// Services that reach the workspace: train submits and follows jobs; all three use its MLflow.
+// Services that reach the workspace: train submits and follows jobs; all three use its MLflow;
+// split registers data-asset versions (the coordinator reads them).
 var workspaceUsers = [
   'train'
+  'split'
   'register'
   'tag'
   // An operator's promote or rollback through the API writes the model registry.

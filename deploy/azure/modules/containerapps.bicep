@@ -129,11 +129,9 @@ var workerEnv = concat(commonEnv, [
     value: string(workerHealthPort)
   }
 ])
-var trainEnv = [
-  {
-    name: 'RETRAINER_COMPUTE_GPU'
-    value: 'azureml'
-  }
+// The Azure ML workspace: train submits jobs there; split registers each split as a data-asset
+// version there and the coordinator resolves 'asset:<name>@<version>' runs against it.
+var azureMlEnv = [
   {
     name: 'RETRAINER_AZUREML_SUBSCRIPTION_ID'
     value: subscription().subscriptionId
@@ -147,6 +145,20 @@ var trainEnv = [
     value: azureMlWorkspace
   }
   {
+    name: 'RETRAINER_AZUREML_DATASTORE'
+    value: azureMlDatastore
+  }
+  {
+    name: 'RETRAINER_DATA_ASSETS'
+    value: 'azureml'
+  }
+]
+var trainEnv = concat(azureMlEnv, [
+  {
+    name: 'RETRAINER_COMPUTE_GPU'
+    value: 'azureml'
+  }
+  {
     name: 'RETRAINER_AZUREML_COMPUTE'
     value: azureMlGpuCluster
   }
@@ -158,15 +170,11 @@ var trainEnv = [
     name: 'RETRAINER_AZUREML_CODE_DIR'
     value: 'azureml:${azureMlCodeAsset}:${codeVersion}'
   }
-  {
-    name: 'RETRAINER_AZUREML_DATASTORE'
-    value: azureMlDatastore
-  }
-]
+])
 
 // The database user is the identity's name; the password is an Entra token the coordinator
 // fetches for each new connection (RETRAINER_DATABASE_ENTRA_AUTH).
-var coordinatorEnv = concat(commonEnv, [
+var coordinatorEnv = concat(commonEnv, azureMlEnv, [
   {
     name: 'RETRAINER_DATABASE_URL'
     value: 'postgresql+psycopg://${coordinatorIdentityName}@${postgresHost}:5432/${postgresDatabase}?sslmode=require'
@@ -289,7 +297,7 @@ module workerApps 'app.bicep' = [for worker in workers: {
     identityId: identityIds[worker]
     clientId: clientIds[worker]
     scalerIdentityId: identityIds.scaler
-    env: (worker == 'train') ? concat(workerEnv, trainEnv) : workerEnv
+    env: (worker == 'train') ? concat(workerEnv, trainEnv) : ((worker == 'split') ? concat(workerEnv, azureMlEnv) : workerEnv)
     secrets: commonSecrets
     keyVaultUri: keyVaultUri
     port: workerHealthPort
