@@ -51,6 +51,7 @@ def build_coordinator(settings: CoordinatorSettings) -> Coordinator:
         groups=settings.group_policy,
         min_free_disk_bytes=settings.min_free_disk_bytes,
         retention=settings.retention_policy,
+        store_retention=settings.store_retention,
         data_assets=create_data_assets(settings, blobs),
     )
 

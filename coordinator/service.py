@@ -141,6 +141,19 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
+class StoreRetention:
+    """What the run store keeps of its bookkeeping (``RunStore.prune``): published outbox rows,
+    processed-message ids and the heartbeats of workers gone are deleted once older than
+    ``horizon_s``, checked every ``interval_s``, after which a SQLite store's write-ahead log is
+    checkpointed and truncated. The horizon is at least the bus's duplicate-detection window
+    (settings check it): a message redelivered or re-sent within it must still be found in the
+    inbox. Blob events seen are kept for ``TriggerPolicy.dedup_retention_s``."""
+
+    horizon_s: float = 2 * 24 * 3600.0
+    interval_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class GroupPolicy:
     # More members than this in one group is refused (RETRAINER_GROUP_MAX_MEMBERS).
     max_members: int = 1000
@@ -242,6 +255,7 @@ class Coordinator:
         triggers: TriggerPolicy | None = None,
         groups: GroupPolicy | None = None,
         retention: RetentionPolicy | None = None,
+        store_retention: StoreRetention | None = None,
         clock: Callable[[], datetime] = utcnow,
         relay_batch_size: int = 100,
         min_free_disk_bytes: int = 0,
@@ -259,6 +273,8 @@ class Coordinator:
         self._groups = groups or GroupPolicy()
         self._retention = retention or RetentionPolicy()
         self._retained_at: float | None = None
+        self._store_retention = store_retention or StoreRetention()
+        self._store_pruned_at: float | None = None
         self._clock = clock
         self._relay_batch_size = relay_batch_size
         self._min_free_disk_bytes = min_free_disk_bytes
@@ -268,7 +284,6 @@ class Coordinator:
         self.trigger_due = threading.Event()
         # Set when a group member finished or waits again, to wake the admission loop.
         self.admission_due = threading.Event()
-        self._pruned_at: float | None = None
         # The input and run the latest decision in this thread started from (for telemetry).
         self._decided = threading.local()
         self._check_trigger_rules()
@@ -881,16 +896,8 @@ class Coordinator:
         return True
 
     def trigger_tick(self) -> int:
-        """Fire due bursts and schedules; now and then forget old seen events. Returns the
-        runs (and groups) started."""
-        started = len(self.fire_due_triggers()) + self.fire_due_schedules()
-        if self._pruned_at is None or time.monotonic() - self._pruned_at > 3600:
-            self._pruned_at = time.monotonic()
-            horizon = self._clock() - timedelta(seconds=self._triggers.dedup_retention_s)
-            pruned = self.store.prune_trigger_events(horizon)
-            if pruned:
-                log.info("forgot %d blob events seen before %s", pruned, horizon)
-        return started
+        """Fire due bursts and schedules. Returns the runs (and groups) started."""
+        return len(self.fire_due_triggers()) + self.fire_due_schedules()
 
     def _check_trigger_rules(self) -> None:
         """Fail at start-up, not at the first upload or tick, on a rule or schedule that names
@@ -956,6 +963,32 @@ class Coordinator:
             return 0
         self._retained_at = time.monotonic()
         return len(self.prune_cache())
+
+    def prune_store(self) -> dict[str, int]:
+        """Delete the store's bookkeeping past its horizon (``StoreRetention``), then
+        checkpoint a SQLite store's write-ahead log; returns the rows deleted per table."""
+        now = self._clock()
+        removed = self.store.prune(
+            before=now - timedelta(seconds=self._store_retention.horizon_s),
+            trigger_events_before=now - timedelta(seconds=self._triggers.dedup_retention_s),
+        )
+        self.store.checkpoint()
+        if any(removed.values()):
+            log.info(
+                "run store retention: deleted %s",
+                ", ".join(f"{count} {table}" for table, count in removed.items() if count),
+            )
+        return removed
+
+    def store_retention_tick(self) -> dict[str, int]:
+        """``prune_store`` once per ``StoreRetention.interval_s`` (the first time at once)."""
+        due = self._store_pruned_at is None or (
+            time.monotonic() - self._store_pruned_at >= self._store_retention.interval_s
+        )
+        if not due:
+            return {}
+        self._store_pruned_at = time.monotonic()
+        return self.prune_store()
 
     def relay_outbox(self) -> int:
         """Publish pending outbox rows, then mark them published; returns how many."""
@@ -1118,8 +1151,9 @@ class BackgroundLoops:
     def _watchdog(self) -> None:
         while not self._stop.wait(self._intervals.watchdog_interval_s):
             self._guarded("watchdog", self._coordinator.watchdog_tick)
-            # Cache retention rides on the watchdog's thread; it keeps its own interval.
+            # Cache and store retention ride on the watchdog's thread, each on its own interval.
             self._guarded("retention", self._coordinator.retention_tick)
+            self._guarded("store-retention", self._coordinator.store_retention_tick)
 
     def _poll_blobs(self) -> None:
         poller = self._blob_poller

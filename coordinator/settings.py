@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from coordinator.domain import Policy
 from coordinator.schedules import Schedule, schedules_of
-from coordinator.service import GroupPolicy, LoopIntervals, RetentionPolicy, TriggerPolicy
+from coordinator.service import (
+    GroupPolicy,
+    LoopIntervals,
+    RetentionPolicy,
+    StoreRetention,
+    TriggerPolicy,
+)
 from shared.settings import CommonSettings
+from shared.topology import DUPLICATE_DETECTION_WINDOW_S
 from shared.triggers import load_trigger_rules
 
 
@@ -96,6 +103,24 @@ class CoordinatorSettings(CommonSettings):
     # removed once older than this (coordinator/retention.py); null: never. Checked hourly.
     cache_retention_s: float | None = Field(default=30 * 24 * 3600.0, gt=0)
     cache_retention_interval_s: float = Field(default=3600.0, gt=0)
+    # The run store's bookkeeping (coordinator/service.py StoreRetention): published outbox
+    # rows, processed-message ids and gone workers' heartbeats older than this are deleted
+    # every store_retention_interval_s, then SQLite's WAL is checkpointed (TRUNCATE). At least
+    # the bus's duplicate-detection window (600 s), as is trigger_dedup_retention_s.
+    store_retention_s: float = Field(default=2 * 24 * 3600.0, gt=0)
+    store_retention_interval_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("store_retention_s", "trigger_dedup_retention_s")
+    @classmethod
+    def _covers_duplicate_detection(cls, horizon: float) -> float:
+        # A message re-sent or redelivered within the bus's window must still be recognised.
+        if horizon < DUPLICATE_DETECTION_WINDOW_S:
+            raise ValueError(
+                f"{horizon:g} s is shorter than the bus's duplicate-detection window "
+                f"({DUPLICATE_DETECTION_WINDOW_S:g} s): a message re-sent within that window "
+                "would no longer be recognised as processed"
+            )
+        return horizon
 
     # Run groups: the most members one group may have, how many are in a stage at once when
     # the request does not say, and how often groups are checked for free slots (a finishing
@@ -135,6 +160,12 @@ class CoordinatorSettings(CommonSettings):
     def retention_policy(self) -> RetentionPolicy:
         return RetentionPolicy(
             max_age_s=self.cache_retention_s, interval_s=self.cache_retention_interval_s
+        )
+
+    @property
+    def store_retention(self) -> StoreRetention:
+        return StoreRetention(
+            horizon_s=self.store_retention_s, interval_s=self.store_retention_interval_s
         )
 
     @property

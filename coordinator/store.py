@@ -994,6 +994,75 @@ class RunStore:
                 )
         return {stage: tuple(seen) for stage, seen in found.items()}
 
+    # --- retention -------------------------------------------------------------------------
+
+    def prune(
+        self, *, before: datetime, trigger_events_before: datetime, batch: int = 5000
+    ) -> dict[str, int]:
+        """Delete what no one needs any more, in short transactions of ``batch`` rows:
+        published outbox rows and processed-message ids (the inbox) recorded before
+        ``before``, heartbeats of workers gone since then, and blob events seen before
+        ``trigger_events_before``. Unpublished outbox rows stay whatever their age. Returns
+        the rows deleted per table."""
+        targets = (
+            (outbox, outbox.c.id, outbox.c.published_at < before),
+            (
+                processed_messages,
+                processed_messages.c.message_id,
+                processed_messages.c.processed_at < before,
+            ),
+            (
+                trigger_events_seen,
+                trigger_events_seen.c.key,
+                trigger_events_seen.c.seen_at < trigger_events_before,
+            ),
+            (
+                worker_heartbeats,
+                worker_heartbeats.c.worker_id,
+                worker_heartbeats.c.expires_at < before,
+            ),
+        )
+        removed: dict[str, int] = {}
+        for table, key, old in targets:
+            removed[table.name] = 0
+            while True:
+                with self._connection() as conn, conn.begin():
+                    doomed = select(key).where(old).limit(batch)
+                    deleted = int(conn.execute(delete(table).where(key.in_(doomed))).rowcount or 0)
+                removed[table.name] += deleted
+                if deleted < batch:
+                    break
+        return removed
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database and truncate it (it only grows
+        otherwise while readers keep it busy). Nothing to do on PostgreSQL (autovacuum)."""
+        if self._engine.dialect.name != "sqlite":
+            return
+        with self._connection() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def size_bytes(self) -> int:
+        """What the store takes on disk: the SQLite files (database and WAL), or the
+        PostgreSQL tables with their indexes and TOAST."""
+        if self._engine.dialect.name == "sqlite":
+            database = self._engine.url.database
+            if not database or database == ":memory:":
+                return 0
+            files = [Path(database), Path(f"{database}-wal"), Path(f"{database}-shm")]
+            return sum(path.stat().st_size for path in files if path.exists())
+        with self._connection() as conn:
+            total = 0
+            for table in metadata.sorted_tables:
+                name = f'"{self._schema}"."{table.name}"' if self._schema else table.name
+                total += int(
+                    conn.scalar(
+                        text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": name}
+                    )
+                    or 0
+                )
+            return total
+
     # --- outbox ----------------------------------------------------------------------------
 
     def pending_outbox(self, limit: int = 100) -> list[OutboxMessage]:
