@@ -301,6 +301,8 @@ def test_seen_events_are_forgotten_after_the_retention(
     receive(coordinator, event)
     clock.advance(8 * 24 * 3600)
     assert coordinator.trigger_tick() == 1
+    # The store's retention (on the watchdog's thread; its first tick prunes at once).
+    assert coordinator.store_retention_tick()["trigger_events_seen"] == 2
 
     receive(coordinator, event)  # a very late redelivery counts again
     assert len(coordinator.store.pending_bursts()) == 1
