@@ -1,0 +1,117 @@
+"""``POST /runs`` on a data-asset version (``asset:<name>@<version|latest>``): validated (an
+unknown asset or version is a 422 naming it), pinned, aggregation and split skipped, train
+queued on the version's split; the run's view names the version."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from fastapi.testclient import TestClient
+
+from coordinator.api import create_app
+from coordinator.domain import Policy
+from coordinator.service import Coordinator
+from coordinator.store import RunStore
+from shared.blobs.local import LocalBlobStore
+from shared.bus.sqlite import SqliteMessageBus
+from shared.data_assets.local import LocalDataAssets
+from shared.messages import RunStage, decode
+from shared.recipe_registry import get_recipe
+from shared.topology import WORKER_SUBSCRIPTION, build_topology, command_topic
+
+ASSET = "state_identifier-training-data"
+
+
+@pytest.fixture
+def api(
+    tmp_path: Path,
+) -> Iterator[tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator]]:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    assets = LocalDataAssets(blobs)
+    store = RunStore.from_url(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    store.create_tables()
+    coordinator = Coordinator(
+        bus=SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology()),
+        blobs=blobs,
+        store=store,
+        recipes=get_recipe,
+        policy=Policy(),
+        data_assets=assets,
+    )
+    bus = SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology())
+    with TestClient(create_app(coordinator=coordinator, run_loops=False)) as client:
+        yield client, assets, bus, coordinator
+    coordinator.close()
+    bus.close()
+
+
+def test_a_run_on_a_version_skips_to_train_and_shows_the_version(
+    api: tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator],
+) -> None:
+    client, assets, bus, coordinator = api
+    assets.register(ASSET, "artifacts/cache/split/v1", correlation_id="r1")
+    assets.register(ASSET, "artifacts/cache/split/v2", correlation_id="r2")
+    body = {
+        "recipe": "state_identifier",
+        "data": f"asset:{ASSET}@latest",
+        "correlation_id": str(uuid4()),
+    }
+
+    response = client.post("/runs", json=body)
+    assert response.status_code == 202, response.text
+    run = response.json()
+    assert run["data"] == f"asset:{ASSET}@latest"
+    assert run["data_asset"] == {
+        "name": ASSET,
+        "version": "2",
+        "reference": f"asset:{ASSET}@2",
+    }
+    assert [s["status"] for s in run["stages"]] == [
+        "skipped",
+        "skipped",
+        "queued",
+        "pending",
+        "pending",
+    ]
+    assert run["outputs"] == {"split": "artifacts/cache/split/v2"}
+    assert client.get("/runs").json()["runs"][0]["data_asset"]["version"] == "2"
+
+    # A version registered meanwhile does not move it; asking again is the same run.
+    assets.register(ASSET, "artifacts/cache/split/v3", correlation_id="r3")
+    again = client.post("/runs", json=body)
+    assert again.status_code == 200
+    assert again.json()["data_asset"]["version"] == "2"
+
+    coordinator.relay_outbox()
+    received = bus.receive_messages(command_topic("train"), WORKER_SUBSCRIPTION, max_wait_time=1)
+    [command] = [decode(m.body, m.application_properties) for m in received]
+    assert isinstance(command, RunStage)
+    assert command.inputs["split"] == "artifacts/cache/split/v2"
+    assert command.inputs["data_asset"] == f"{ASSET}@2"
+    assert bus.receive_messages(command_topic("aggregation"), WORKER_SUBSCRIPTION) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("asset:nope@latest", "data asset 'nope' has no versions"),
+        (f"asset:{ASSET}@9", f"data asset '{ASSET}' has no version 9"),
+        (f"asset:{ASSET}@v9", "is not 'latest' or a version number"),
+        ("asset:@1", "is not valid"),
+    ],
+)
+def test_an_unknown_or_malformed_reference_is_a_422_naming_it(
+    api: tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator],
+    data: str,
+    message: str,
+) -> None:
+    client, assets, _, _ = api
+    assets.register(ASSET, "artifacts/cache/split/v1", correlation_id="r1")
+    response = client.post("/runs", json={"recipe": "state_identifier", "data": data})
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "data"]
+    assert message in problem["msg"]
