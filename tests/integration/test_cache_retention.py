@@ -102,3 +102,36 @@ def test_retention_keeps_lineage_and_unfinished_runs_and_removes_the_rest(tmp_pa
     ]
     coordinator.close()
     bus.close()
+
+
+def test_retention_keeps_every_data_asset_versions_split(tmp_path: Path) -> None:
+    """A data-asset version points at its split for good, whatever its age and whether or not
+    a run the store still knows names it."""
+    from shared.data_assets.local import LocalDataAssets
+
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    for entry in ("split/kept", "split/gone"):
+        blobs.upload_blob(f"{CACHE}/{entry}/train/MLTable", b"paths: []\n")
+        blobs.upload_blob(f"{CACHE}/{entry}/_manifest.json", b"{}")
+    assets = LocalDataAssets(blobs)
+    assets.register("m-training-data", f"{CACHE}/split/kept", correlation_id="r1")
+    store = RunStore.from_url(f"sqlite:///{tmp_path / 'coordinator.sqlite'}")
+    store.create_tables()
+    clock = Clock()
+    coordinator = Coordinator(
+        bus=SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology()),
+        blobs=blobs,
+        store=store,
+        recipes=get_recipe,
+        policy=Policy(),
+        retention=RetentionPolicy(max_age_s=timedelta(days=30).total_seconds()),
+        clock=clock,
+        data_assets=assets,
+    )
+    clock.advance(timedelta(days=400).total_seconds())
+    assert coordinator.prune_cache() == [f"{CACHE}/split/gone"]
+    assert [b.name for b in blobs.list_blobs(f"{CACHE}/split/kept/")] == [
+        f"{CACHE}/split/kept/_manifest.json",
+        f"{CACHE}/split/kept/train/MLTable",
+    ]
+    coordinator.close()
