@@ -578,7 +578,10 @@ def _show_champion_prediction(settings: CommonSettings, recipe_name: str, prefix
     from shared.tracking import CHAMPION_ALIAS
 
     mlflow.set_tracking_uri(settings.resolved_mlflow_tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{recipe_name}@{CHAMPION_ALIAS}")
+    # The demo loads in the environment that trained the model: no requirements check.
+    model = mlflow.pyfunc.load_model(
+        f"models:/{recipe_name}@{CHAMPION_ALIAS}", suppress_warnings=True
+    )
     store = create_blob_store(settings)
     first = next(iter(store.list_blobs(prefix + "/")))
     raw = pd.read_csv(io.BytesIO(store.download_blob(first.name).data)).head(600)
