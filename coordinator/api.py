@@ -58,6 +58,7 @@ from coordinator.store import GroupNotFound
 from coordinator.webhook import PATH as WEBHOOK_PATH
 from coordinator.webhook import WebhookConfig, add_event_routes
 from shared.blobs.port import MAX_NAME_LENGTH
+from shared.data_assets.port import DataAssetNotFoundError, InvalidDataAssetError
 from shared.entities import MAX_ENTITY_LENGTH
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.groups import Expansion
@@ -653,6 +654,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app)
     _add_model_routes(app)
+    _add_data_asset_routes(app)
     add_event_routes(app)
     add_dashboard_routes(app)
     return app
@@ -878,6 +880,57 @@ def _add_routes(app: FastAPI) -> None:
         return JSONResponse(
             Readiness(status="ready" if ready else "not ready", checks=checks).model_dump(),
             status_code=HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+        )
+
+
+class DataAssetVersionOut(BaseModel):
+    version: str
+    reference: str = Field(description="data for POST /runs to train on this version")
+    prefix: str = Field(description="the split folder in the blob store")
+    path: str = Field(description="where the asset points (Azure ML: a datastore URI)")
+    correlation_id: str = Field(description="the run whose split it is")
+    created_at: str
+
+
+class DataAssetVersionsOut(BaseModel):
+    name: str
+    latest: str
+    versions: list[DataAssetVersionOut]
+
+
+def _add_data_asset_routes(app: FastAPI) -> None:
+    @app.get(
+        "/data-assets/{name}",
+        response_model=DataAssetVersionsOut,
+        responses={
+            HTTPStatus.NOT_FOUND: {"description": "no such data asset"},
+            HTTPStatus.UNPROCESSABLE_ENTITY: {"description": "not a data asset name"},
+        },
+    )
+    def data_asset_versions(
+        name: Annotated[str, Path(min_length=1, max_length=255)], coordinator: CoordinatorDep
+    ) -> DataAssetVersionsOut:
+        """The versions of a data asset (each a run's split), oldest first."""
+        try:
+            versions = coordinator.data_asset_versions(name)
+        except DataAssetNotFoundError as exc:
+            raise HTTPException(HTTPStatus.NOT_FOUND, str(exc)) from None
+        except InvalidDataAssetError as exc:
+            raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+        return DataAssetVersionsOut(
+            name=name,
+            latest=versions[-1].version,
+            versions=[
+                DataAssetVersionOut(
+                    version=v.version,
+                    reference=v.reference,
+                    prefix=v.prefix,
+                    path=v.path,
+                    correlation_id=v.correlation_id,
+                    created_at=v.created_at,
+                )
+                for v in versions
+            ],
         )
 
 

@@ -79,6 +79,7 @@ from shared.data_assets.port import (
     DataAssetNotFoundError,
     DataAssetRequestError,
     DataAssets,
+    DataAssetVersion,
     InvalidDataAssetError,
     is_asset_reference,
     parse_asset_reference,
@@ -556,6 +557,16 @@ class Coordinator:
         if problems:
             raise InvalidRunRequest(problems)
         return asset
+
+    def data_asset_versions(self, name: str) -> list[DataAssetVersion]:
+        """Every version of data asset ``name``, oldest first. Raises DataAssetNotFoundError
+        (none, or data assets not configured) or InvalidDataAssetError."""
+        if self._data_assets is None:
+            raise DataAssetNotFoundError(name)
+        versions = self._data_assets.list_versions(name)
+        if not versions:
+            raise DataAssetNotFoundError(name)
+        return versions
 
     def _check_data_prefix(self, data: str, problems: list[Problem]) -> None:
         try:

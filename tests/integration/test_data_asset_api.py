@@ -115,3 +115,23 @@ def test_an_unknown_or_malformed_reference_is_a_422_naming_it(
     [problem] = response.json()["detail"]
     assert problem["loc"] == ["body", "data"]
     assert message in problem["msg"]
+
+
+def test_the_versions_of_an_asset_are_listed(
+    api: tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator],
+) -> None:
+    client, assets, _, _ = api
+    assets.register(ASSET, "artifacts/cache/split/v1", correlation_id="r1")
+    assets.register(ASSET, "artifacts/cache/split/v2", correlation_id="r2")
+    listed = client.get(f"/data-assets/{ASSET}")
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert (body["name"], body["latest"]) == (ASSET, "2")
+    assert [
+        (v["version"], v["reference"], v["prefix"], v["correlation_id"]) for v in body["versions"]
+    ] == [
+        ("1", f"asset:{ASSET}@1", "artifacts/cache/split/v1/", "r1"),
+        ("2", f"asset:{ASSET}@2", "artifacts/cache/split/v2/", "r2"),
+    ]
+    assert client.get("/data-assets/nope").status_code == 404
+    assert client.get("/data-assets/bad%20name").status_code == 422
