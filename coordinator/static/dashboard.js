@@ -515,6 +515,7 @@
       ["Run", run.id],
       ["Trigger", run.trigger],
       ["Data", run.data],
+      ...(run.data_asset ? [["Data asset", `${run.data_asset.name} v${run.data_asset.version}`]] : []),
       ["Params", params],
       ["Started", formatTime(run.created_at)],
       ["Finished", formatTime(run.finished_at)],
@@ -527,7 +528,7 @@
         "dl",
         { class: "facts" },
         facts.map(([term, value]) =>
-          el("div", { class: `fact fact-${term.toLowerCase()}` }, el("dt", null, term), el("dd", { title: value }, value))
+          el("div", { class: `fact fact-${term.toLowerCase().replace(/ /g, "-")}` }, el("dt", null, term), el("dd", { title: value }, value))
         ),
         details ? el("div", { class: "fact fact-wide" }, el("dt", null, "Trigger details"), el("dd", null, details)) : null
       )
