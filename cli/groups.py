@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from cli.main import CliError, _checked, _client, _parse_param
+from cli.main import CliError, _checked, _client, _parse_param, resolve_id
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 # The member statuses in the order a line of `group watch` shows them.
@@ -139,7 +139,7 @@ def cmd_group_start(args: argparse.Namespace) -> int:
 
 def cmd_group_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        return _watch(client, args.group_id)
+        return _watch(client, resolve_id(client, args.group_id, kind="group"))
 
 
 def _watch(client: httpx.Client, group_id: str) -> int:
@@ -170,21 +170,31 @@ def cmd_group_list(args: argparse.Namespace) -> int:
 def cmd_group_show(args: argparse.Namespace) -> int:
     query = {"status": args.status} if args.status else {}
     with _client(args) as client:
-        group = _checked(client.get(f"/run-groups/{args.group_id}", params=query))
+        group = _checked(
+            client.get(
+                f"/run-groups/{resolve_id(client, args.group_id, kind='group')}", params=query
+            )
+        )
     print(json.dumps(group, indent=2) if args.json else describe_group(group))
     return 0
 
 
 def cmd_group_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        group = _checked(client.post(f"/run-groups/{args.group_id}/cancel"))
+        group = _checked(
+            client.post(f"/run-groups/{resolve_id(client, args.group_id, kind='group')}/cancel")
+        )
     print(describe_counts(group))
     return 0
 
 
 def cmd_group_retry(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        group = _checked(client.post(f"/run-groups/{args.group_id}/retry-failed"))
+        group = _checked(
+            client.post(
+                f"/run-groups/{resolve_id(client, args.group_id, kind='group')}/retry-failed"
+            )
+        )
         if not args.watch:
             print(describe_counts(group))
             return 0

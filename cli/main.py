@@ -114,6 +114,40 @@ def _problem(item: dict[str, Any]) -> str:
     return f"{where}: {item.get('msg')}"
 
 
+SHORT_ID = re.compile(r"^(?:[0-9a-fA-F]-?){1,32}$")
+# How many candidates an ambiguous short id lists.
+MAX_CANDIDATES = 10
+
+
+def resolve_id(client: httpx.Client, text: str, *, kind: str = "run") -> str:
+    """A full id for ``text``: a whole id as it is, or the one run (group) whose id starts
+    with it (the short ids ``runs list`` and ``watch`` print). No match, or several (listed),
+    is a ``CliError``."""
+    text = text.strip()
+    if len(text) == 36 and SHORT_ID.match(text):
+        return text.lower()
+    if not SHORT_ID.match(text):
+        raise CliError(f"{text[:80]!r} is not a {kind} id (hex digits, e.g. 3fa85f64)")
+    path, key = ("/runs", "runs") if kind == "run" else ("/run-groups", "groups")
+    page = _checked(client.get(path, params={"id_prefix": text, "limit": MAX_CANDIDATES}))
+    found: list[dict[str, Any]] = page[key]
+    if not found:
+        raise CliError(f"no {kind} id starts with {text}")
+    if len(found) > 1:
+        lines = [
+            f"  {item['id']}  {item['status']:<10} {item['recipe']:<20} {item['created_at']}"
+            for item in found
+        ]
+        more = page["total"] - len(found)
+        if more > 0:
+            lines.append(f"  ... and {more} more")
+        raise CliError(
+            f"{text} is ambiguous: {page['total']} {kind}s start with it; give more of the id:\n"
+            + "\n".join(lines)
+        )
+    return str(found[0]["id"])
+
+
 def start_run(
     client: httpx.Client, recipe: str, data: str, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -647,7 +681,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        return _watch(client, args.run_id, plain=args.plain)
+        return _watch(client, resolve_id(client, args.run_id), plain=args.plain)
 
 
 def _watch(client: httpx.Client, run_id: str, *, plain: bool) -> int:
@@ -665,18 +699,43 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         body = _checked(client.get("/runs", params=query))
     runs = body["runs"] if isinstance(body, dict) else body
+    print(describe_runs(runs))
+    return 0
+
+
+def describe_runs(runs: list[dict[str, Any]]) -> str:
+    """A table with a header: short id (any unique prefix is accepted back), status, recipe,
+    trigger, created, model version."""
+    header = ("ID", "STATUS", "RECIPE", "TRIGGER", "CREATED", "MODEL")
+    rows = [header]
     for run in runs:
         model = run.get("model") or {}
-        version = f"v{model['version']}" if model.get("version") else ""
-        print(
-            f"{run['id']}  {run['status']:<10} {run['recipe']:<20} {run['created_at']}  {version}"
+        version = f"v{model['version']}" if model.get("version") else "-"
+        if model.get("version") and model.get("champion"):
+            version += " champion"
+        created = str(run.get("created_at") or "")[:19].replace("T", " ")
+        rows.append(
+            (
+                str(run["id"])[:8],
+                str(run["status"]),
+                str(run["recipe"]),
+                str(run.get("trigger") or "-"),
+                created,
+                version,
+            )
         )
-    return 0
+    if len(rows) == 1:
+        return "no runs"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in rows
+    )
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        run = _checked(client.get(f"/runs/{args.run_id}"))
+        run = _checked(client.get(f"/runs/{resolve_id(client, args.run_id)}"))
     print(json.dumps(run, indent=2) if args.json else describe_run(run))
     return 0
 
@@ -684,14 +743,14 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 def cmd_runs_cancel(args: argparse.Namespace) -> int:
     """Cancel a queued or running run; work handed to Azure ML is cancelled too."""
     with _client(args) as client:
-        run = _checked(client.post(f"/runs/{args.run_id}/cancel"))
+        run = _checked(client.post(f"/runs/{resolve_id(client, args.run_id)}/cancel"))
     print(describe_run(run))
     return 0
 
 
 def cmd_runs_retry(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        run = _checked(client.post(f"/runs/{args.run_id}/retry"))
+        run = _checked(client.post(f"/runs/{resolve_id(client, args.run_id)}/retry"))
         if not args.watch:
             print(describe_run(run))
             return 0

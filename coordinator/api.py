@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Respo
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from coordinator.apidocs import add_docs_routes
 from coordinator.auth import Authenticator, authorize
 from coordinator.bootstrap import build_blob_poller, build_champions, build_coordinator
 from coordinator.dashboard import add_dashboard_routes
@@ -635,6 +636,9 @@ def create_app(
         description="Starts ML retraining runs and follows them through their five stages.",
         version="1",
         lifespan=lifespan,
+        # Served offline by coordinator/apidocs.py (FastAPI's own pages load from a CDN).
+        docs_url=None,
+        redoc_url=None,
         # Every route needs a token once authentication is configured, but for the public
         # ones coordinator/auth.py names (probes, dashboard shells, docs, the webhook).
         dependencies=[Depends(authorize)],
@@ -657,7 +661,18 @@ def create_app(
     _add_data_asset_routes(app)
     add_event_routes(app)
     add_dashboard_routes(app)
+    add_docs_routes(app)
     return app
+
+
+# The short ids the CLI and dashboard print (a run's or group's id, first hex digits).
+IdPrefix = Annotated[
+    str | None,
+    Query(
+        pattern=r"^(?:[0-9a-fA-F]-?){1,32}$",
+        description="only ids starting with these hex digits (a short id)",
+    ),
+]
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -694,8 +709,11 @@ def _add_routes(app: FastAPI) -> None:
         status: RunStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        id_prefix: IdPrefix = None,
     ) -> RunPage:
-        runs, total = coordinator.list_runs(status=status, limit=limit, offset=offset)
+        runs, total = coordinator.list_runs(
+            status=status, limit=limit, offset=offset, id_prefix=id_prefix
+        )
         return RunPage(
             runs=[RunSummary.of(run) for run in runs], total=total, limit=limit, offset=offset
         )
@@ -797,8 +815,11 @@ def _add_routes(app: FastAPI) -> None:
         status: GroupStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        id_prefix: IdPrefix = None,
     ) -> RunGroupPage:
-        views, total = coordinator.list_groups(status=status, limit=limit, offset=offset)
+        views, total = coordinator.list_groups(
+            status=status, limit=limit, offset=offset, id_prefix=id_prefix
+        )
         return RunGroupPage(
             groups=[RunGroupSummary.of(view) for view in views],
             total=total,

@@ -44,7 +44,9 @@ READ_ROLE = "runs.read"
 WRITE_ROLE = "runs.write"
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Paths anyone may call; everything else needs a token once authentication is configured.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json", "/events/blob"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/", "/docs", "/redoc", "/openapi.json", "/events/blob"}
+)
 PUBLIC_PREFIXES = ("/dashboard",)
 # Entra ID access tokens are RS256: any other algorithm (none, HS256 with the public key as a
 # secret, ...) is refused before the signature is looked at.

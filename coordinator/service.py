@@ -352,11 +352,16 @@ class Coordinator:
         return self.store.get_run(run_id)
 
     def list_runs(
-        self, *, status: RunStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        id_prefix: str | None = None,
     ) -> tuple[list[Run], int]:
         """A page of runs, newest first, and how many runs match in all."""
-        runs = self.store.list_runs(status=status, limit=limit, offset=offset)
-        return runs, self.store.count_runs(status=status)
+        runs = self.store.list_runs(status=status, limit=limit, offset=offset, id_prefix=id_prefix)
+        return runs, self.store.count_runs(status=status, id_prefix=id_prefix)
 
     # --- run groups ------------------------------------------------------------------------
 
@@ -441,9 +446,16 @@ class Coordinator:
         return GroupView(group, counts, self.store.list_group_members(group_id, status=status))
 
     def list_groups(
-        self, *, status: GroupStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: GroupStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        id_prefix: str | None = None,
     ) -> tuple[list[GroupView], int]:
-        page, total = self.store.list_groups(status=status, limit=limit, offset=offset)
+        page, total = self.store.list_groups(
+            status=status, limit=limit, offset=offset, id_prefix=id_prefix
+        )
         return [GroupView(group, counts) for group, counts in page], total
 
     def cancel_group(self, group_id: UUID) -> GroupView:

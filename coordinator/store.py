@@ -125,6 +125,14 @@ _Json = JSON().with_variant(JSONB(), "postgresql")
 
 metadata = MetaData()
 
+
+def uuid_prefix_range(prefix: str) -> tuple[UUID, UUID]:
+    """The smallest and largest UUID whose hex starts with ``prefix`` (hex digits, dashes
+    ignored; validated by the caller): a range both SQLite and PostgreSQL compare by index."""
+    digits = prefix.replace("-", "").lower()
+    return UUID(digits.ljust(32, "0")), UUID(digits.ljust(32, "f"))
+
+
 runs = Table(
     "runs",
     metadata,
@@ -833,7 +841,12 @@ class RunStore:
         return [(row.position, row.entity, Run.model_validate(row.state)) for row in rows]
 
     def list_groups(
-        self, *, status: GroupStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: GroupStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        id_prefix: str | None = None,
     ) -> tuple[list[tuple[RunGroup, dict[RunStatus, int]]], int]:
         """A page of groups, newest first, with their member counts; and how many match."""
         query = select(run_groups.c.id, run_groups.c.state).order_by(
@@ -843,6 +856,9 @@ class RunStore:
         if status is not None:
             query = query.where(run_groups.c.status == status)
             total = total.where(run_groups.c.status == status)
+        if id_prefix:
+            within = run_groups.c.id.between(*uuid_prefix_range(id_prefix))
+            query, total = query.where(within), total.where(within)
         with self._connection() as conn:
             rows = conn.execute(query.limit(limit).offset(offset)).all()
             page = [
@@ -899,20 +915,29 @@ class RunStore:
         return Run.model_validate(state)
 
     def list_runs(
-        self, *, status: RunStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        id_prefix: str | None = None,
     ) -> list[Run]:
-        """Newest first."""
+        """Newest first; ``id_prefix``: only runs whose id starts with those hex digits."""
         query = select(runs.c.state).order_by(runs.c.created_at.desc(), runs.c.id.desc())
         if status is not None:
             query = query.where(runs.c.status == status)
+        if id_prefix:
+            query = query.where(runs.c.id.between(*uuid_prefix_range(id_prefix)))
         with self._connection() as conn:
             states = conn.scalars(query.limit(limit).offset(offset)).all()
         return [Run.model_validate(state) for state in states]
 
-    def count_runs(self, *, status: RunStatus | None = None) -> int:
+    def count_runs(self, *, status: RunStatus | None = None, id_prefix: str | None = None) -> int:
         query = select(func.count()).select_from(runs)
         if status is not None:
             query = query.where(runs.c.status == status)
+        if id_prefix:
+            query = query.where(runs.c.id.between(*uuid_prefix_range(id_prefix)))
         with self._connection() as conn:
             return int(conn.scalar(query) or 0)
 

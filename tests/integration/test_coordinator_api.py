@@ -349,6 +349,47 @@ def test_the_cli_cancels_and_retries_through_the_api(
     assert "HTTP 404" in capsys.readouterr().err
 
 
+def test_the_cli_takes_the_short_ids_it_prints(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_client", lambda _args: contextlib.nullcontext(stack.client))
+    ids = [
+        "abcd1234-0000-4000-8000-000000000001",
+        "abcd1234-0000-4000-8000-000000000002",
+        "abcd9999-0000-4000-8000-000000000003",
+    ]
+    for run_id in ids:
+        stack.start(correlation_id=run_id)
+    capsys.readouterr()
+
+    assert cli.main(["runs", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "RECIPE", "TRIGGER", "CREATED", "MODEL"]
+    assert sorted(line.split()[0] for line in lines[1:]) == ["abcd1234", "abcd1234", "abcd9999"]
+    assert all(line.split()[3] == "api" for line in lines[1:]), "the trigger column"
+
+    # A unique prefix (the printed short id, any case, dashes or not) is the run.
+    assert cli.main(["runs", "show", "ABCD9999"]) == 0
+    assert ids[2] in capsys.readouterr().out
+    assert cli.main(["runs", "cancel", "abcd1234-0000-4000-8000-00000000000"[:-1] + "02"]) == 0
+    assert stack.run(ids[1])["status"] == "cancelled"
+
+    # An ambiguous one names the candidates; an unknown or malformed one says so.
+    assert cli.main(["runs", "show", "abcd1234"]) == 2
+    err = capsys.readouterr().err
+    assert "ambiguous" in err and ids[0] in err and ids[1] in err and ids[2] not in err
+    assert cli.main(["runs", "show", "ffff"]) == 2
+    assert "no run id starts with ffff" in capsys.readouterr().err
+    assert cli.main(["runs", "show", "not-an-id"]) == 2
+    assert "is not a run id" in capsys.readouterr().err
+
+    # The API bounds the prefix: hex digits, at most a whole id.
+    assert stack.client.get("/runs", params={"id_prefix": "abcd"}).json()["total"] == 3
+    assert stack.client.get("/runs", params={"id_prefix": "x" * 5}).status_code == 422
+    assert stack.client.get("/runs", params={"id_prefix": "a" * 33}).status_code == 422
+    assert stack.client.get("/run-groups", params={"id_prefix": "abcd"}).json()["total"] == 0
+
+
 def test_cancel_and_retry_of_an_unknown_run_are_404(stack: Stack) -> None:
     assert stack.client.post(f"/runs/{uuid4()}/cancel").status_code == 404
     assert stack.client.post(f"/runs/{uuid4()}/retry").status_code == 404

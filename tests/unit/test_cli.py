@@ -396,7 +396,7 @@ def test_watch_of_an_unknown_run_is_an_error(
 ) -> None:
     coordinator_answers("succeeded")
     assert cli.main(["watch", "nope"]) == 2
-    assert "HTTP 404" in capsys.readouterr().err
+    assert "'nope' is not a run id" in capsys.readouterr().err
 
 
 def test_run_json_shape_matches_the_api() -> None:
