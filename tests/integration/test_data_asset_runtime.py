@@ -35,6 +35,7 @@ from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.data_assets.local import LocalDataAssets
 from shared.promotion import PromotionOptions
+from shared.recipe import Recipe
 from shared.topology import build_topology
 from shared.tracking import MlflowRegistry
 from shared.worker import StageContext, StageResult, StageSpec, Worker
@@ -46,9 +47,9 @@ RUN_TIMEOUT_S = 300.0
 
 
 class Stack:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, recipe: Recipe | None = None) -> None:
         self.root = root
-        self.recipe = dataclasses.replace(
+        self.recipe = recipe or dataclasses.replace(
             echo_recipe, name=f"echo-{uuid.uuid4().hex[:8]}", data_asset="{model}-training-data"
         )
         self.asset = f"{self.recipe.name}-training-data"
@@ -121,7 +122,12 @@ class Stack:
             self._stack.callback(worker.stop)
 
     def _train(self, ctx: StageContext) -> StageResult:
-        numbers = json.loads((ctx.input_dirs["split"] / "train.json").read_text())
+        """Records what it trained on: the echo recipe's numbers, or another recipe's MLTables."""
+        split = ctx.input_dirs["split"]
+        if (split / "train.json").exists():
+            numbers = json.loads((split / "train.json").read_text())
+        else:
+            numbers = [float(len(list(split.rglob("MLTable"))))]
         self.trained_on.append(numbers)
         run = self.mlflow.create_run(self._experiment)
         metrics = {"score": float(sum(numbers))}
@@ -230,3 +236,46 @@ def test_unknown_assets_and_versions_are_refused_naming_them(stack: Stack) -> No
         [problem] = raised.value.problems
         assert problem.loc == ("data",)
         assert message in problem.msg
+
+
+def test_symbol_detection_drawings_appended_are_the_next_version(tmp_path: Path) -> None:
+    """The symbol_detection recipe's own aggregation and split (train stubbed: no TensorFlow
+    here): 40 drawings are version 1 of ``symbol_detection-training-data``, 20 appended make
+    version 2, and a run on version 1 trains on its train/ and validation/ MLTables."""
+    from recipes.symbol_detection import recipe as symbols
+    from recipes.symbol_detection.loader import convert_zip
+    from recipes.symbol_detection.sample_data import write_sample_zip
+
+    stack = Stack(tmp_path, dataclasses.replace(symbols, primary_metric="score"))
+    try:
+
+        def upload(archive: Path, folder: Path) -> None:
+            convert_zip(archive, folder)
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    stack.blobs.upload_blob(
+                        f"drawings/set/{path.relative_to(folder)}", path.read_bytes()
+                    )
+
+        upload(write_sample_zip(tmp_path / "a.zip", images=40, seed=1), tmp_path / "a")
+        first = stack.run("drawings/set")
+        assert first.data_asset is not None
+        assert (first.data_asset.name, first.data_asset.version) == (
+            "symbol_detection-training-data",
+            "1",
+        )
+        upload(
+            write_sample_zip(tmp_path / "b.zip", images=20, seed=2, name_prefix="extra"),
+            tmp_path / "b",
+        )
+        second = stack.run("drawings/set")
+        assert second.data_asset is not None and second.data_asset.version == "2"
+        assert second.stage("split").details["rows"] == 60
+        assert stack.lineage(second)["data_asset_version"] == "2"
+        # Both tables of each version's split reached train.
+        assert stack.trained_on == [[2.0], [2.0]]
+        on_v1 = stack.run("asset:symbol_detection-training-data@1")
+        assert on_v1.outputs["split"] == first.stage("split").outputs["split"]
+        assert stack.lineage(on_v1)["data_asset_version"] == "1"
+    finally:
+        stack.close()
