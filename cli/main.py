@@ -184,7 +184,7 @@ def watch_run(
 
 def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> str:
     position = [s["name"] for s in run["stages"]].index(stage["name"])
-    done = position + (stage["status"] == "succeeded")
+    done = position + (stage["status"] in _DONE)
     bar = "#" * done + "." * (len(STAGES) - done)
     text = f"[{bar}] {elapsed:6.1f}s  {stage['name']:<12} {stage['status']}"
     if stage["attempt"] > 1:
@@ -204,9 +204,25 @@ def _stage_line(run: dict[str, Any], stage: dict[str, Any], elapsed: float) -> s
 # -- the live table of `watch` on a terminal ------------------------------------------------
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-SYMBOLS = {"pending": "·", "queued": "◌", "succeeded": "✓", "failed": "✗", "cancelled": "⊘"}
+SYMBOLS = {
+    "pending": "·",
+    "queued": "◌",
+    "succeeded": "✓",
+    "failed": "✗",
+    "cancelled": "⊘",
+    "skipped": "↷",
+}
 ASCII_SPINNER = "|/-\\"
-ASCII_SYMBOLS = {"pending": ".", "queued": "~", "succeeded": "+", "failed": "x", "cancelled": "-"}
+ASCII_SYMBOLS = {
+    "pending": ".",
+    "queued": "~",
+    "succeeded": "+",
+    "failed": "x",
+    "cancelled": "-",
+    "skipped": ">",
+}
+# Stages a run is past: those that ran, and those it skipped (it trains on a data asset).
+_DONE = ("succeeded", "skipped")
 _COLORS = {"succeeded": "32", "failed": "31", "cancelled": "90", "queued": "33", "running": "36"}
 _HIDE_CURSOR, _SHOW_CURSOR, _CLEAR_LINE = "\x1b[?25l", "\x1b[?25h", "\x1b[2K"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -252,7 +268,7 @@ def render_progress(
         took = format_seconds(run["duration_s"])
     else:
         took = format_seconds((now - created).total_seconds()) if created else ""
-    done = sum(stage["status"] == "succeeded" for stage in run["stages"])
+    done = sum(stage["status"] in _DONE for stage in run["stages"])
     progress = f"{done}/{len(run['stages'])}"
     header = f"run {run['id'][:8]}  {run['recipe']}  {run['status']}  {progress}"
     lines = [f"{header}  {took}".rstrip()]
@@ -281,6 +297,8 @@ def render_progress(
             elapsed = ""
         if stage.get("cached"):
             notes.append("cached")
+        if status == "skipped" and run.get("data_asset"):
+            notes.append(f"on data asset {run['data_asset']['reference'].removeprefix('asset:')}")
         job = _running_job(stage)
         if job:
             notes.append(job)
@@ -302,6 +320,9 @@ def _outcome_lines(run: dict[str, Any]) -> list[str]:
     if run.get("metrics"):
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run["metrics"].items()))
         lines.append(f"  metrics: {metrics}")
+    asset = run.get("data_asset")
+    if asset:
+        lines.append(f"  data asset: {asset['name']} v{asset['version']} ({asset['reference']})")
     model = run.get("model")
     if model:
         champion = "champion" if model.get("champion") else "not promoted"
@@ -880,7 +901,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="start a run")
     run.add_argument("recipe")
-    run.add_argument("data", help="blob prefix of the raw data, e.g. datasets/x/sample")
+    run.add_argument(
+        "data",
+        help="blob prefix of the raw data, e.g. datasets/x/sample; or asset:<name>@<version>"
+        " (or @latest) to train on a data-asset version without aggregation and split",
+    )
     run.add_argument("-p", "--param", action="append", default=[], help="key=value (JSON value)")
     run.add_argument("--watch", action="store_true", help="follow it until it finishes")
     run.add_argument("--plain", action="store_true", help=_PLAIN_HELP)

@@ -173,6 +173,23 @@ def test_progress_shows_each_stage_and_a_spinner_with_the_time_so_far() -> None:
     assert [line[:4] for line in ascii_lines[1:]] == ["  + ", "  + ", "  \\ ", "  . ", "  . "]
 
 
+def test_a_run_on_a_data_asset_shows_the_skipped_stages_and_the_version() -> None:
+    asset = {"name": "d", "version": "3", "reference": "asset:d@3"}
+    run = live_doc(
+        stage_doc("aggregation", "skipped"),
+        stage_doc("split", "skipped"),
+        stage_doc("train", "running", 1, started_at="2026-03-02T12:00:18Z"),
+        data_asset=asset,
+    )
+    lines = render_progress(run, now=NOW, frame=3)
+    assert lines[0].startswith("run 0b7c1d2e  state_identifier  running  2/5")
+    assert lines[1].startswith("  ↷ aggregation  skipped ")
+    assert lines[1].endswith("  on data asset d@3")
+    assert render_progress(run, now=NOW, unicode=False)[2].startswith("  > split ")
+    finished = run_doc(status="succeeded", data_asset=asset, duration_s=5.0)
+    assert "  data asset: d v3 (asset:d@3)" in describe_outcome(finished).splitlines()
+
+
 def test_a_stage_handed_to_azure_ml_names_its_job_while_it_runs() -> None:
     details = {"compute_backend": "azureml", "compute_job_id": "retrainer-x-1"}
     running = stage_doc("train", "running", 1, started_at="2026-03-02T12:00:18Z", details=details)
