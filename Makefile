@@ -57,8 +57,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# In parallel (pytest-xdist): at least 4 workers, since most end-to-end tests wait on processes
+# rather than compute; one test module per worker at a time (--dist loadfile), so a module's
+# shared stack and module-scoped fixtures stay in one process. The 15 slowest tests are listed.
+TEST_WORKERS ?= $(shell python3 -c "import os; print(max(4, os.cpu_count() or 1))")
+
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:
 	rm -rf .retrainer .tools .pytest_cache .mypy_cache .ruff_cache

@@ -24,3 +24,15 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.fail(problem, pytrace=False)
     with running_azurite(tmp_path_factory.mktemp("azurite")) as emulator:
         yield emulator.connection_string
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A multi-process test (``slow``) without a timeout of its own gets the hang guard of
+    ``tests/waiting.py`` with room to spare instead of pytest-timeout's default: its waits
+    are event waits up to ``WAIT_S``, and a busy machine must not fail it at a fixed limit."""
+    from tests.waiting import WAIT_S
+
+    guard = max(float(config.getini("timeout") or 0), WAIT_S * 1.5)
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(guard))

@@ -41,12 +41,15 @@ class Up:
         }
         env.pop("RETRAINER_URL", None)
         self.url = f"http://127.0.0.1:{port}"
+        # A process group of its own: whatever the stack starts (services, their children)
+        # stays in it, so "nothing left behind" is checked for the whole tree.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli", "up"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -67,6 +70,10 @@ class Up:
     def children(self) -> list[int]:
         return children_of(self.process.pid)
 
+    def group(self) -> list[int]:
+        """The live processes of its process group (itself, the services, their children)."""
+        return group_members(self.process.pid)
+
     def wait(self) -> int:
         code = self.process.wait(WAIT_S)
         self._reader.join(WAIT_S)
@@ -86,6 +93,22 @@ def children_of(pid: int) -> list[int]:
         # pid (comm) state ppid ...: comm may hold spaces, so split after its parenthesis.
         fields = stat.rsplit(")", 1)[1].split()
         if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes in process group ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
 
@@ -136,6 +159,7 @@ def test_up_comes_up_on_a_busy_machine_serves_a_run_and_stops_on_sigterm(
         assert up.said("stopped in"), up.output
         assert not up.said("killed"), up.output
         assert [pid for pid in children if alive(pid)] == []
+        assert up.group() == [], "processes of the stack outlived it"
     finally:
         if up.process.poll() is None:
             up.process.kill()
@@ -160,6 +184,7 @@ def test_a_coordinator_dying_during_start_up_stops_everything_and_says_why(
         assert up.said("coordinator exited with code -9 while starting"), up.output
         assert up.said("last lines of"), up.output
         assert [pid for pid in children if alive(pid)] == []
+        assert up.group() == [], "processes of the stack outlived it"
     finally:
         if up.process.poll() is None:
             up.process.kill()
@@ -175,6 +200,7 @@ def test_services_stop_by_themselves_when_up_is_killed(tmp_path: Path) -> None:
         up.wait()
 
         wait_until(lambda: not any(alive(pid) for pid in children), "the services to stop")
+        wait_until(lambda: not up.group(), "every process of the stack to stop")
     finally:
         if up.process.poll() is None:
             up.process.kill()

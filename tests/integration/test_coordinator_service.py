@@ -40,8 +40,11 @@ from shared.topology import (
 )
 from tests.clock import Clock
 from tests.hostile import undecodable_messages
+from tests.waiting import wait_until
 
-LOCK_S = 0.3
+# Long enough that a busy machine settles a message before its lock lapses; a test that needs
+# a lapsed lock waits for the redelivery (``consume_until``), however long that takes.
+LOCK_S = 2.0
 
 
 class Crash(BaseException):
@@ -109,10 +112,25 @@ class Deployment:
         self.worker_bus.close()
 
 
+def consume_until(coordinator: Coordinator, count: int) -> int:
+    """Consume events until ``count`` were handled (a redelivery comes when its lock lapses)."""
+    handled = [0]
+
+    def enough() -> bool:
+        handled[0] += coordinator.consume_events(max_wait_s=LOCK_S)
+        return handled[0] >= count
+
+    wait_until(enough, f"{count} events to be handled")
+    return handled[0]
+
+
 def _command(body: bytes, properties: Any) -> RunStage:
     command = decode(body, properties)
     assert isinstance(command, RunStage)
     return command
+
+
+BACKOFF_S = 1.0
 
 
 @pytest.fixture
@@ -122,7 +140,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    deployment = Deployment(tmp_path, Policy(backoff_base_s=0.3, queue_timeout_s=60), utcnow)
+    deployment = Deployment(tmp_path, Policy(backoff_base_s=BACKOFF_S, queue_timeout_s=60), utcnow)
     yield deployment
     deployment.close()
 
@@ -197,11 +215,11 @@ def test_an_event_processed_but_not_completed_is_ignored_when_redelivered(
     restarted = deployment.coordinator()
     # The event comes back once its lock expires; deciding on it again would, for a start,
     # move the deadline and, for a success, be ignored by the state machine anyway.
-    assert restarted.consume_events(max_wait_s=LOCK_S * 10) == 1
+    assert consume_until(restarted, 1) == 1
 
     assert restarted.get_run(run.id) == after_first
     assert restarted.store.pending_outbox() == outbox_after_first
-    assert restarted.consume_events(max_wait_s=LOCK_S * 2) == 0
+    assert restarted.consume_events(max_wait_s=LOCK_S * 1.25) == 0
 
 
 def test_a_crash_inside_the_transaction_keeps_neither_the_state_nor_the_commands(
@@ -257,7 +275,7 @@ def test_an_undecodable_event_between_valid_ones_is_dead_lettered_alone_and_at_o
     assert reason == "MalformedMessage"
     assert description and len(description) <= 1000
     # Settled, each of them: nothing comes back once the locks would have lapsed.
-    assert coordinator.consume_events(max_wait_s=LOCK_S * 2) == 0
+    assert coordinator.consume_events(max_wait_s=LOCK_S * 1.25) == 0
 
 
 def test_a_message_whose_handling_fails_is_abandoned_without_its_neighbours(
@@ -338,13 +356,18 @@ def test_a_retryable_failure_is_retried_after_the_backoff_through_the_bus(
             )
         ),
     )
-    while coordinator.consume_events(max_wait_s=0.2):
-        pass
+    before = utcnow()  # the retry is due no earlier than BACKOFF_S after this
+    consume_until(coordinator, 2)
 
     assert coordinator.relay_outbox() == 1
-    # Scheduled 0.3 s ahead: not visible at once, delivered after the backoff.
-    assert deployment.worker_receives("aggregation", wait_s=0) == []
-    [retry] = deployment.worker_receives("aggregation", wait_s=5)
+    # Scheduled BACKOFF_S after the failure was handled: hidden until then (checked only while
+    # it is surely still before then: a busy machine may get here later), delivered after it.
+    early = deployment.worker_receives("aggregation", wait_s=0)
+    if utcnow() < before + timedelta(seconds=BACKOFF_S * 0.9):
+        assert early == []
+    [retry] = early or wait_until(
+        lambda: deployment.worker_receives("aggregation", wait_s=1), "the retry"
+    )
     assert retry.attempt == 2
     aggregation = coordinator.get_run(run.id).stage("aggregation")
     assert [(a.attempt, a.outcome, a.error) for a in aggregation.history] == [
