@@ -187,8 +187,7 @@ class TrainingJobs:
                 continue
             except JobNotFoundError:
                 status = JobStatus("failed", f"training job {handle.job_id} not found")
-            if status.is_terminal:
-                self.finish(record, status)
+            if status.is_terminal and self.finish(record, status):
                 finished += 1
         return finished
 
@@ -203,7 +202,9 @@ class TrainingJobs:
             self.finish(record, status)
         return True
 
-    def finish(self, record: Mapping[str, Any], status: JobStatus) -> None:
+    def finish(self, record: Mapping[str, Any], status: JobStatus) -> bool:
+        """Publish the outcome of a job that ended and forget it; False when its result cannot
+        be read yet (an AutoML job's best child while MLflow is down): it stays recorded."""
         command = RunStage.model_validate(record["command"])
         prefix = record["output_prefix"]
         result: Mapping[str, Any] | None = None
@@ -213,7 +214,7 @@ class TrainingJobs:
             except ComputeUnavailableError as exc:
                 # Left recorded: the next poll (or event) tries again.
                 log.warning("run %s: AutoML result not read yet: %s", command.correlation_id, exc)
-                return
+                return False
             except PermanentError as exc:
                 status = JobStatus("failed", str(exc))
                 result = {"error": str(exc), "error_type": type(exc).__name__, "retryable": False}
@@ -238,6 +239,7 @@ class TrainingJobs:
             with contextlib.suppress(BlobNotFoundError):
                 self._blobs.delete_blob(name)
         log.info("run %s: training job %s %s", command.correlation_id, record["job_id"], status)
+        return True
 
     def _automl_result(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
         remote = self._require_remote()

@@ -34,6 +34,8 @@ from shared.compute.azureml_events import RUN_STATUS_CHANGED
 from shared.compute.local import LocalTrainingCompute
 from shared.compute.port import (
     AutoMLImageObjectDetection,
+    AutoMLResultError,
+    ComputeUnavailableError,
     JobHandle,
     JobNotFoundError,
     JobStatus,
@@ -606,6 +608,83 @@ def test_the_worker_submits_an_automl_job_that_a_run_status_changed_event_comple
     )  # what the register stage registers
     assert jobs.pending() == []
     assert workspace.unexpected == []
+
+
+class FakeAutoML(FakeAzureML):
+    """The port as Azure ML answers an AutoML job: its best child from MLflow, which may be
+    down for a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlflow_down = 0
+        self.best_child: str | None = "child-7"
+
+    def automl_result(self, handle: JobHandle) -> dict[str, Any]:
+        if self.mlflow_down:
+            self.mlflow_down -= 1
+            raise ComputeUnavailableError("MLflow unreachable")
+        if self.best_child is None:
+            raise AutoMLResultError(f"AutoML job {handle.job_id} names no best child run")
+        return {
+            "mlflow_run_id": self.best_child,
+            "model_uri": f"runs:/{self.best_child}/outputs/mlflow-model",
+            "experiment_id": "3",
+            "metrics": {"mean_average_precision": 0.5},
+        }
+
+
+def test_a_polled_automl_job_waits_out_an_mlflow_outage_and_a_missing_best_child_fails(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    train = make_train(bus, blobs, tmp_path, compute_gpu="azureml")
+    automl = FakeAutoML()
+    train.jobs = TrainingJobs(bus=bus, blob_store=blobs, remote=automl, poll_interval_s=3600)
+    settings = TrainSettings(state_dir=tmp_path / "state", compute_gpu="azureml")
+    handler = make_handler(
+        settings, registry=None, jobs=train.jobs, subprocess_compute=None, azureml_compute=automl
+    )
+    detector = dataclasses.replace(gpu_echo, automl=_automl)
+    train.worker = Worker(
+        StageSpec("train", ("split",), "model", handler, download_inputs=False),
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=only(detector),
+        lock_duration_s=LOCK_S,
+    )
+    first = train.send()
+    second = train.send(params={"scale": 3.0})
+    train.worker.process_next()
+    train.worker.process_next()
+    train.events()
+    job = automl.submitted[0]
+    assert job.automl is not None and job.training_data.endswith("/cache/split/abc/train/")
+    assert job.validation_data is None  # the split wrote no validation table
+    ids = [f"retrainer-echo-{c.correlation_id}-1" for c in (first, second)]
+    for job_id in ids:
+        automl.status[job_id] = JobStatus("succeeded")
+
+    automl.mlflow_down = 2
+    assert train.jobs.poll() == 0  # both ended, neither finished: the results wait
+    assert train.events() == []
+    assert len(train.jobs.pending()) == 2
+    assert train.jobs.poll() == 2
+    [succeeded, also] = train.events()
+    assert isinstance(succeeded, StageSucceeded) and isinstance(also, StageSucceeded)
+    assert succeeded.details["model_uri"] == "runs:/child-7/outputs/mlflow-model"
+    assert succeeded.metrics == {"mean_average_precision": 0.5}
+    assert train.jobs.pending() == []
+
+    # A finished AutoML job that names no best child fails its stage for good.
+    automl.best_child = None
+    third = train.send(params={"scale": 4.0})
+    train.worker.process_next()
+    train.events()
+    automl.status[f"retrainer-echo-{third.correlation_id}-1"] = JobStatus("succeeded")
+    assert train.jobs.poll() == 1
+    [failed] = train.events()
+    assert isinstance(failed, StageFailed)
+    assert failed.retryable is False
+    assert "names no best child run" in failed.error
 
 
 def test_the_follower_loop_polls_until_stopped(
