@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,10 @@ def write_annotations(path: Path, labels: Iterable[ImageLabels]) -> int:
 def write_mltable(folder: Path, annotations_file: str = ANNOTATIONS) -> Path:
     """An ``MLTable`` beside ``annotations_file`` in ``folder``, as AutoML for images reads it:
     JSON lines, ``image_url`` a stream column. Written by the ``mltable`` package."""
-    import mltable
+    with warnings.catch_warnings():
+        # azureml-dataprep (under mltable) still imports pkg_resources, which warns.
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import mltable
 
     # An absolute path: mltable resolves a relative one against the working directory; saved
     # into the same folder, it is written relative again ("annotations.jsonl").
