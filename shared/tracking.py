@@ -268,7 +268,9 @@ class MlflowRegistry:
                 for artifact in result.artifacts:
                     mlflow.log_artifact(str(artifact))
                 self._log_children(experiment_id, run.info.run_id, correlation_id, result.children)
-                model_uri = _log_model(mlflow, result, list(pip_requirements))
+                # Skips checks that only warn (see _lean_model_logging); writes the same files.
+                with _lean_model_logging(skip=True):
+                    model_uri = _log_model(mlflow, result, list(pip_requirements))
             return TrainingRecord(run.info.run_id, model_uri, experiment_id)
 
     def _log_children(
@@ -397,6 +399,59 @@ class MlflowRegistry:
             experiment = self._client.get_experiment_by_name(name)
             assert experiment is not None
             return str(experiment.experiment_id)
+
+
+# Set while this thread logs a model the lean way (``_lean_model_logging``).
+_lean = threading.local()
+_lean_install_lock = threading.Lock()
+
+
+@contextmanager
+def _lean_model_logging(*, skip: bool) -> Iterator[None]:
+    """While this thread logs a model with an input example, skip two things MLflow's
+    ``log_model`` does after saving it, ~40 % of its time in a warm worker:
+
+    * re-loading the saved model to predict on the serving form of the input example
+      (``_validate_serving_input``): the signature was just inferred by predicting on that
+      example with the model in memory, and MLflow only logs a warning when the re-check fails;
+    * comparing each pinned requirement with the installed distributions
+      (``warn_dependency_requirement_mismatches``): it only warns, and the recipes pin what is
+      installed (``recipes.base.pinned``).
+
+    The signature, input example, requirements and environment files are written exactly as
+    before. Other threads and MLflow's public ``validate_serving_input`` are unaffected: the
+    hooks are no-ops only for the thread inside this block."""
+    if not skip:
+        yield
+        return
+    _install_lean_hooks()
+    _lean.active = True
+    try:
+        yield
+    finally:
+        _lean.active = False
+
+
+def _install_lean_hooks() -> None:
+    import mlflow.models.utils as model_utils
+    import mlflow.utils.environment as environment
+
+    with _lean_install_lock:
+        for module, name in (
+            (model_utils, "_validate_serving_input"),
+            (environment, "warn_dependency_requirement_mismatches"),
+        ):
+            original = getattr(module, name)
+            if getattr(original, "_retrainer_lean", False):
+                continue
+
+            def hook(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if getattr(_lean, "active", False):
+                    return None
+                return _original(*args, **kwargs)
+
+            hook._retrainer_lean = True  # type: ignore[attr-defined]
+            setattr(module, name, hook)
 
 
 @contextmanager

@@ -39,6 +39,11 @@ class StateIdentifierParams(RecipeParams):
     # Evaluation: silhouette and Dunn are O(n^2); larger inputs are evaluated on a sample.
     max_rows_for_silhouette: int = Field(default=5000, ge=10)
     max_rows_for_dunn: int = Field(default=2000, ge=10)
+    # Artifacts.
+    cluster_plot: bool = Field(
+        default=True,
+        description="log the windows' PCA scatter plot by cluster (clusters.png; ~0.1-0.2 s a run)",
+    )
 
     @model_validator(mode="after")
     def _distinct_features(self) -> StateIdentifierParams:

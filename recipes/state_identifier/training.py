@@ -129,7 +129,7 @@ def train(
     feature_names = feature_step.feature_names(summariser.columns_out_)
     unscaled = preprocessing[:-1].transform(data)
     artifacts = [_write_profile(out_dir, labels, unscaled, feature_names, p)]
-    plot = _write_plot(out_dir, features, labels)
+    plot = _write_plot(out_dir, features, labels) if p.cluster_plot else None
     if plot is not None:
         artifacts.append(plot)
 

@@ -181,3 +181,40 @@ def test_pyfunc_and_lightgbm_flavors_are_logged_and_load(registry: MlflowRegistr
         )
         predicted = mlflow.pyfunc.load_model(record.model_uri).predict(rows[["x"]].head(2))
         assert len(predicted) == 2, flavor
+
+
+def test_a_model_with_an_input_example_is_logged_without_re_validation_and_loses_nothing(
+    registry: MlflowRegistry,
+) -> None:
+    """MLflow's serving-input re-check and requirement comparison are skipped inside
+    log_training only; the signature, example and requirements are written all the same."""
+    import mlflow
+    import mlflow.models.utils as model_utils
+    from mlflow.models import Model
+
+    example = pd.DataFrame({"x": [0.0, 10.0]})
+    model = KMeans(n_clusters=2, n_init=1, random_state=0).fit(
+        pd.DataFrame({"x": [0.0, 1.0, 10.0, 11.0]})
+    )
+    result = TrainResult(
+        model=model, flavor="sklearn", metrics={"silhouette": 0.9}, input_example=example
+    )
+    record = registry.log_training(
+        experiment_name="retrainer-test",
+        correlation_id="lean-1",
+        result=result,
+        pip_requirements=["scikit-learn==1.0", "pandas"],
+        tags={},
+    )
+    local = Path(mlflow.artifacts.download_artifacts(record.model_uri))
+    logged = Model.load(local)
+    assert logged.signature is not None
+    assert [c.name for c in logged.signature.inputs.inputs] == ["x"]
+    assert (local / "serving_input_example.json").is_file()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert requirements[0].startswith("mlflow==")
+    assert requirements[1:] == ["scikit-learn==1.0", "pandas"]
+
+    # Outside log_training MLflow's own check runs as before (the hook is per thread and call).
+    serving = (local / "serving_input_example.json").read_text()
+    assert len(model_utils._validate_serving_input(str(local), serving)) == 2

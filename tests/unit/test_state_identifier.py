@@ -326,6 +326,12 @@ def test_train_writes_artifacts(trained: Trained) -> None:
     assert artifacts["clusters.png"].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_cluster_plot_can_be_left_out(trained: Trained, tmp_path: Path) -> None:
+    params = recipe.parse_params({"cluster_plot": False})
+    result = recipe.train(trained.split_dir, tmp_path, params)
+    assert [p.name for p in result.artifacts] == ["cluster_profile.json"]
+
+
 def test_input_example_is_a_raw_frame_the_model_accepts(trained: Trained) -> None:
     example = trained.result.input_example
     assert isinstance(example, pd.DataFrame)
