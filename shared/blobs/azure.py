@@ -49,7 +49,8 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 from azure.core import MatchConditions
@@ -75,6 +76,9 @@ from shared.blobs.port import (
     validate_lease_duration,
     validate_prefix,
 )
+
+if TYPE_CHECKING:
+    from shared.blobs.azure_bulk import ObstoreBulk
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
@@ -108,6 +112,8 @@ _TRANSPORT_DEFAULTS: dict[str, Any] = {
 }
 _TRANSPORT_OPTIONS = {*_TRANSPORT_DEFAULTS, "connection_verify", "connection_cert"}
 
+BulkClient = Literal["auto", "obstore", "sdk"]
+
 # Builds the SDK client on the store's loop: (client, other things to close with it).
 _ClientFactory = Callable[[AioHttpTransport], tuple[BlobServiceClient, list[Any]]]
 
@@ -119,7 +125,13 @@ class AzureBlobStore:
     token credential; ``None`` uses ``azure.identity.aio.DefaultAzureCredential``.
     ``max_concurrency`` bounds the requests in flight per bulk call and the store's HTTP
     connections. ``client_options`` go to the SDK client (e.g. ``retry_total``,
-    ``connection_timeout``, ``read_timeout``)."""
+    ``connection_timeout``, ``read_timeout``).
+
+    ``bulk_client``: what ``download_files``/``upload_files`` (whole directories, see
+    ``shared.blobs.transfer``) use: ``"obstore"`` (``shared.blobs.azure_bulk``, several times
+    the SDK's throughput), ``"sdk"``, or ``"auto"``: obstore unless ``client_options`` are
+    given (they configure the SDK's requests, e.g. hooks that must see every request) or the
+    credential is one obstore cannot use (an ``AzureSasCredential`` object)."""
 
     def __init__(
         self,
@@ -127,6 +139,7 @@ class AzureBlobStore:
         credential: Any = None,
         *,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        bulk_client: BulkClient = "auto",
         **client_options: Any,
     ) -> None:
         if credential is None:
@@ -155,8 +168,11 @@ class AzureBlobStore:
                 return client, []
 
         # Parse (not connect) now, so a malformed URL fails here rather than at first use.
-        url = _parse(lambda: _endpoint(BlobServiceClient(account_url)), "blob account URL")
+        parsed = _parse(lambda: BlobServiceClient(account_url, credential=credential), "blob URL")
+        url = _endpoint(parsed)
+        token = credential if credential is None or get_token_of(credential) else None
         self._setup(url, factory, max_concurrency, client_options)
+        self._bulk_builder = _bulk_builder(bulk_client, client_options, parsed, token)
 
     @classmethod
     def from_connection_string(
@@ -164,6 +180,7 @@ class AzureBlobStore:
         conn_str: str,
         *,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        bulk_client: BulkClient = "auto",
         **client_options: Any,
     ) -> AzureBlobStore:
         def factory(transport: AioHttpTransport) -> tuple[BlobServiceClient, list[Any]]:
@@ -172,12 +189,12 @@ class AzureBlobStore:
             )
             return client, []
 
-        url = _parse(
-            lambda: _endpoint(BlobServiceClient.from_connection_string(conn_str)),
-            "blob connection string",
+        parsed = _parse(
+            lambda: BlobServiceClient.from_connection_string(conn_str), "blob connection string"
         )
         store = cls.__new__(cls)
-        store._setup(url, factory, max_concurrency, client_options)
+        store._setup(_endpoint(parsed), factory, max_concurrency, client_options)
+        store._bulk_builder = _bulk_builder(bulk_client, client_options, parsed, None)
         return store
 
     def _setup(
@@ -199,6 +216,10 @@ class AzureBlobStore:
         self._runtime: _Runtime | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
+        self._bulk_builder = _no_bulk
+        self._bulk: ObstoreBulk | None = None
+        self._bulk_built = False
+        self._bulk_pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"AzureBlobStore({self._url!r})"
@@ -318,6 +339,59 @@ class AzureBlobStore:
         if errors:
             raise errors[0]
         return {name: results[name] for name in order}
+
+    # -- bulk to and from files (shared.blobs.transfer.BulkFileTransfer) -------------------
+
+    @property
+    def bulk_client(self) -> str:
+        """What ``download_files``/``upload_files`` use: ``obstore`` or ``sdk``."""
+        return "sdk" if self._bulk_engine() is None else "obstore"
+
+    def download_files(self, targets: Iterable[tuple[str, Path]]) -> dict[str, str]:
+        """Download each ``(name, file)``, creating the file's directory; returns name ->
+        etag of the bytes written. Up to ``max_concurrency`` blobs in flight; a large blob
+        is streamed to its file (memory stays bounded). The first error is raised."""
+        items = [(name, *split_blob_name(name), Path(file)) for name, file in targets]
+        bulk = self._bulk_engine()
+        if bulk is not None:
+            runtime = self._runtime_now()
+            return runtime.run(bulk.download_files(items, self._max_concurrency))
+        files = {name: file for name, _, _, file in items}
+        etags: dict[str, str] = {}
+        for content in self.download_many(list(files)):
+            target = files[content.properties.name]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content.data)
+            etags[content.properties.name] = content.properties.etag
+        return etags
+
+    def upload_files(self, items: Iterable[tuple[str, Path]]) -> dict[str, str]:
+        """Upload each ``(name, file)``, overwriting; returns name -> etag in the order of
+        ``items``. Up to ``max_concurrency`` blobs in flight; a large file is read and sent
+        in blocks (memory stays bounded). The first error is raised."""
+        listed = [(name, *split_blob_name(name), Path(file)) for name, file in items]
+        bulk = self._bulk_engine()
+        if bulk is None:
+            uploaded = self.upload_many((name, file.read_bytes()) for name, _, _, file in listed)
+            return {name: props.etag for name, props in uploaded.items()}
+        runtime = self._runtime_now()
+        etags = runtime.run(
+            bulk.upload_files(listed, self._max_concurrency, runtime.create_container)
+        )
+        return {name: etags[name] for name, _, _, _ in listed}
+
+    def _bulk_engine(self) -> ObstoreBulk | None:
+        if not self._bulk_built:
+            with self._lock:
+                if not self._bulk_built:
+                    self._bulk = self._bulk_builder()
+                    self._bulk_pid = os.getpid()
+                    self._bulk_built = True
+        if self._bulk_pid != os.getpid():
+            # Forked after obstore started its runtime, whose threads the child lacks: a call
+            # there would never return, so this process moves its blobs through the SDK.
+            return None
+        return self._bulk
 
     def _download_stream(
         self, runtime: _Runtime, targets: list[tuple[str, str, str]]
@@ -573,6 +647,10 @@ class _Runtime:
         with suppress(ResourceExistsError):  # created meanwhile by someone else
             await self._container(name).create_container()
 
+    async def create_container(self, name: str) -> None:
+        with _translated(name):
+            await self._create_container(name)
+
     # -- the loop and its lifetime ---------------------------------------------------------
 
     async def _open(
@@ -686,7 +764,7 @@ def _code(exc: HttpResponseError) -> str | None:
     return str(code.value) if isinstance(code, Enum) else str(code)
 
 
-def _parse(build: Callable[[], str], what: str) -> str:
+def _parse(build: Callable[[], T], what: str) -> T:
     try:
         return build()
     except ValueError as exc:  # the SDK's message names the problem, not the secret
@@ -712,3 +790,63 @@ def _utc(moment: datetime | None) -> datetime:
     if moment is None:
         raise PermanentError("Azure Blob Storage returned no last-modified time")
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def get_token_of(credential: Any) -> bool:
+    """Whether ``credential`` is a token credential (it has ``get_token``)."""
+    return callable(getattr(credential, "get_token", None))
+
+
+def _bulk_builder(
+    choice: BulkClient,
+    client_options: dict[str, Any],
+    parsed: BlobServiceClient,
+    token_credential: Any,
+) -> Callable[[], ObstoreBulk | None]:
+    """What builds the store's obstore engine on first use (None: the SDK does bulk too).
+    ``token_credential``: the async token credential given, or None for
+    ``DefaultAzureCredential``, when the account URL came without a key or SAS."""
+    if choice not in ("auto", "obstore", "sdk"):
+        raise ConfigurationError(f"bulk_client must be auto, obstore or sdk, not {choice!r}")
+    if choice == "sdk" or (choice == "auto" and client_options):
+        return _no_bulk
+    config: dict[str, Any] = {
+        "account_name": parsed.account_name,
+        "endpoint": f"{parsed.scheme}://{parsed.primary_hostname}",
+    }
+    key = getattr(parsed.credential, "account_key", None)
+    sas = (getattr(parsed, "_query_str", "") or "").lstrip("?")
+    token = None
+    if key:
+        config["account_key"] = key
+    elif sas:
+        config["sas_key"] = sas
+    elif parsed.credential is None or get_token_of(token_credential):
+        token = token_credential if token_credential is not None else _DEFAULT_CREDENTIAL
+    else:  # e.g. an AzureSasCredential object
+        if choice == "obstore":
+            raise ConfigurationError("bulk_client obstore cannot use this kind of credential")
+        return _no_bulk
+
+    def build() -> ObstoreBulk | None:
+        try:
+            from shared.blobs.azure_bulk import ObstoreBulk
+        except ImportError:  # obstore not installed: the SDK does it all
+            return None
+        provider = None
+        if token is not None:
+            from obstore.auth.azure import AzureAsyncCredentialProvider
+
+            given: Any = None if token is _DEFAULT_CREDENTIAL else token
+            provider = AzureAsyncCredentialProvider(given)
+        return ObstoreBulk(config, credential_provider=provider, allow_http=parsed.scheme == "http")
+
+    return build
+
+
+def _no_bulk() -> ObstoreBulk | None:
+    return None
+
+
+# Stands for "DefaultAzureCredential" in _bulk_builder.
+_DEFAULT_CREDENTIAL = object()

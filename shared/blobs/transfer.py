@@ -4,8 +4,10 @@ Written only against the ``BlobStore`` port, so they work with every adapter. A 
 here names a directory: ``container/dir`` and ``container/dir/`` both mean the blobs whose
 names start with ``container/dir/`` (``container/dir2/x`` is not under ``container/dir``).
 
-A store that also implements ``BulkBlobTransfer`` (the Azure adapter does) moves the blobs
-with bounded concurrency; any other store is served one blob at a time.
+A store that also implements ``BulkFileTransfer`` (the Azure adapter does: through obstore,
+``shared/blobs/azure_bulk.py``) moves the blobs between files and the service itself, with
+bounded concurrency and bounded memory; one that implements ``BulkBlobTransfer`` moves them
+with bounded concurrency through memory; any other store is served one blob at a time.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ class BulkBlobTransfer(Protocol):
         ...
 
 
+@runtime_checkable
+class BulkFileTransfer(Protocol):
+    """Optional fastest path of a ``BlobStore``: many blobs straight between files and the
+    service, a bounded number in flight, large ones streamed (memory bounded)."""
+
+    def download_files(self, targets: Iterable[tuple[str, Path]]) -> dict[str, str]:
+        """Write each ``(blob name, file)`` (parent directories created); returns name ->
+        etag of the bytes written; raises the first error."""
+        ...
+
+    def upload_files(self, items: Iterable[tuple[str, Path]]) -> dict[str, str]:
+        """Upload each ``(blob name, file)``, overwriting; returns name -> etag in the order
+        of ``items``; raises the first error."""
+        ...
+
+
 def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, str]:
     """Download every blob under ``prefix`` into ``dest_dir`` (created if missing), keeping
     the paths below the prefix. Returns relative path (``/``-separated) -> etag of the bytes
@@ -54,6 +72,9 @@ def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, 
     for props in store.list_blobs(directory):
         rel = props.name[len(directory) :]
         targets[props.name] = (rel, _inside(dest_root, rel, props.name))
+    if isinstance(store, BulkFileTransfer):
+        written = store.download_files((name, target) for name, (_, target) in targets.items())
+        return {rel: written[name] for name, (rel, _) in targets.items()}  # in listing order
     contents: Iterable[tuple[str, BlobContent]]
     if isinstance(store, BulkBlobTransfer):
         contents = ((c.properties.name, c) for c in store.download_many(list(targets)))
@@ -85,6 +106,8 @@ def upload_directory(store: BlobStore, src_dir: Path, prefix: str) -> dict[str, 
     files.sort()
     for name, _ in files:
         validate_blob_name(name)
+    if isinstance(store, BulkFileTransfer):
+        return store.upload_files(files)
     if isinstance(store, BulkBlobTransfer):
         # A generator: each file is read only when its upload can start.
         uploaded = store.upload_many((name, path.read_bytes()) for name, path in files)
