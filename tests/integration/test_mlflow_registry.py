@@ -183,38 +183,57 @@ def test_pyfunc_and_lightgbm_flavors_are_logged_and_load(registry: MlflowRegistr
         assert len(predicted) == 2, flavor
 
 
-def test_a_model_with_an_input_example_is_logged_without_re_validation_and_loses_nothing(
-    registry: MlflowRegistry,
+def test_a_model_is_logged_without_mlflows_warning_only_checks_and_loses_nothing(
+    registry: MlflowRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MLflow's serving-input re-check and requirement comparison are skipped inside
-    log_training only; the signature, example and requirements are written all the same."""
+    log_training only; what is written (signature, example, requirements, environment) is
+    the same as with them."""
+    import contextlib
+
     import mlflow
     import mlflow.models.utils as model_utils
     from mlflow.models import Model
 
+    import shared.tracking
+
     example = pd.DataFrame({"x": [0.0, 10.0]})
-    model = KMeans(n_clusters=2, n_init=1, random_state=0).fit(
-        pd.DataFrame({"x": [0.0, 1.0, 10.0, 11.0]})
-    )
+    data = pd.DataFrame({"x": [0.0, 1.0, 10.0, 11.0]})
+    model = KMeans(n_clusters=2, n_init=1, random_state=0).fit(data)
     result = TrainResult(
         model=model, flavor="sklearn", metrics={"silhouette": 0.9}, input_example=example
     )
-    record = registry.log_training(
-        experiment_name="retrainer-test",
-        correlation_id="lean-1",
-        result=result,
-        pip_requirements=["scikit-learn==1.0", "pandas"],
-        tags={},
-    )
-    local = Path(mlflow.artifacts.download_artifacts(record.model_uri))
-    logged = Model.load(local)
-    assert logged.signature is not None
-    assert [c.name for c in logged.signature.inputs.inputs] == ["x"]
-    assert (local / "serving_input_example.json").is_file()
-    requirements = (local / "requirements.txt").read_text().split()
-    assert requirements[0].startswith("mlflow==")
-    assert requirements[1:] == ["scikit-learn==1.0", "pandas"]
+
+    def log(correlation_id: str) -> Path:
+        record = registry.log_training(
+            experiment_name="retrainer-test",
+            correlation_id=correlation_id,
+            result=result,
+            pip_requirements=["scikit-learn==1.0", "pandas"],
+            tags={},
+        )
+        return Path(mlflow.artifacts.download_artifacts(record.model_uri))
+
+    lean = log("lean-1")
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            shared.tracking, "_lean_model_logging", lambda skip: contextlib.nullcontext()
+        )
+        full = log("full-1")
+
+    def files(root: Path) -> set[str]:
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+    assert files(lean) == files(full)
+    for name in ("requirements.txt", "conda.yaml", "python_env.yaml"):
+        assert (lean / name).read_text() == (full / name).read_text(), name
+    assert (lean / "requirements.txt").read_text().split()[1:] == ["scikit-learn==1.0", "pandas"]
+    assert Model.load(str(lean)).signature == Model.load(str(full)).signature
+    assert Model.load(str(lean)).signature is not None
+    assert len(mlflow.pyfunc.load_model(str(lean)).predict(example)) == 2
 
     # Outside log_training MLflow's own check runs as before (the hook is per thread and call).
-    serving = (local / "serving_input_example.json").read_text()
-    assert len(model_utils._validate_serving_input(str(local), serving)) == 2
+    assert getattr(model_utils._validate_serving_input, "_retrainer_lean", False)
+    native = next(p.parent for p in lean.rglob("serving_input_example.json"))
+    serving = (native / "serving_input_example.json").read_text()
+    assert len(model_utils._validate_serving_input(str(native), serving)) == 2
