@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -81,6 +84,22 @@ def test_train_scores_with_coco_metrics_and_registers_a_pyfunc_on_raw_images(
 
     again = model.predict(pd.DataFrame({"image": [base64.b64encode(png.getvalue()).decode()]}))
     assert len(again) == 1
+    # The model carries its class: it loads and predicts where the project cannot be imported.
+    code = (
+        "import sys\n"
+        "for name in ('recipes', 'shared', 'services', 'cli', 'coordinator'):\n"
+        "    sys.modules[name] = None\n"
+        "import mlflow, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({record.model_uri!r})\n"
+        f"image = open({str(jpegs[0])!r}, 'rb').read()\n"
+        "print(len(model.predict(pd.DataFrame({'image': [image]}))))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri}
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip().splitlines()[-1] == "1"
 
 
 class CancelledAfter(RecipeContext):
