@@ -53,7 +53,7 @@ from coordinator.service import (
     InvalidRunRequest,
     RunConflict,
 )
-from coordinator.settings import CoordinatorSettings
+from coordinator.settings import CoordinatorSettings, dashboard_mlflow_ui_url
 from coordinator.startup import CoordinatorUnavailableError, Startup
 from coordinator.store import GroupNotFound
 from coordinator.webhook import PATH as WEBHOOK_PATH
@@ -72,6 +72,8 @@ from shared.promotion import (
     PROMOTION_REASON_TAG,
 )
 from shared.recipe import RECIPE_STAGES, RecipeStage
+from shared.stage_logs import MAX_LOG_TAIL_CHARS, failure_log_blob
+from shared.stage_logs import tail as log_tail
 from shared.telemetry import configure_from_settings, observe_last_successes, shutdown_telemetry
 from shared.tracking import METRIC_TAG_PREFIX, ModelVersionNotFoundError, ModelVersionRecord
 
@@ -272,6 +274,11 @@ class RunSummary(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     duration_s: float | None
+    cancelled_s: float = Field(
+        default=0.0,
+        description="seconds the run spent cancelled before a retry resumed it (not part of its"
+        " active time: duration_s less this)",
+    )
     model: ModelOut | None
     data_asset: DataAssetOut | None = Field(
         default=None,
@@ -296,6 +303,7 @@ class RunSummary(BaseModel):
             updated_at=run.updated_at,
             finished_at=run.finished_at,
             duration_s=_seconds(run.created_at, run.finished_at),
+            cancelled_s=_cancelled_seconds(run),
             model=ModelOut.of(run.model),
             data_asset=DataAssetOut.of(run.data_asset),
         )
@@ -529,6 +537,25 @@ class ChampionChangeOut(BaseModel):
     champion: ChampionOut
 
 
+class AttemptLogOut(BaseModel):
+    run_id: UUID
+    stage: Stage
+    attempt: int
+    outcome: str
+    error: str | None = Field(description="the attempt's error, secrets redacted")
+    log: str | None = Field(
+        description="the end of the attempt's log (a failed attempt's traceback), secrets"
+        " redacted; null when its worker kept none"
+    )
+    truncated: bool = Field(description="the log was longer: only its end is here")
+
+
+class DashboardConfigOut(BaseModel):
+    mlflow_ui_url: str | None = Field(
+        description="the MLflow UI to link runs and model versions to; null: none"
+    )
+
+
 class Readiness(BaseModel):
     status: str
     checks: dict[str, str]
@@ -536,6 +563,31 @@ class Readiness(BaseModel):
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start and end else None
+
+
+def _cancelled_seconds(run: Run) -> float:
+    """Time the run spent cancelled before being retried: from each cancelled attempt's end
+    to the first attempt queued after it (the retry). A run still cancelled adds nothing (its
+    duration ends at the cancel)."""
+    attempts: list[tuple[str, datetime | None, datetime | None]] = [
+        (record.outcome, record.queued_at, record.finished_at)
+        for stage in run.stages
+        for record in stage.history
+    ]
+    attempts += [
+        (stage.status, stage.queued_at, stage.finished_at)
+        for stage in run.stages
+        if stage.attempt > 0 and all(r.attempt != stage.attempt for r in stage.history)
+    ]
+    resumed = sorted(queued for _, queued, _ in attempts if queued is not None)
+    total = 0.0
+    for outcome, _, ended in attempts:
+        if outcome != "cancelled" or ended is None:
+            continue
+        after = next((queued for queued in resumed if queued >= ended), None)
+        if after is not None:
+            total += (after - ended).total_seconds()
+    return total
 
 
 def _bounded(error: str | None) -> str | None:
@@ -614,6 +666,7 @@ def create_app(
             startup = Startup.of(coordinator, loops)
         app.state.startup = startup
         app.state.auth = auth
+        app.state.mlflow_ui_url = dashboard_mlflow_ui_url(resolved)
         secret = resolved.trigger_webhook_secret
         app.state.webhook = WebhookConfig(
             secret=secret.get_secret_value() if secret else None,
@@ -776,6 +829,55 @@ def _add_routes(app: FastAPI) -> None:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+    @app.get(
+        "/runs/{run_id}/stages/{stage}/attempts/{attempt}/log",
+        response_model=AttemptLogOut,
+        responses={HTTPStatus.NOT_FOUND: {"description": "no such run or attempt"}},
+    )
+    def get_attempt_log(
+        run_id: UUID,
+        stage: Stage,
+        attempt: Annotated[int, Path(ge=1, le=10_000)],
+        coordinator: CoordinatorDep,
+    ) -> AttemptLogOut:
+        """A stage attempt's error and, for a failed attempt, the tail of its log (the
+        traceback its worker kept): at most MAX_LOG_TAIL_CHARS characters, secrets redacted."""
+        run = coordinator.get_run(run_id)
+        state = next(s for s in run.stages if s.stage == stage)
+        record = next((r for r in state.history if r.attempt == attempt), None)
+        outcome: str
+        if record is not None:
+            outcome, error = record.outcome, record.error
+        elif 0 < attempt == state.attempt:
+            outcome, error = state.status, state.error
+        else:
+            raise HTTPException(
+                HTTPStatus.NOT_FOUND, f"run {run_id} has no {stage} attempt {attempt}"
+            )
+        log_text: str | None = None
+        truncated = False
+        with suppress(BlobNotFoundError, InvalidBlobNameError):
+            blob = coordinator.blobs.download_blob(failure_log_blob(run_id, stage, attempt))
+            # Written bounded by the worker; bounded again here (and redacted) all the same.
+            log_text, truncated = log_tail(
+                blob.data[-4 * MAX_LOG_TAIL_CHARS :].decode("utf-8", errors="replace")
+            )
+        return AttemptLogOut(
+            run_id=run_id,
+            stage=stage,
+            attempt=attempt,
+            outcome=outcome,
+            error=None if error is None else log_tail(error, MAX_ERROR_CHARS)[0],
+            log=log_text,
+            truncated=truncated,
+        )
+
+    @app.get("/config/dashboard", response_model=DashboardConfigOut)
+    def dashboard_config(request: Request) -> DashboardConfigOut:
+        """What the dashboard needs besides the runs: where the MLflow UI is (for links to
+        runs and model versions; null: the dashboard shows their ids as text)."""
+        return DashboardConfigOut(mlflow_ui_url=request.app.state.mlflow_ui_url)
 
     @app.post(
         "/run-groups",

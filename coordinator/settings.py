@@ -7,6 +7,7 @@ are common settings: the local blob store's event publisher reads them too."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -47,6 +48,10 @@ class CoordinatorSettings(CommonSettings):
     # The tenant's signing keys; default: login.microsoftonline.com's JWKS for the tenant.
     auth_jwks_url: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The MLflow UI the dashboard links runs and model versions to (http(s) only); default:
+    # mlflow_tracking_uri when that is an http(s) tracking server (it serves the UI), else none
+    # (the dashboard shows the ids as text).
+    mlflow_ui_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=2000)
     # The API answers while the coordinator connects to its store and bus; a request that
     # needs the coordinator meanwhile waits this long for it, then gets a 503.
     startup_request_wait_s: float = Field(default=30.0, ge=0)
@@ -186,3 +191,17 @@ class CoordinatorSettings(CommonSettings):
             dedup_retention_s=self.trigger_dedup_retention_s,
             schedules=schedules_of(self.schedules, rules),
         )
+
+
+def dashboard_mlflow_ui_url(settings: CoordinatorSettings) -> str | None:
+    """The MLflow UI the dashboard links to (no trailing slash), or None."""
+    url = settings.mlflow_ui_url
+    tracking = settings.mlflow_tracking_uri or ""
+    if url is None and tracking.startswith(("http://", "https://")):
+        url = tracking
+    if not url:
+        return None
+    parts = urlsplit(url)
+    # Never hand a password in the address (user:password@host) to the browser.
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")).rstrip("/")

@@ -67,6 +67,7 @@ from shared.messages import (
     encode,
 )
 from shared.recipe import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
+from shared.stage_logs import failure_log, failure_log_blob
 from shared.telemetry import in_current_trace, stage_span
 from shared.topology import (
     CONTROL_TOPIC,
@@ -535,6 +536,7 @@ class Worker:
                     self._abandon(attempt, f"{type(exc).__name__}: {exc}")
                     return None
                 event = failed_event(command, exc)
+                self._keep_failure_log(command, exc)
                 log.log(
                     logging.WARNING
                     if event.retryable or attempt.cancel_requested
@@ -570,6 +572,17 @@ class Worker:
                 # The event is out and de-duplicated by message id; a redelivery hits the cache.
                 log.warning("lock lost before completing %s", message.message_id)
         return event
+
+    def _keep_failure_log(self, command: RunStage, exc: BaseException) -> None:
+        """The attempt's traceback (bounded, redacted) beside the run's artifacts, for the
+        dashboard; best effort: the failure is reported whether or not this works."""
+        try:
+            self._blobs.upload_blob(
+                failure_log_blob(command.correlation_id, command.stage, command.attempt),
+                failure_log(exc).encode("utf-8"),
+            )
+        except Exception as upload_error:
+            log.warning("could not keep the failure log of %s: %s", command.stage, upload_error)
 
     def _abandon(self, attempt: _Attempt, why: str) -> None:
         """Give the attempt's message back to the bus (delivered again at once) and make sure

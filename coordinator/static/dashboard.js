@@ -104,10 +104,12 @@
       : String(+value.toPrecision(4));
   }
 
-  // Seconds a run has taken: its duration once finished, else up to now.
+  // Seconds a run has been active: its duration once finished, else up to now, less the time
+  // it spent cancelled before a retry resumed it.
   function runSeconds(run) {
-    if (run.duration_s !== null && run.duration_s !== undefined) return run.duration_s;
-    return (now() - ms(run.created_at)) / 1000;
+    const cancelled = run.cancelled_s || 0;
+    if (run.duration_s !== null && run.duration_s !== undefined) return run.duration_s - cancelled;
+    return (now() - ms(run.created_at)) / 1000 - cancelled;
   }
 
   function modelText(model) {
@@ -158,7 +160,13 @@
   // --- fetching ---------------------------------------------------------------------------
 
   async function getJson(path) {
+    return requestJson("GET", path);
+  }
+
+  // ``method`` ``path`` with the API token; the JSON body, or an Error with ``status``.
+  async function requestJson(method, path) {
     const response = await fetch(ROOT + path, {
+      method,
       headers: { Accept: "application/json", ...authHeaders() },
     });
     const date = Date.parse(response.headers.get("Date") || "");
@@ -176,7 +184,7 @@
     if (!response.ok) {
       const detail = body && body.detail ? body.detail : response.statusText;
       const error = new Error(
-        `GET ${path}: HTTP ${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`
+        `${method} ${path}: HTTP ${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`
       );
       error.status = response.status;
       throw error;
@@ -184,14 +192,49 @@
     return body;
   }
 
+  // The banner shows an error once: the same error on the next polls leaves it as it is (no
+  // flicker, a token being typed stays); a successful poll clears it.
   function showLoadError(error) {
     const banner = document.getElementById("load-error");
     if (!error) {
       banner.hidden = true;
+      delete banner.dataset.message;
       return;
     }
-    replace(banner, error.message || String(error), error.status === 401 ? tokenForm() : null);
+    const message = error.message || String(error);
+    if (!banner.hidden && banner.dataset.message === message) return;
+    banner.dataset.message = message;
+    replace(banner, message, error.status === 401 ? tokenForm() : null);
     banner.hidden = false;
+  }
+
+  // "Loading…" until the first answer (or error) comes.
+  function doneLoading() {
+    const loading = document.getElementById("loading");
+    if (loading) loading.hidden = true;
+    document.body.dataset.loaded = "true";
+  }
+
+  // What the dashboard needs besides the runs (the MLflow UI's address); asked once a page.
+  let configPromise = null;
+  function dashboardConfig() {
+    if (!configPromise) {
+      configPromise = getJson("/config/dashboard").catch(() => ({ mlflow_ui_url: null }));
+    }
+    return configPromise;
+  }
+
+  // The MLflow UI's page of a run or a model version; null when no MLflow UI is configured.
+  function mlflowUrl(config, route) {
+    const base = config && config.mlflow_ui_url;
+    if (!base || !/^https?:\/\//i.test(base)) return null;
+    return `${base}/#/${route}`;
+  }
+
+  function maybeLink(url, text, props) {
+    return url
+      ? el("a", { ...props, href: url, target: "_blank", rel: "noopener noreferrer" }, text)
+      : el("span", props, text);
   }
 
   function setLive(text, active) {
@@ -213,9 +256,11 @@
         delay = await load(() => mine === latest);
         if (mine !== latest) return; // a newer tick (a filter change) took over
         showLoadError(null);
+        doneLoading();
       } catch (error) {
         if (mine !== latest) return;
         showLoadError(error);
+        doneLoading();
         // Nothing will come of asking again (and a retry would clear the token form).
         if (error.status === 404 || error.status === 401) return;
       }
@@ -236,7 +281,80 @@
     const tbody = document.querySelector("#runs tbody");
     let offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
     let total = 0;
+    let shown = null; // the page last rendered
     filter.value = params.get("status") || "";
+
+    // Each model's champion version (GET /models/{name}/champion), asked again after
+    // CHAMPION_TTL_MS or when a run finished: {version: "3" | null (none), at}.
+    const CHAMPION_TTL_MS = 30000;
+    const champions = new Map();
+    let finishedKey = "";
+
+    let asking = false;
+    async function refreshChampions(runs) {
+      if (asking) return;
+      asking = true;
+      try {
+        await askChampions(runs);
+      } finally {
+        asking = false;
+      }
+    }
+
+    async function askChampions(runs) {
+      const key = runs.filter((run) => !ACTIVE.has(run.status)).map((run) => run.id).join(",");
+      if (key !== finishedKey) {
+        finishedKey = key;
+        champions.clear();
+      }
+      const names = new Set(runs.filter((run) => run.model && run.model.name).map((run) => run.model.name));
+      const stale = [...names].filter((name) => {
+        const known = champions.get(name);
+        return !known || now() - known.at > CHAMPION_TTL_MS;
+      });
+      if (!stale.length) return;
+      let changed = false;
+      await Promise.all(
+        stale.map(async (name) => {
+          let version;
+          try {
+            version = (await getJson(`/models/${encodeURIComponent(name)}/champion`)).version;
+          } catch (error) {
+            // 404: the model has no champion; else the registry is unavailable (not known).
+            version = error.status === 404 ? null : undefined;
+          }
+          const before = champions.get(name);
+          if (version === undefined) {
+            if (before) champions.set(name, { ...before, at: now() });
+            return;
+          }
+          if (!before || before.version !== version) changed = true;
+          champions.set(name, { version, at: now() });
+        })
+      );
+      if (changed && shown) render(shown);
+    }
+
+    // The model cell: the version, and whether it is the champion, was it, or was promoted
+    // (when the registry's champion is not known).
+    function modelCell(model) {
+      const version = modelText(model);
+      if (!version) return "—";
+      const known = model.name ? champions.get(model.name) : undefined;
+      let flag = null;
+      if (known && known.version === model.version) {
+        flag = el("span", { class: "champion current", title: "the model's champion now" }, "★ champion");
+      } else if (known && model.champion) {
+        flag = el(
+          "span",
+          { class: "champion was", title: `promoted, since replaced (champion now: ${known.version ? `v${known.version}` : "none"})` },
+          "was champion"
+        );
+      } else if (model.champion) {
+        flag = el("span", { class: "champion", title: "this run's model was promoted to champion" }, "★ promoted");
+      }
+      return [el("span", { class: "version", title: model.name || "" }, version), flag ? " " : null, flag];
+    }
 
     function syncUrl() {
       const query = new URLSearchParams();
@@ -249,8 +367,6 @@
     function row(run) {
       const href = `${ROOT}/dashboard/runs/${encodeURIComponent(run.id)}`;
       const active = ACTIVE.has(run.status);
-      const model = run.model;
-      const version = modelText(model);
       const tr = el(
         "tr",
         { class: "run-row", dataset: { runId: run.id, status: run.status }, tabindex: "0" },
@@ -275,23 +391,7 @@
           { class: `duration num${active ? " live-value" : ""}` },
           formatDuration(runSeconds(run))
         ),
-        el(
-          "td",
-          { class: "model" },
-          version
-            ? [
-                el("span", { class: "version" }, version),
-                model.champion ? " " : null,
-                model.champion
-                  ? el(
-                      "span",
-                      { class: "champion", title: "this run's model was promoted to champion" },
-                      "★ promoted"
-                    )
-                  : null,
-              ]
-            : "—"
-        )
+        el("td", { class: "model" }, modelCell(run.model))
       );
       if (run.error) tr.title = run.error;
       tr.addEventListener("click", (event) => {
@@ -310,8 +410,9 @@
       const page = await getJson(`/runs?${query}`);
       if (!isCurrent()) return 0;
       total = page.total;
-      replace(tbody, page.runs.map(row));
-      document.getElementById("empty").hidden = page.runs.length > 0;
+      shown = page;
+      render(page);
+      refreshChampions(page.runs);
       replace(
         document.getElementById("count"),
         `${total} run${total === 1 ? "" : "s"}${filter.value ? ` ${filter.value}` : ""}`
@@ -323,6 +424,11 @@
       const anyActive = page.runs.some((run) => ACTIVE.has(run.status));
       setLive(anyActive ? "live" : "", anyActive);
       return anyActive ? REFRESH_ACTIVE_MS : REFRESH_IDLE_MS;
+    }
+
+    function render(page) {
+      replace(tbody, page.runs.map(row));
+      document.getElementById("empty").hidden = page.runs.length > 0;
     }
 
     const refresh = poll(load);
@@ -498,11 +604,66 @@
             { class: "tl-error", dataset: { stage: stage.name, attempt: String(attempt) } },
             prefix ? el("span", { class: "tl-error-attempt" }, prefix) : null,
             error
-          )
+          ),
+          ACTIVE.has(outcome) ? null : attemptLog(run.id, stage.name, attempt)
         );
       }
     }
     replace(container, rows);
+  }
+
+  // A finished attempt's log tail (GET .../attempts/{n}/log), collapsed; fetched when opened
+  // and kept (a finished attempt's log does not change), open across the page's refreshes.
+  const openLogs = new Set();
+  const logs = new Map();
+
+  function attemptLog(runId, stage, attempt) {
+    const key = `${stage}/${attempt}`;
+    const body = el("div", { class: "log-body" });
+    const details = el(
+      "details",
+      { class: "attempt-log", dataset: { stage, attempt: String(attempt) }, open: openLogs.has(key) },
+      el("summary", null, `log of ${stage} attempt ${attempt}`),
+      body
+    );
+    function show() {
+      const log = logs.get(key);
+      if (!log) {
+        replace(body, el("p", { class: "muted small" }, "Loading…"));
+      } else if (log.failed) {
+        replace(body, el("p", { class: "row-error small" }, log.failed));
+      } else if (log.text) {
+        replace(
+          body,
+          log.truncated ? el("p", { class: "muted small" }, "Only the end of the log is kept.") : null,
+          el("pre", { class: "log" }, log.text)
+        );
+      } else {
+        replace(body, el("p", { class: "muted small" }, "No log kept for this attempt."));
+      }
+    }
+    async function fetchLog() {
+      const path = `/runs/${encodeURIComponent(runId)}/stages/${encodeURIComponent(stage)}/attempts/${attempt}/log`;
+      try {
+        const answer = await getJson(path);
+        logs.set(key, { text: answer.log, truncated: answer.truncated });
+      } catch (error) {
+        logs.set(key, { failed: error.message || String(error) });
+      }
+      show();
+    }
+    details.addEventListener("toggle", () => {
+      if (!details.open) {
+        openLogs.delete(key);
+        return;
+      }
+      openLogs.add(key);
+      show();
+      const log = logs.get(key);
+      if (!log || log.failed) fetchLog();
+    });
+    if (details.open) show();
+    return details;
   }
 
   function renderHeader(run) {
@@ -542,21 +703,48 @@
     if (run.error) replace(box, el("strong", null, `Run ${run.status}: `), el("span", { class: "message" }, run.error));
   }
 
-  function renderModel(run) {
+  function renderModel(run, config) {
     const body = document.querySelector("#model .body");
     const model = run.model;
+    const train = run.stages.find((stage) => stage.name === "train");
+    const mlflowRun = train && train.details ? train.details.mlflow_run_id : null;
+    const runLine =
+      typeof mlflowRun === "string" && mlflowRun
+        ? el(
+            "p",
+            { class: "mlflow-run small" },
+            "MLflow run ",
+            maybeLink(mlflowUrl(config, `runs/${encodeURIComponent(mlflowRun)}`), mlflowRun, { class: "mono mlflow-run-id" })
+          )
+        : null;
     if (!model || !model.version) {
-      replace(body, el("p", { class: "muted" }, ACTIVE.has(run.status) ? "Not registered yet." : "No model registered."));
+      replace(
+        body,
+        el("p", { class: "muted" }, ACTIVE.has(run.status) ? "Not registered yet." : "No model registered."),
+        runLine
+      );
       return;
     }
     let flag;
     if (model.champion === true) flag = el("span", { class: "champion-badge" }, "★ promoted to champion");
     else if (model.champion === false) flag = el("span", { class: "badge status-cancelled" }, "not promoted");
     else flag = el("span", { class: "badge status-queued" }, "promotion pending");
+    const versionUrl = model.name
+      ? mlflowUrl(config, `models/${encodeURIComponent(model.name)}/versions/${encodeURIComponent(model.version)}`)
+      : null;
     replace(
       body,
-      el("p", { class: "model-line" }, el("span", { class: "model-name" }, model.name || "model"), " ", el("span", { class: "model-version" }, `v${model.version}`), " ", flag),
-      model.reason ? el("p", { class: "muted model-reason" }, model.reason) : null
+      el(
+        "p",
+        { class: "model-line" },
+        el("span", { class: "model-name" }, model.name || "model"),
+        " ",
+        maybeLink(versionUrl, `v${model.version}`, { class: "model-version", title: versionUrl ? "open in MLflow" : null }),
+        " ",
+        flag
+      ),
+      model.reason ? el("p", { class: "muted model-reason" }, model.reason) : null,
+      runLine
     );
   }
 
@@ -661,13 +849,52 @@
     );
   }
 
+  // Cancel and retry, with the API token; each shown only when the run's status allows it.
+  function renderActions(run, refresh) {
+    const cancel = document.getElementById("cancel-run");
+    const retry = document.getElementById("retry-run");
+    document.getElementById("actions").hidden = false;
+    if (document.body.dataset.acting === "true") return; // buttons stay disabled meanwhile
+    cancel.hidden = !ACTIVE.has(run.status);
+    retry.hidden = !["failed", "cancelled"].includes(run.status);
+    cancel.disabled = cancel.hidden;
+    retry.disabled = retry.hidden;
+    cancel.onclick = () => act(run, "cancel", refresh);
+    retry.onclick = () => act(run, "retry", refresh);
+  }
+
+  async function act(run, action, refresh) {
+    const result = document.getElementById("action-result");
+    if (action === "cancel" && !window.confirm(`Cancel run ${run.id.slice(0, 8)}?`)) return;
+    document.body.dataset.acting = "true";
+    for (const id of ["cancel-run", "retry-run"]) document.getElementById(id).disabled = true;
+    result.className = "action-result muted";
+    replace(result, action === "cancel" ? "Cancelling…" : "Retrying…");
+    result.hidden = false;
+    try {
+      const answer = await requestJson("POST", `/runs/${encodeURIComponent(run.id)}/${action}`);
+      result.className = "action-result ok";
+      replace(result, action === "cancel" ? `Run ${answer.status}.` : `Retried: the run is ${answer.status} again.`);
+    } catch (error) {
+      result.className = "action-result error";
+      replace(result, error.message || String(error), error.status === 401 ? tokenForm() : null);
+    } finally {
+      delete document.body.dataset.acting;
+      refresh();
+    }
+  }
+
   function runPage() {
     const runId = document.body.dataset.runId;
-    poll(async () => {
-      const run = await getJson(`/runs/${encodeURIComponent(runId)}`);
+    const refresh = poll(async () => {
+      const [run, config] = await Promise.all([
+        getJson(`/runs/${encodeURIComponent(runId)}`),
+        dashboardConfig(),
+      ]);
       renderHeader(run);
+      renderActions(run, refresh);
       renderError(run);
-      renderModel(run);
+      renderModel(run, config);
       renderMetrics(run);
       renderTimeline(run);
       renderStageTable(run);
@@ -773,9 +1000,47 @@
       window.history.replaceState(null, "", window.location.pathname + (search ? `?${search}` : ""));
     }
 
-    poll(async () => {
+    const cancel = document.getElementById("cancel-group");
+    const retry = document.getElementById("retry-group");
+    let acting = false;
+
+    function renderActions(group) {
+      document.getElementById("actions").hidden = false;
+      if (acting) return;
+      const stopped = (group.counts.failed || 0) + (group.counts.cancelled || 0);
+      cancel.hidden = cancel.disabled = group.status !== "running";
+      retry.hidden = retry.disabled = stopped === 0;
+      replace(retry, `Retry ${stopped} failed/cancelled`);
+    }
+
+    async function act(action) {
+      const result = document.getElementById("action-result");
+      if (action === "cancel" && !window.confirm(`Cancel group ${groupId.slice(0, 8)} and its unfinished members?`)) return;
+      acting = true;
+      cancel.disabled = retry.disabled = true;
+      result.className = "action-result muted";
+      replace(result, action === "cancel" ? "Cancelling…" : "Retrying…");
+      result.hidden = false;
+      try {
+        const path = `/run-groups/${encodeURIComponent(groupId)}/${action === "cancel" ? "cancel" : "retry-failed"}`;
+        const answer = await requestJson("POST", path);
+        result.className = "action-result ok";
+        replace(result, action === "cancel" ? `Group ${answer.status}.` : `Retried: ${countsText(answer)}.`);
+      } catch (error) {
+        result.className = "action-result error";
+        replace(result, error.message || String(error), error.status === 401 ? tokenForm() : null);
+      } finally {
+        acting = false;
+        refresh();
+      }
+    }
+    cancel.addEventListener("click", () => act("cancel"));
+    retry.addEventListener("click", () => act("retry"));
+
+    const refresh = poll(async () => {
       const group = await getJson(`/run-groups/${encodeURIComponent(groupId)}`);
       latest = group;
+      renderActions(group);
       replace(
         document.getElementById("group-header"),
         el(

@@ -32,6 +32,7 @@ import uvicorn
 from cli.stack import free_port
 from coordinator.api import create_app
 from coordinator.domain import Policy
+from coordinator.models import ModelChampions
 from coordinator.service import Coordinator
 from coordinator.store import RunStore
 from shared.blobs.local import LocalBlobStore
@@ -47,6 +48,7 @@ from shared.messages import (
 )
 from shared.recipe_registry import get_recipe
 from shared.topology import EVENTS_TOPIC, build_topology
+from shared.tracking import ModelVersionNotFoundError, ModelVersionRecord
 from tests.clock import Clock
 
 pytestmark = pytest.mark.slow
@@ -178,6 +180,22 @@ class Workers:
         return end
 
 
+class StubChampions(ModelChampions):
+    """The registry's champions as the test sets them (``versions``: model name -> version),
+    so that the pages' GET /models/{name}/champion touches no MLflow."""
+
+    def __init__(self, versions: dict[str, str] | None = None) -> None:
+        self.versions = dict(versions or {})
+        self.asked = 0
+
+    def get_champion(self, name: str) -> ModelVersionRecord:
+        self.asked += 1
+        version = self.versions.get(name)
+        if version is None:
+            raise ModelVersionNotFoundError(f"model {name!r} has no champion")
+        return ModelVersionRecord(name=name, version=version, run_id=None)
+
+
 @dataclass
 class Deployment:
     url: str
@@ -218,7 +236,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     workers = Workers(coordinator, worker_bus, clock)
     runs = _history(workers)
     port = free_port()
-    server, thread = _serve(create_app(coordinator=coordinator, run_loops=False), port)
+    # v2 (the "retried" run's) is the champion now; v1 (the "first" run's) was before it.
+    champions = StubChampions({"state_identifier": "2"})
+    server, thread = _serve(
+        create_app(coordinator=coordinator, champions=champions, run_loops=False), port
+    )
     try:
         yield Deployment(f"http://127.0.0.1:{port}", workers, runs)
     finally:
@@ -524,7 +546,16 @@ def test_runs_list_shows_every_run_and_filters_by_status(
     retried = cells("retried")
     assert retried["recipe"].splitlines() == ["state_identifier", DATA["state_identifier"]]
     assert retried["trigger"] == "api"
-    assert retried["model"] == "v2 ★ promoted"
+    # The registry's champion is marked; a promoted model since replaced "was champion".
+    wait_for(
+        browser,
+        lambda d: "champion" in (text(d, f'tr[data-run-id="{runs["retried"]}"] td.model') or ""),
+        "the champion is not marked",
+    )
+    snapshot = table(browser)
+    retried = cells("retried")
+    assert retried["model"] == "v2 ★ champion"
+    assert cells("first")["model"] == "v1 was champion"
     assert retried["duration"].endswith("s") and retried["started"][:2] == "20"
     assert cells("cached")["model"] == "v3"
     assert cells("bad-data")["trigger"] == "blob"

@@ -24,6 +24,7 @@ from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
 from shared.history import HISTORY_RECORD_FILE, append_run, history_blob
 from shared.messages import Message, RunStage, StageFailed, StageSucceeded, decode, encode
+from shared.stage_logs import failure_log_blob
 from shared.topology import COORDINATOR_SUBSCRIPTION, EVENTS_TOPIC, build_topology, command_topic
 from shared.worker import Worker
 from tests.recipe_fixtures import echo_recipe, only
@@ -131,7 +132,10 @@ def test_a_missing_blob_param_fails_the_stage_permanently_naming_the_param(
 
     assert isinstance(failed, StageFailed) and not failed.retryable
     assert "param 'reference'" in failed.error and "baselines/echo/missing.txt" in failed.error
-    assert list(blobs.list_blobs("artifacts/")) == []
+    # Nothing but the attempt's log (its traceback, for the dashboard).
+    assert [b.name for b in blobs.list_blobs("artifacts/")] == [
+        failure_log_blob(failed.correlation_id, "aggregation", failed.attempt)
+    ]
 
 
 def test_reports_and_the_history_record_travel_with_the_stage_output(

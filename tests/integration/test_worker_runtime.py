@@ -27,6 +27,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.stage_logs import failure_log_blob
 from shared.topology import (
     CONTROL_TOPIC,
     COORDINATOR_SUBSCRIPTION,
@@ -175,7 +176,12 @@ def test_bad_data_is_a_permanent_failure_naming_file_and_row(
     assert not failed.retryable
     assert failed.error == "sub/b.txt, row 2: 'four' is not a number"
     assert failed.error_type == "DataValidationError"
-    assert list(blobs.list_blobs("artifacts/")) == [], "nothing written for failed data"
+    # Nothing written for failed data but the attempt's log (its traceback, for the dashboard).
+    log_blob = failure_log_blob(failed.correlation_id, "aggregation", 1)
+    assert [b.name for b in blobs.list_blobs("artifacts/")] == [log_blob]
+    log = blobs.download_blob(log_blob).data.decode()
+    assert log.startswith("Traceback (most recent call last):")
+    assert log.rstrip().endswith("DataValidationError: sub/b.txt, row 2: 'four' is not a number")
 
 
 def test_unknown_recipe_and_invalid_params_fail_permanently_with_reasons(
