@@ -3,6 +3,7 @@ and entity, against a coordinator over HTTP whose workers the test plays."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = ["browser"]  # the module-scoped Chromium fixture, shared with test_da
 
 pytestmark = pytest.mark.slow
 
+ACTION_WAIT_S = float(os.environ.get("RETRAINER_TEST_BROWSER_WAIT_S", "90"))
 SPECIES = ("cygnus-buccinator", "cygnus-olor", "anser-anser", "anas-crecca")
 
 MEMBERS_JS = """
@@ -142,3 +144,42 @@ def test_the_group_page_has_a_row_per_member_and_filters_them(
         "the groups list never showed the group",
     )
     assert "4: 2 queued · 1 succeeded · 1 failed" in text(browser, "#groups tbody")
+
+
+def test_the_group_page_retries_failed_members_and_cancels_the_group(
+    deployment: Deployment, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import alert_is_present
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def until(condition: Any, message: str) -> Any:
+        # Generous: each step is an API call and a refresh on a machine that may be busy.
+        return WebDriverWait(browser, ACTION_WAIT_S, poll_frequency=0.1).until(condition, message)
+
+    def statuses(d: Any) -> dict[str, str]:
+        return {entity: status for entity, status, _ in d.execute_script(MEMBERS_JS)}
+
+    browser.get(f"{deployment.url}/dashboard/groups/{deployment.group_id}")
+    until(lambda d: statuses(d).get("cygnus-olor") == "failed", "the failed member is not shown")
+    retry = browser.find_element(By.ID, "retry-group")
+    cancel = browser.find_element(By.ID, "cancel-group")
+    assert retry.is_displayed() and retry.text == "Retry 1 failed/cancelled"
+    assert cancel.is_displayed()
+
+    retry.click()
+    until(lambda d: (text(d, "#action-result") or "").startswith("Retried: "), "no retry result")
+    until(lambda d: statuses(d)["cygnus-olor"] != "failed", "the failed member was not retried")
+    until(lambda d: not d.find_element(By.ID, "retry-group").is_displayed(), "retry still shown")
+
+    cancel.click()
+    until(alert_is_present(), "no confirmation asked").accept()
+    until(lambda d: text(d, "#action-result") == "Group cancelled.", "no cancel result")
+    until(
+        lambda d: d.execute_script("return document.body.dataset.groupStatus") == "cancelled",
+        "the page did not show the group cancelled",
+    )
+    assert not browser.find_element(By.ID, "cancel-group").is_displayed()
+    assert statuses(browser)["cygnus-buccinator"] == "succeeded"
+    assert set(statuses(browser).values()) == {"succeeded", "cancelled"}
+    assert browser.find_element(By.ID, "retry-group").text == "Retry 3 failed/cancelled"
