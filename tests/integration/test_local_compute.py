@@ -13,6 +13,7 @@ import pytest
 from recipes.state_identifier import recipe as state_identifier
 from shared.compute.local import LocalTrainingCompute
 from shared.compute.port import JobHandle, JobNotFoundError, JobStatus, TrainingJob
+from tests.waiting import WAIT_S
 
 
 def _job(split: Path, output: Path, recipe: str, params: dict[str, object]) -> TrainingJob:
@@ -65,7 +66,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compute(tmp_path: Path, state_dir: Path) -> LocalTrainingCompute:
     return LocalTrainingCompute(
         tmp_path / "jobs",
-        timeout_s=60,
+        # A training subprocess took 1 min 54 s at load 22: the job limit is the hang guard.
+        timeout_s=WAIT_S,
         kill_grace_s=2,
         recipe_modules=("tests.recipe_fixtures",),
         env={
