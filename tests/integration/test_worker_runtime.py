@@ -41,7 +41,8 @@ from tests.hostile import undecodable_messages
 from tests.recipe_fixtures import echo_recipe, only
 from tests.waiting import WAIT_S, wait_until
 
-LOCK_S = 0.6
+# Long enough that a busy machine settles a message before its lock lapses.
+LOCK_S = 2.0
 
 
 lookup = only(echo_recipe)
@@ -453,7 +454,7 @@ def test_a_worker_stopped_mid_stage_abandons_the_message_instead_of_failing_the_
     assert not running.is_alive()
     assert [type(event) for event in events(bus)] == [StageStarted], "no StageFailed"
     [again] = bus.receive_messages(
-        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=5
+        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=WAIT_S
     )
     assert again.delivery_count == 2, "given back at once, for the next worker"
 
@@ -476,6 +477,7 @@ def test_a_stage_that_ignores_the_stop_is_abandoned_after_the_grace_period(
         lock_duration_s=LOCK_S,
         receive_wait_s=0.2,
         shutdown_grace_s=0.2,
+        name=f"stubborn-{uuid.uuid4()}",  # its threads, and only they, carry this name
     )
     send(bus)
     running = _run_until_stopped(worker)
@@ -485,12 +487,18 @@ def test_a_stage_that_ignores_the_stop_is_abandoned_after_the_grace_period(
     running.join(60)
     assert not running.is_alive(), "returned although the stage is still running"
     [again] = bus.receive_messages(
-        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=5
+        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_wait_time=WAIT_S
     )
     assert again.delivery_count == 2
 
     release.set()
-    time.sleep(0.5)  # let the stage's thread run to its end
+    # The stage's thread runs to its end (and would publish, were it not abandoned).
+    wait_until(
+        lambda: (
+            not any(thread.name.startswith(f"{worker.name}-") for thread in threading.enumerate())
+        ),
+        "the stage's thread to end",
+    )
     assert [type(event) for event in events(bus)] == [StageStarted], "nothing after abandoning"
 
 
