@@ -11,17 +11,28 @@ accepted message, sequence number = rowid), ``deliveries`` (each subscription's 
 message with its own lock, delivery count and dead-letter state) and ``accepted_message_ids``
 (duplicate detection). A copy is visible once ``visible_at`` has passed; receiving it moves
 ``visible_at`` to the end of the lock, so lock expiry needs no background sweeper.
+
+Waiting without polling: a receiving process binds a UDP socket on 127.0.0.1 (its *doorbell*,
+registered in table ``doorbells``) and waits on it; whoever makes a message visible (send,
+abandon) rings every registered doorbell with one datagram after committing. Between rings a
+waiting receiver looks at the table only when the earliest copy it is waiting for (a scheduled
+message, an expiring lock) becomes visible, and at the latest every ``idle_check_s`` (a lost
+datagram, a doorbell not yet registered when the sender read the table). So an idle stack costs
+next to no CPU and a hop costs a datagram instead of half a poll interval. ``poll_interval_s``
+remains the pause after losing a race for a visible message, and dead-letter receives poll.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,6 +83,11 @@ CREATE TABLE IF NOT EXISTS accepted_message_ids (
     PRIMARY KEY (topic, message_id)
 );
 CREATE INDEX IF NOT EXISTS accepted_message_ids_by_age ON accepted_message_ids (accepted_at);
+CREATE TABLE IF NOT EXISTS doorbells (
+    port INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    registered_at REAL NOT NULL
+);
 """
 
 _VISIBLE = "d.topic = :topic AND d.subscription = :subscription AND d.visible_at <= :now"
@@ -83,6 +99,12 @@ _ANY_VISIBLE_DEAD_LETTER = f"""
 SELECT 1 FROM deliveries d JOIN subscriptions s ON s.topic = d.topic AND s.name = d.subscription
 WHERE {_VISIBLE} AND (d.dead_lettered = 1 OR d.delivery_count >= s.max_delivery_count)
 LIMIT 1
+"""
+
+# When the first copy of the subscription's active queue is (or becomes) visible.
+_NEXT_VISIBLE = """
+SELECT MIN(visible_at) FROM deliveries
+WHERE topic = :topic AND subscription = :subscription AND dead_lettered = 0
 """
 
 _SELECT_VISIBLE = f"""
@@ -104,8 +126,12 @@ class SqliteMessageBus:
         duplicate_detection_window_s: float = 600.0,
         poll_interval_s: float = 0.02,
         busy_timeout_s: float = 5.0,
+        idle_check_s: float = 2.0,
     ) -> None:
         self._path = path
+        self._idle_check_s = idle_check_s
+        self._doorbell: _Doorbell | None = None
+        self._doorbell_lock = threading.Lock()
         self._topology = topology
         self._duplicate_detection_window_s = duplicate_detection_window_s
         self._poll_interval_s = poll_interval_s
@@ -149,10 +175,14 @@ class SqliteMessageBus:
                 "DELETE FROM accepted_message_ids WHERE accepted_at <= ?",
                 (now - self._duplicate_detection_window_s,),
             )
+            enqueued = 0
             for message in messages:
                 if self._is_duplicate(conn, topic, message.message_id, now):
                     continue
                 self._enqueue(conn, topic, subscriptions, message, now)
+                enqueued += 1
+            doorbells = _doorbell_ports(conn) if enqueued else []
+        _ring(doorbells, topic)
 
     def receive_messages(
         self,
@@ -167,15 +197,30 @@ class SqliteMessageBus:
         if max_message_count < 1:
             raise ValueError(f"max_message_count must be at least 1, got {max_message_count}")
         deadline = time.monotonic() + max_wait_time
+        doorbell = None if dead_letter or max_wait_time <= 0 else self._doorbell_now()
         while True:
-            if self._may_have_visible(topic, subscription, dead_letter):
+            rung = doorbell.rings(topic) if doorbell is not None else 0
+            if dead_letter:
+                due: float | None = (
+                    0.0 if self._may_have_visible(topic, subscription, True) else None
+                )
+            else:
+                due = self._next_visible(topic, subscription)
+            pause = self._poll_interval_s if doorbell is None else self._idle_check_s
+            if due is not None and due <= _now():
                 received = self._lock_visible(topic, subscription, max_message_count, dead_letter)
                 if received:
                     return received
+                pause = self._poll_interval_s  # taken by a competitor meanwhile: look again soon
+            elif due is not None:
+                pause = min(pause, max(due - _now(), 0.001))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            time.sleep(min(self._poll_interval_s, remaining))
+            if doorbell is None:
+                time.sleep(min(pause, remaining))
+            else:
+                doorbell.wait(topic, rung, min(pause, remaining))
 
     def complete_message(self, message: ReceivedMessage) -> None:
         with self._transaction() as conn:
@@ -196,6 +241,8 @@ class SqliteMessageBus:
                 "UPDATE deliveries SET lock_token = NULL, visible_at = ? WHERE lock_token = ?",
                 (now, message.lock_token),
             )
+            doorbells = _doorbell_ports(conn)
+        _ring(doorbells, message.topic)
 
     def dead_letter_message(
         self, message: ReceivedMessage, *, reason: str, error_description: str = ""
@@ -225,6 +272,12 @@ class SqliteMessageBus:
 
     def close(self) -> None:
         """Close idle connections now, and those in use when their call returns."""
+        with self._doorbell_lock:
+            doorbell, self._doorbell = self._doorbell, None
+        if doorbell is not None and doorbell.pid == os.getpid():
+            with suppress(Exception), self._transaction() as conn:
+                conn.execute("DELETE FROM doorbells WHERE port = ?", (doorbell.port,))
+            doorbell.close()
         with self._pool_lock:
             self._closed = True
             for conn in self._idle_connections:
@@ -333,6 +386,35 @@ class SqliteMessageBus:
             parameters = {"topic": topic, "subscription": subscription, "now": _now()}
             row = conn.execute(query, parameters).fetchone()
         return row is not None
+
+    def _next_visible(self, topic: str, subscription: str) -> float | None:
+        """When the subscription's first active copy is (or becomes) visible; None if empty.
+        A plain read: idle receivers must not queue for the write lock behind senders."""
+        with self._errors_translated(), self._connection() as conn:
+            parameters = {"topic": topic, "subscription": subscription}
+            (due,) = conn.execute(_NEXT_VISIBLE, parameters).fetchone()
+        return None if due is None else float(due)
+
+    def _doorbell_now(self) -> _Doorbell:
+        """This process's doorbell, made and registered on its first receive."""
+        doorbell = self._doorbell
+        if doorbell is not None and doorbell.pid == os.getpid():
+            return doorbell
+        with self._doorbell_lock:
+            if self._doorbell is None or self._doorbell.pid != os.getpid():
+                doorbell = _Doorbell()
+                with self._transaction() as conn:
+                    # Doorbells of processes gone (a crash skips close()) are forgotten.
+                    for port, pid in conn.execute("SELECT port, pid FROM doorbells").fetchall():
+                        if not _alive(pid):
+                            conn.execute("DELETE FROM doorbells WHERE port = ?", (port,))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO doorbells (port, pid, registered_at) "
+                        "VALUES (?, ?, ?)",
+                        (doorbell.port, doorbell.pid, _now()),
+                    )
+                self._doorbell = doorbell
+            return self._doorbell
 
     def _lock_visible(
         self, topic: str, subscription: str, limit: int, dead_letter: bool
@@ -483,6 +565,77 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 def _now() -> float:
     return datetime.now(UTC).timestamp()
+
+
+class _Doorbell:
+    """A UDP socket on loopback that a reader thread waits on; each datagram names a topic,
+    bumps that topic's ring count and wakes the threads of this process waiting on it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self._rings: dict[str, int] = {}
+        self._changed = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._listen, name=f"bus-doorbell-{self.port}", daemon=True).start()
+
+    def rings(self, topic: str) -> int:
+        return self._rings.get(topic, 0)
+
+    def wait(self, topic: str, seen: int, timeout_s: float) -> None:
+        """Until a ring for ``topic`` after ``seen`` (``rings(topic)`` read before looking)
+        or the timeout."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._rings.get(topic, 0) != seen or self._closed, timeout_s
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        # Wakes the reader (it exits on seeing _closed) before the socket goes.
+        _ring([self.port], "")
+        with self._changed:
+            self._changed.notify_all()
+
+    def _listen(self) -> None:
+        try:
+            while not self._closed:
+                topic = self._socket.recv(512).decode(errors="replace")
+                with self._changed:
+                    self._rings[topic] = self._rings.get(topic, 0) + 1
+                    self._changed.notify_all()
+        except OSError:
+            pass
+        finally:
+            self._socket.close()
+
+
+def _doorbell_ports(conn: sqlite3.Connection) -> list[int]:
+    return [int(port) for (port,) in conn.execute("SELECT port FROM doorbells")]
+
+
+_RING_SOCKET = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+def _ring(ports: Sequence[int], topic: str) -> None:
+    """One datagram naming ``topic`` to each doorbell; one lost or refused only delays a
+    receiver's look (``idle_check_s``)."""
+    payload = topic.encode()
+    for port in ports:
+        with suppress(OSError):
+            _RING_SOCKET.sendto(payload, ("127.0.0.1", port))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _datetime(timestamp: float) -> datetime:
