@@ -42,6 +42,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        timeout_keep_alive=int(settings.http_keep_alive_s),
     )
 
 

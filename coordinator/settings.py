@@ -37,6 +37,10 @@ class CoordinatorSettings(CommonSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # How long an idle keep-alive connection stays open. Longer than a client (or a proxy in
+    # front) may take between two requests on one connection, else a request sent as the
+    # server closes it fails with a connection error (uvicorn's own default is 5 s).
+    http_keep_alive_s: float = Field(default=75.0, gt=0)
 
     # API authentication (coordinator/auth.py): a static bearer token for compose and local
     # stacks, and/or Microsoft Entra ID access tokens of the tenant for the API's audience (its

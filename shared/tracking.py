@@ -219,10 +219,13 @@ class MlflowRegistry:
                 # Some MLflow 3 calls (resolving a ``models:/<id>`` source when registering)
                 # go through the process-wide tracking URI, not the client's: pin both.
                 mlflow.set_tracking_uri(self.tracking_uri)
-                client = mlflow.MlflowClient(self.tracking_uri)
                 with _created_once(self.tracking_uri):
-                    # Creates a local store's tables: one process at a time does that.
+                    # Creates a local store's tables (the client's constructor already opens
+                    # the tracking store): one process at a time does that, else concurrent
+                    # migrations of a fresh database corrupt it.
+                    client = mlflow.MlflowClient(self.tracking_uri)
                     client.search_experiments(max_results=1)
+                    client.search_registered_models(max_results=1)
                 self._connected = (mlflow, client)
             return self._connected
 

@@ -77,11 +77,18 @@ class Deployment:
         ]
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        app = create_app(
-            CoordinatorSettings(state_dir=root), coordinator=self.coordinator, run_loops=False
-        )
+        settings = CoordinatorSettings(state_dir=root)
+        app = create_app(settings, coordinator=self.coordinator, run_loops=False)
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                log_config=None,
+                # As python -m coordinator serves it.
+                timeout_keep_alive=int(settings.http_keep_alive_s),
+            )
         )
         self._server_thread = threading.Thread(target=self.server.run, daemon=True)
 
