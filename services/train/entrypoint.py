@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from shared.compute.port import ARTIFACTS_DIR, ERROR_FILE, PARAMS_BASE64_PREFIX, RESULT_FILE
 from shared.errors import PermanentError
 from shared.recipe import RecipeContext
+from shared.stage_logs import failure_log
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -170,6 +171,8 @@ def _report_failure(output_dir: Path, exc: BaseException, *, retryable: bool) ->
                 "error": str(exc) or type(exc).__name__,
                 "error_type": type(exc).__name__,
                 "retryable": retryable,
+                # The traceback, bounded and redacted: the attempt's log on the dashboard.
+                "log": failure_log(exc),
             },
         )
     except OSError:

@@ -50,6 +50,8 @@ from shared.compute.port import (
 )
 from shared.errors import BlobNotFoundError, PermanentError, RetryableError
 from shared.messages import CancelStage, RunStage, StageFailed, StageSucceeded, encode
+from shared.stage_logs import failure_log_blob
+from shared.stage_logs import tail as log_tail
 from shared.telemetry import in_current_trace, stage_span
 from shared.topology import COMPUTE_EVENTS_TOPIC, EVENTS_TOPIC, TRAIN_SUBSCRIPTION
 from shared.worker import StageResult, failed_event, succeeded_event, write_manifest
@@ -230,8 +232,9 @@ class TrainingJobs:
             elif result is not None:
                 event = failed_event(command, failure_of(status, result))
             else:
-                error = failure_of(status, self._read_json(prefix, ERROR_FILE))
-                event = failed_event(command, error)
+                written = self._read_json(prefix, ERROR_FILE)
+                event = failed_event(command, failure_of(status, written))
+                self._keep_failure_log(command, written, status)
             span.finish(event)
             self._bus.send_messages(EVENTS_TOPIC, [encode(in_current_trace(event))])
         # Another replica may have finished the same job (its event and our poll): no matter.
@@ -240,6 +243,24 @@ class TrainingJobs:
                 self._blobs.delete_blob(name)
         log.info("run %s: training job %s %s", command.correlation_id, record["job_id"], status)
         return True
+
+    def _keep_failure_log(
+        self, command: RunStage, written: Mapping[str, Any] | None, status: JobStatus
+    ) -> None:
+        """The job's traceback (its error.json's ``log``), else what its compute said (a
+        subprocess's stderr tail), as the attempt's log for the dashboard; best effort."""
+        text = written.get("log") if written is not None else None
+        if not isinstance(text, str) or not text:
+            text = status.message
+        if not text:
+            return
+        try:
+            self._blobs.upload_blob(
+                failure_log_blob(command.correlation_id, command.stage, command.attempt),
+                log_tail(text)[0].encode("utf-8"),
+            )
+        except Exception as exc:
+            log.warning("run %s: could not keep the job's log: %s", command.correlation_id, exc)
 
     def _automl_result(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
         remote = self._require_remote()

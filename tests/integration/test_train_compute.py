@@ -52,6 +52,7 @@ from shared.messages import (
     decode,
     encode,
 )
+from shared.stage_logs import failure_log_blob
 from shared.topology import (
     COMPUTE_EVENTS_TOPIC,
     CONTROL_TOPIC,
@@ -290,6 +291,8 @@ def test_polling_finds_a_failed_job_and_reports_its_error(train: Train) -> None:
         "error": "row 3: not a number",
         "error_type": "DataValidationError",
         "retryable": False,
+        "log": 'Traceback (most recent call last):\n  File "x.py", line 3\n'
+        "DataValidationError: row 3 of https://a/b?sig=hush: not a number\n",
     }
     train.blobs.upload_blob(f"{prefix}/error.json", json.dumps(error).encode())
 
@@ -302,6 +305,9 @@ def test_polling_finds_a_failed_job_and_reports_its_error(train: Train) -> None:
     assert failed.error == "DataValidationError: row 3: not a number"
     assert failed.retryable is False
     assert train.jobs.pending() == []
+    # The job's traceback is kept as the attempt's log, redacted.
+    log = train.blobs.download_blob(failure_log_blob(job.correlation_id, "train", 1)).data
+    assert log.decode().startswith("Traceback") and b"sig=REDACTED" in log and b"hush" not in log
 
 
 def test_a_failed_job_without_error_file_is_retryable_and_a_lost_job_too(train: Train) -> None:
