@@ -844,12 +844,16 @@ def _add_routes(app: FastAPI) -> None:
         """A stage attempt's error and, for a failed attempt, the tail of its log (the
         traceback its worker kept): at most MAX_LOG_TAIL_CHARS characters, secrets redacted."""
         run = coordinator.get_run(run_id)
-        state = next(s for s in run.stages if s.stage == stage)
-        record = next((r for r in state.history if r.attempt == attempt), None)
+        state = next((s for s in run.stages if s.stage == stage), None)
+        record = (
+            None
+            if state is None
+            else next((r for r in state.history if r.attempt == attempt), None)
+        )
         outcome: str
         if record is not None:
             outcome, error = record.outcome, record.error
-        elif 0 < attempt == state.attempt:
+        elif state is not None and 0 < attempt == state.attempt:
             outcome, error = state.status, state.error
         else:
             raise HTTPException(
