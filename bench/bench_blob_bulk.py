@@ -109,7 +109,8 @@ def one_process(
         if direction == "download":
             jobs = [(f"{prefix}/{rel}", dest / rel) for rel in rels]
         else:
-            jobs = [(f"{prefix}/up-{uuid.uuid4().hex[:6]}/{rel}", src / rel) for rel in rels]
+            up = f"up-{uuid.uuid4().hex[:8]}"
+            jobs = [(f"{up}/{prefix}/{rel}", src / rel) for rel in rels]
         asyncio.run(http_many(endpoint, sas, container, jobs, direction == "upload"))
     elif direction == "download":
         assert store is not None
@@ -117,7 +118,8 @@ def one_process(
         assert len(got) == len(rels), len(got)
     else:
         assert store is not None
-        upload_directory(store, src, f"{container}/{prefix}/up-{uuid.uuid4().hex[:6]}")
+        # Beside the downloaded prefix, not under it.
+        upload_directory(store, src, f"{container}/up-{uuid.uuid4().hex[:8]}/{prefix}")
     seconds = time.perf_counter() - t0
     if store is not None:
         store.close()
