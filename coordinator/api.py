@@ -804,9 +804,9 @@ def _add_routes(app: FastAPI) -> None:
     def get_report(run_id: UUID, stage: Stage, name: str, coordinator: CoordinatorDep) -> Response:
         """A report a stage wrote beside its output (e.g. aggregation's drift report)."""
         run = coordinator.get_run(run_id)
-        state = next(s for s in run.stages if s.stage == stage)
-        path = _stage_reports(state).get(name)
-        if path is None or state.status != "succeeded" or len(state.outputs) != 1:
+        state = next((s for s in run.stages if s.stage == stage), None)
+        path = None if state is None else _stage_reports(state).get(name)
+        if state is None or path is None or state.status != "succeeded" or len(state.outputs) != 1:
             raise ReportNotFound(f"run {run_id} has no {stage} report {name!r}")
         blob = f"{next(iter(state.outputs.values())).rstrip('/')}/{path}"
         try:

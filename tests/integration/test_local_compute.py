@@ -80,11 +80,10 @@ def compute(tmp_path: Path, state_dir: Path) -> LocalTrainingCompute:
 def test_state_identifier_trains_in_a_subprocess(
     compute: LocalTrainingCompute, state_split: Path, tmp_path: Path, state_dir: Path
 ) -> None:
-    started = time.monotonic()
     handle = compute.begin_training(_job(state_split, tmp_path / "out", "state_identifier", {}))
-    assert time.monotonic() - started < 2  # returns at once
+    # Returns without waiting: the subprocess cannot even have imported MLflow yet.
     assert handle.backend == "local"
-    assert compute.get_job_status(handle).state in ("running", "succeeded")
+    assert compute.get_job_status(handle).state == "running"
 
     status = _wait(compute, handle)
 
