@@ -80,8 +80,9 @@ class Up:
         return code
 
 
-def children_of(pid: int) -> list[int]:
-    """The live processes whose parent is ``pid`` (Linux /proc)."""
+def _live_processes_where(field: int, value: int) -> list[int]:
+    """The live processes whose /proc stat field ``field`` (after the state; 1 = ppid,
+    2 = process group) is ``value`` (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -90,27 +91,21 @@ def children_of(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after its parenthesis.
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its parenthesis.
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[field]) == value and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    return _live_processes_where(1, pid)
 
 
 def group_members(pgid: int) -> list[int]:
-    """The live processes in process group ``pgid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
+    """The live processes in process group ``pgid``."""
+    return _live_processes_where(2, pgid)
 
 
 def alive(pid: int) -> bool:
