@@ -60,10 +60,12 @@ lint: install
 # In parallel (pytest-xdist): at least 4 workers, since most end-to-end tests wait on processes
 # rather than compute; one test module per worker at a time (--dist loadfile), so a module's
 # shared stack and module-scoped fixtures stay in one process. The 15 slowest tests are listed.
+# A crashed worker ends the run at once: pytest-xdist's loadfile scheduler can hang for ever
+# after replacing one (pytest-dev/pytest-xdist#784, #1378).
 TEST_WORKERS ?= $(shell python3 -c "import os; print(max(4, os.cpu_count() or 1))")
 
 test: lint
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 --durations=15
 
 clean:
 	rm -rf .retrainer .tools .pytest_cache .mypy_cache .ruff_cache
