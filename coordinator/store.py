@@ -77,6 +77,12 @@ from shared.topology import CONTROL_TOPIC, command_topic
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
+def _pause_after_lost_race(tries: int) -> None:
+    """A random, growing pause (up to 0.2 s) so that writers that collided do not collide
+    again."""
+    time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+
+
 class ConcurrencyConflict(RetryableError):
     """Other writers kept changing the run while this one tried to apply its decision."""
 
@@ -437,8 +443,7 @@ class RunStore:
             except (_VersionChanged, IntegrityError) as exc:
                 # IntegrityError: another writer inserted the same run or inbox marker first.
                 lost_race = exc
-            # Random, growing pauses so that writers that collided do not collide again.
-            time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+            _pause_after_lost_race(tries)
         raise ConcurrencyConflict(run_id, self._max_tries) from lost_race
 
     def _apply_once(
@@ -511,7 +516,7 @@ class RunStore:
             except (_VersionChanged, IntegrityError) as exc:
                 # Another writer recorded the same event or burst first: decide again.
                 lost_race = exc
-            time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+            _pause_after_lost_race(tries)
         raise TriggerConflict(
             f"pending bursts changed under {self._max_tries} attempts to record blob events"
         ) from lost_race
@@ -613,7 +618,7 @@ class RunStore:
                         return None
                     return self._apply_once(conn, run_id, decide, None)
             except (_VersionChanged, IntegrityError):
-                time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+                _pause_after_lost_race(tries)
         raise ConcurrencyConflict(run_id, self._max_tries)
 
     def burst_claim(self, burst: PendingBurst) -> Claim:
@@ -732,7 +737,7 @@ class RunStore:
                         decisions.append(decision)
                     return decisions
             except _VersionChanged:
-                time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+                _pause_after_lost_race(tries)
         raise ConcurrencyConflict(group.id, self._max_tries)
 
     def update_group(
@@ -755,7 +760,7 @@ class RunStore:
                     return self._update_group_once(conn, group_id, change, decide, now)
             except (_VersionChanged, IntegrityError) as exc:
                 lost_race = exc
-            time.sleep(random.uniform(0, min(0.002 * 2**tries, 0.2)))
+            _pause_after_lost_race(tries)
         raise ConcurrencyConflict(group_id, self._max_tries) from lost_race
 
     def _update_group_once(
