@@ -251,14 +251,19 @@ def _create_only(root: Path, tag: str, rounds: int, barrier: Any, wins_file: Pat
     wins_file.write_text(json.dumps(wins))
 
 
-def test_concurrent_create_only_writes_have_exactly_one_winner(
-    store: LocalBlobStore, tmp_path: Path
-) -> None:
-    rounds, tags = 30, ["p0", "p1"]
+def _race(
+    rounds_of: Callable[[Path, str, int, Any, Path], None],
+    store: LocalBlobStore,
+    tmp_path: Path,
+    rounds: int,
+    tags: list[str],
+) -> dict[str, set[int]]:
+    """Runs ``rounds_of`` in one process per tag, in step (a barrier per round); the rounds
+    each tag won."""
     barrier = MP.Barrier(len(tags))
     processes = [
         MP.Process(
-            target=_create_only, args=(store.root, tag, rounds, barrier, tmp_path / f"{tag}.json")
+            target=rounds_of, args=(store.root, tag, rounds, barrier, tmp_path / f"{tag}.json")
         )
         for tag in tags
     ]
@@ -266,9 +271,15 @@ def test_concurrent_create_only_writes_have_exactly_one_winner(
         p.start()
     for p in processes:
         p.join(PROCESS_TIMEOUT_S)
-    assert [p.exitcode for p in processes] == [0, 0]
+    assert [p.exitcode for p in processes] == [0] * len(tags)
+    return {tag: set(json.loads((tmp_path / f"{tag}.json").read_text())) for tag in tags}
 
-    wins = {tag: set(json.loads((tmp_path / f"{tag}.json").read_text())) for tag in tags}
+
+def test_concurrent_create_only_writes_have_exactly_one_winner(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    rounds, tags = 30, ["p0", "p1"]
+    wins = _race(_create_only, store, tmp_path, rounds, tags)
     for i in range(rounds):
         winners = [tag for tag in tags if i in wins[tag]]
         assert len(winners) == 1, f"round {i}: winners {winners}"
@@ -326,20 +337,7 @@ def test_concurrent_lease_requests_have_exactly_one_winner(
     rounds, tags = 30, ["p0", "p1"]
     for i in range(rounds):
         store.upload_blob(f"box/lock-{i}", b"")
-    barrier = MP.Barrier(len(tags))
-    processes = [
-        MP.Process(
-            target=_lease_rounds, args=(store.root, tag, rounds, barrier, tmp_path / f"{tag}.json")
-        )
-        for tag in tags
-    ]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(PROCESS_TIMEOUT_S)
-    assert [p.exitcode for p in processes] == [0, 0]
-
-    wins = {tag: set(json.loads((tmp_path / f"{tag}.json").read_text())) for tag in tags}
+    wins = _race(_lease_rounds, store, tmp_path, rounds, tags)
     for i in range(rounds):
         assert len([tag for tag in tags if i in wins[tag]]) == 1, f"round {i}"
 
