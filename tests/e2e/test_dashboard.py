@@ -215,9 +215,9 @@ def _serve(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     return server, thread
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    root = tmp_path_factory.mktemp("dashboard")
+def dashboard_coordinator(root: Path) -> tuple[Coordinator, SqliteMessageBus, Workers, Clock]:
+    """A coordinator over a fresh store with each of DATA's folders uploaded, the scripted
+    workers that report to it over their own bus connection, and the clock both go by."""
     blobs = LocalBlobStore(root / "blobs")
     for prefix in DATA.values():
         blobs.upload_blob(f"{prefix}/part-1.csv", b"timestamp,a\n1,2\n")
@@ -233,7 +233,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         clock=clock,
     )
     worker_bus = SqliteMessageBus(root / "bus.sqlite", topology=build_topology())
-    workers = Workers(coordinator, worker_bus, clock)
+    return coordinator, worker_bus, Workers(coordinator, worker_bus, clock), clock
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    coordinator, worker_bus, workers, _ = dashboard_coordinator(
+        tmp_path_factory.mktemp("dashboard")
+    )
     runs = _history(workers)
     port = free_port()
     # v2 (the "retried" run's) is the champion now; v1 (the "first" run's) was before it.

@@ -25,19 +25,20 @@ from pydantic import SecretStr
 
 from cli.stack import free_port
 from coordinator.api import create_app
-from coordinator.domain import Policy
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
-from coordinator.store import RunStore
-from shared.blobs.local import LocalBlobStore
-from shared.bus.sqlite import SqliteMessageBus
 from shared.errors import RetryableError
 from shared.messages import utcnow
-from shared.recipe_registry import get_recipe
 from shared.stage_logs import MAX_LOG_TAIL_CHARS, failure_log_blob
-from shared.topology import build_topology
 from tests.clock import Clock
-from tests.e2e.test_dashboard import DATA, StubChampions, Workers, _serve, browser, text
+from tests.e2e.test_dashboard import (
+    StubChampions,
+    Workers,
+    _serve,
+    browser,
+    dashboard_coordinator,
+    text,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,22 +63,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("dashboard-actions")
-    blobs = LocalBlobStore(root / "blobs")
-    for prefix in DATA.values():
-        blobs.upload_blob(f"{prefix}/part-1.csv", b"timestamp,a\n1,2\n")
-    store = RunStore.from_url(f"sqlite:///{root / 'coordinator.sqlite'}")
-    store.create_tables()
-    clock = Clock()
-    coordinator = Coordinator(
-        bus=SqliteMessageBus(root / "bus.sqlite", topology=build_topology()),
-        blobs=blobs,
-        store=store,
-        recipes=get_recipe,
-        policy=Policy(),
-        clock=clock,
-    )
-    worker_bus = SqliteMessageBus(root / "bus.sqlite", topology=build_topology())
-    w = Workers(coordinator, worker_bus, clock)
+    coordinator, worker_bus, w, clock = dashboard_coordinator(root)
     s = timedelta(seconds=1)
     now = utcnow()
     runs: dict[str, UUID] = {}
@@ -112,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     w.failed(run, "aggregation", start, 2.0, "could not read part-1.csv: HTTP 403")
     traceback = "".join(f'  File "recipes/x.py", line {i}, in step_{i}\n' for i in range(2000))
     traceback += f"PermissionError: GET https://acct.blob.core.windows.net/d/p?sv=1&sig={SECRET}\n"
-    blobs.upload_blob(failure_log_blob(run, "aggregation", 1), traceback.encode())
+    coordinator.blobs.upload_blob(failure_log_blob(run, "aggregation", 1), traceback.encode())
 
     start = now - 5 * 60 * s
     run = runs["refused"] = w.start("state_identifier", start)
