@@ -1,79 +1,104 @@
 """The registered model's ``mlflow.pyfunc`` face: real data in, the reason first on bad data.
 
 MLflow enforces a model's input signature before the model sees a batch, and it refuses an
-``int64`` column where the signature says ``double`` (unless every value is 0 or 1) and an
-integer image where a tensor says ``float32``: raw sensor readings and pixels are often
-integers. Its error then starts with the whole batch printed (``Failed to enforce schema of data
-'<DataFrame>' ...``) and names the reason at the end.
+``int64`` column where the signature says ``double`` (it widens ``int8`` to ``int32`` only, and
+``int64`` when every value is 0 or 1) and any integer tensor where a float tensor is declared:
+raw sensor readings and pixels are often ``int64``/``uint8``. Its error then starts with the
+whole batch printed (``Failed to enforce schema of data '<DataFrame>' ...``) and names the
+reason at the end.
 
-``ConformingModel`` is a ``mlflow.pyfunc.PythonModel`` around the flavour's own saved model (an
-artifact, loaded with ``mlflow.pyfunc`` from its own directory, so it keeps its serialisation
-and ``predict`` function). It carries the same signature as the flavour would (the MLmodel
-file, ``get_model_info(...).signature`` and the MLflow UI show it unchanged), marked so that
-MLflow leaves enforcing it to the model (``is_signature_from_type_hint``); the model then:
+The model is saved by its own flavour (``mlflow.sklearn.load_model``, ``mlflow.lightgbm...``
+load it as ever; same files, signature and input example); only its ``python_function`` entry
+in ``MLmodel`` names this module as its loader (MLflow's custom-loader contract,
+``mlflow.pyfunc.add_to_model``), this file shipped in the model's ``code/`` directory as
+``retrainer_model_input``. ``_load_pyfunc`` loads the flavour's own pyfunc implementation and
+wraps it in ``ConformingModel``, which:
 
 - casts integer and boolean columns (and tensors) to the declared floating type, which loses
   nothing a sensor reading holds (``int64`` above 2**53 is not a reading);
-- enforces the rest of the signature with MLflow's own rules (missing columns, strings where
-  numbers are declared, a tensor's shape), and raises ``MlflowException`` whose message is the
-  reason (``Incompatible input types for column rpm. ...``), never the batch.
+- checks the rest with MLflow's own rules (``mlflow.models.validate_schema``: missing columns,
+  strings where numbers are declared, a tensor's shape) and raises ``MlflowException`` whose
+  message is the reason (``Incompatible input types for column rpm. ...``), never the batch.
 
-A model served by ``mlflow models serve`` then takes ``{"inputs": [{"column": value, ...}]}``
-(records) or ``{"inputs": {"column": [values]}}``.
+MLflow skips its own enforcement only for a signature it marks as the model's to enforce
+(``is_signature_from_type_hint`` in ``MLmodel``), which no public call sets for a signature
+that names columns; ``mark_model_enforced`` sets it. The cost: ``mlflow models serve`` then
+takes ``{"inputs": [{"column": value, ...}]}`` (records) or ``{"inputs": {"column": [values]}}``
+only, which the model's ``serving_input_example.json`` shows.
 
 This module imports MLflow at import time: only the tracking adapter (when it logs a model) and
-MLflow (when it loads one, from the model's ``code`` directory) import it.
+MLflow (when it loads one) import it. It imports nothing else of this project.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
-from mlflow.pyfunc import PythonModel
+from mlflow.models import Model, validate_schema
 from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 
-NATIVE_ARTIFACT = "native_model"
-SCHEMA_CONFIG = "retrainer_input_schema"
+LOADER_MODULE = "retrainer_model_input"
+# The flavour's own python_function entry, kept in ours under these keys.
+NATIVE_LOADER = "native_loader_module"
+NATIVE_DATA = "native_data"
+NATIVE_PREDICT_FN = "native_predict_fn"
 _FLOAT_TYPES = (DataType.double, DataType.float)
 
 
-class ConformingModel(PythonModel):
-    """Loads the flavour's model from the ``native_model`` artifact; conforms each batch."""
+class ConformingModel:
+    """The flavour's pyfunc implementation, fed batches that fit the signature."""
 
-    def load_context(self, context: Any) -> None:
-        # The native model's own MLmodel names its loader and predict function; it has no
-        # signature of its own, so MLflow checks nothing twice.
-        self._native = mlflow.pyfunc.load_model(
-            context.artifacts[NATIVE_ARTIFACT], suppress_warnings=True
-        )
-        schema = (context.model_config or {}).get(SCHEMA_CONFIG)
-        self._schema = Schema.from_json(schema) if schema else None
+    def __init__(self, native: Any, schema: Schema | None, predict_fn: str) -> None:
+        self._native = native
+        self._schema = schema
+        self._predict = getattr(native, predict_fn)
 
-    # ``pd.DataFrame``: a hint MLflow infers nothing from and converts nothing by (an array,
-    # records or a column mapping arrive as they are and ``conform`` handles them).
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, object] | None = None
-    ) -> Any:
-        data = conform(model_input, self._schema) if self._schema is not None else model_input
-        return self._native.predict(data, params=params) if params else self._native.predict(data)
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        if self._schema is not None:
+            data = conform(data, self._schema)
+        return self._predict(data, params=params) if params else self._predict(data)
+
+    def get_raw_model(self) -> Any:
+        # ``PyFuncModel.get_raw_model`` reaches the flavour's model through its implementation.
+        return self._native.get_raw_model()
+
+
+def _load_pyfunc(path: str, model_config: Any = None) -> ConformingModel:
+    """MLflow's loader-module entry point: ``path`` is the model's directory (our entry has no
+    ``data`` key)."""
+    meta = Model.load(os.path.join(path, "MLmodel"))
+    conf = meta.flavors["python_function"]
+    native: ModuleType = importlib.import_module(conf[NATIVE_LOADER])
+    data = conf.get(NATIVE_DATA)
+    data_path = os.path.join(path, data) if data else path
+    impl = (
+        native._load_pyfunc(data_path, model_config)
+        if model_config
+        else native._load_pyfunc(data_path)
+    )
+    return ConformingModel(impl, meta.get_input_schema(), conf.get(NATIVE_PREDICT_FN, "predict"))
 
 
 def conform(data: Any, schema: Schema) -> Any:
     """``data`` as the model's signature declares it; integer inputs widened to declared
     floats; ``MlflowException`` naming the reason (and only that) when it cannot be."""
-    from mlflow.models.utils import _enforce_schema
-
     try:
         if schema.is_tensor_spec():
             data = _widen_tensors(data, schema)
         else:
             data = _widen_columns(_as_frame(data), schema)
-        return _enforce_schema(data, schema)
+        validate_schema(data, schema)
+        return _select_columns(data, schema)
     except MlflowException as error:
         raise MlflowException.invalid_parameter_value(_reason(error.message, schema)) from None
     except (TypeError, ValueError, KeyError) as error:
@@ -115,29 +140,45 @@ def _as_frame(data: Any) -> Any:
     return data
 
 
+def _column_specs(schema: Schema) -> list[ColSpec]:
+    return [s for s in schema.inputs if isinstance(s, ColSpec) and s.name is not None]
+
+
 def _widen_columns(data: Any, schema: Schema) -> Any:
     if not isinstance(data, pd.DataFrame):
         return data
     widened: dict[str, Any] = {}
-    for spec in schema.inputs:
-        if not isinstance(spec, ColSpec) or spec.name is None or spec.name not in data.columns:
+    for spec in _column_specs(schema):
+        name = spec.name
+        if name is None or name not in data.columns or not isinstance(spec.type, DataType):
             continue
-        column, kind = data[spec.name], spec.type
-        if (
-            isinstance(kind, DataType)
-            and kind in _FLOAT_TYPES
-            and (
-                pd.api.types.is_integer_dtype(column.dtype)
-                or pd.api.types.is_bool_dtype(column.dtype)
-            )
+        column, declared = data[name], spec.type.to_numpy()
+        dtype = column.dtype
+        if not isinstance(dtype, np.dtype) or dtype == declared:
+            continue
+        # Integers and booleans to a declared float, and the upcasts MLflow itself makes
+        # (int32 to long, float32 to double), which the flavour's model would otherwise get
+        # unconverted.
+        if (spec.type in _FLOAT_TYPES and dtype.kind in "iub") or (
+            dtype.kind == declared.kind and dtype.itemsize < declared.itemsize
         ):
-            widened[spec.name] = column.astype(kind.to_numpy())
+            widened[name] = column.astype(declared)
     if not widened:
         return data
     data = data.copy(deep=False)
     for name, column in widened.items():
         data[name] = column
     return data
+
+
+def _select_columns(data: Any, schema: Schema) -> Any:
+    # The declared columns in the declared order, extra ones dropped: MLflow's enforcement does
+    # the same, and a model fitted on named features refuses anything else.
+    names = [spec.name for spec in _column_specs(schema)]
+    if not isinstance(data, pd.DataFrame) or not names or list(data.columns) == names:
+        return data
+    present = [name for name in names if name in data.columns]
+    return data[present]
 
 
 def _widen_tensors(data: Any, schema: Schema) -> Any:
@@ -154,23 +195,68 @@ def _widen_tensors(data: Any, schema: Schema) -> Any:
     return data
 
 
-def conforming_signature(signature: ModelSignature) -> ModelSignature:
-    """The flavour's signature, unchanged, marked for the model to enforce (see module doc)."""
-    marked = ModelSignature(
-        inputs=signature.inputs, outputs=signature.outputs, params=signature.params
+def make_conforming(path: Path, model: Model) -> None:
+    """Turns the flavour's saved model at ``path`` (whose ``MLmodel`` is ``model``) into one
+    whose pyfunc face conforms its input; the flavour's own entry and files are untouched."""
+    native = dict(model.flavors["python_function"])
+    code = native.get("code") or "code"
+    (path / code).mkdir(exist_ok=True)
+    shutil.copyfile(__file__, path / code / f"{LOADER_MODULE}.py")
+    extra = {
+        key: value
+        for key, value in native.items()
+        if key not in ("loader_module", "data", "code", "env", "python_version", "predict_fn")
+    }
+    extra[NATIVE_LOADER] = native["loader_module"]
+    extra[NATIVE_PREDICT_FN] = native.get("predict_fn", "predict")
+    if native.get("data"):
+        extra[NATIVE_DATA] = native["data"]
+    del model.flavors["python_function"]
+    env = native.get("env") or {}
+    mlflow.pyfunc.add_to_model(
+        model,
+        loader_module=LOADER_MODULE,
+        code=code,
+        conda_env=env.get("conda") if isinstance(env, dict) else None,
+        python_env=env.get("virtualenv") if isinstance(env, dict) else None,
+        **extra,
     )
-    marked._is_signature_from_type_hint = True
-    return marked
+    mark_model_enforced(model)
+    _write_serving_example(path, model)
+    model.save(str(path / "MLmodel"))
 
 
-def schema_config(signature: ModelSignature) -> dict[str, str]:
-    return {SCHEMA_CONFIG: signature.inputs.to_json()} if signature.inputs is not None else {}
+def mark_model_enforced(model: Model) -> None:
+    """Marks the signature as one the model enforces itself (see the module doc): MLflow's
+    ``Model.from_dict`` reads ``is_signature_from_type_hint`` from ``MLmodel``; no public call
+    writes it for a signature inferred from an example."""
+    if model.signature is not None:
+        model.signature._is_signature_from_type_hint = True
+
+
+def _write_serving_example(path: Path, model: Model) -> None:
+    # The flavour wrote a ``dataframe_split`` request; a model that enforces its own signature
+    # is served ``{"inputs": ...}``.
+    info = model.saved_input_example_info or {}
+    serving = info.get("serving_input_path")
+    if not serving:
+        return
+    example = model.load_input_example(str(path))
+    if isinstance(example, pd.DataFrame):
+        inputs: Any = json.loads(example.to_json(orient="records"))
+    elif isinstance(example, np.ndarray):
+        inputs = example.tolist()
+    else:
+        (path / serving).unlink(missing_ok=True)
+        del info["serving_input_path"]
+        return
+    (path / serving).write_text(json.dumps({"inputs": inputs}, indent=2))
 
 
 __all__ = [
-    "NATIVE_ARTIFACT",
+    "LOADER_MODULE",
     "ConformingModel",
     "conform",
-    "conforming_signature",
-    "schema_config",
+    "make_conforming",
+    "mark_model_enforced",
 ]

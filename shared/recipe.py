@@ -194,9 +194,10 @@ class TrainResult:
     # ``skops_trusted_types`` for custom transformers, ``code_paths`` for portable loading,
     # ``signature``).
     log_model_options: dict[str, Any] = field(default_factory=dict)
-    # The registered model takes integer columns/tensors where its signature declares floats
-    # and names the reason first when a batch does not fit (``shared.model_input``); a model
-    # whose input is text alone (or that must keep its own flavour) may say False.
+    # The registered model's pyfunc face takes integer columns/tensors where its signature
+    # declares floats and names the reason first when a batch does not fit
+    # (``shared.model_input``); the flavour's own loader is unaffected. False: MLflow's own
+    # pyfunc face (``mlflow models serve`` then takes every input format, not only ``inputs``).
     conform_input: bool = True
     # Trials, zoo members: logged as child runs, in this order.
     children: list[ChildRun] = field(default_factory=list)

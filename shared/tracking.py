@@ -15,7 +15,6 @@ import importlib
 import itertools
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,75 +56,68 @@ class ModelVersionNotFoundError(PermanentError):
 def _log_model(mlflow: ModuleType, result: TrainResult, pip_requirements: list[str]) -> str:
     """Logs the model under the active run as ``model``; returns its URI.
 
-    A flavour's model with an input signature is saved by its flavour into a temporary
-    directory, then logged as a ``shared.model_input.ConformingModel`` holding that directory
-    and the same signature: ``mlflow.pyfunc`` then takes integer readings where floats are
-    declared and names the reason first when a batch does not fit."""
+    A flavour's model is saved by its flavour; when it has an input signature its pyfunc face
+    is ``shared.model_input``'s (``TrainResult.conform_input``): ``mlflow.pyfunc`` then takes
+    integer readings where floats are declared and names the reason first when a batch does
+    not fit, while ``mlflow.<flavour>.load_model`` loads it as ever."""
     flavor = importlib.import_module(f"mlflow.{result.flavor}")
-    # pyfunc takes a PythonModel by keyword; every other flavour takes the model first.
-    model_args: tuple[Any, ...] = () if result.flavor == "pyfunc" else (result.model,)
-    model_kwargs = {"python_model": result.model} if result.flavor == "pyfunc" else {}
-    # Explicit requirements: inferring them costs seconds per model (measured ~4 s).
-    if result.flavor != "pyfunc" and result.conform_input:
-        with tempfile.TemporaryDirectory(prefix="retrainer-model-") as tmp:
-            conformed = _log_conforming(mlflow, flavor, result, pip_requirements, Path(tmp))
-        if conformed is not None:
-            return conformed
-    info = flavor.log_model(
-        *model_args,
-        name="model",
-        pip_requirements=pip_requirements,
-        input_example=result.input_example,
-        **model_kwargs,
-        **result.log_model_options,
-    )
-    return str(info.model_uri)
-
-
-def _log_conforming(
-    mlflow: ModuleType,
-    flavor: ModuleType,
-    result: TrainResult,
-    pip_requirements: list[str],
-    tmp: Path,
-) -> str | None:
-    """The flavour's model wrapped in ``ConformingModel``; None when it declares no input."""
-    from mlflow.models import Model
-
-    native = tmp / "native"
-    flavor.save_model(
-        result.model,
-        path=str(native),
-        pip_requirements=pip_requirements,
-        input_example=result.input_example,
-        **result.log_model_options,
-    )
-    meta = Model.load(str(native / "MLmodel"))
-    signature = meta.signature
-    if signature is None or signature.inputs is None:
-        return None
-    from shared import model_input
-
-    # The native copy enforces nothing itself: the wrapper does, once, reason first.
-    meta.signature = None
-    # pyfunc would copy the uv.lock and pyproject.toml of whatever directory the worker runs
+    # MLflow would copy the uv.lock and pyproject.toml of whatever directory the worker runs
     # in (600 KB, the whole project's): the model's requirements are the explicit ones.
     os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
-    meta.save(str(native / "MLmodel"))
-    info = mlflow.pyfunc.log_model(
+    # Explicit requirements: inferring them costs seconds per model (measured ~4 s).
+    if result.flavor == "pyfunc":
+        info = flavor.log_model(
+            name="model",
+            python_model=result.model,
+            pip_requirements=pip_requirements,
+            input_example=result.input_example,
+            **result.log_model_options,
+        )
+        return str(info.model_uri)
+    if not result.conform_input:
+        info = flavor.log_model(
+            result.model,
+            name="model",
+            pip_requirements=pip_requirements,
+            input_example=result.input_example,
+            **result.log_model_options,
+        )
+        return str(info.model_uri)
+    from mlflow.models import Model
+
+    info = Model.log(
+        artifact_path=None,  # deprecated for ``name`` but still positional in Model.log
         name="model",
-        python_model=model_input.ConformingModel(),
-        artifacts={model_input.NATIVE_ARTIFACT: str(native)},
-        signature=model_input.conforming_signature(signature),
-        model_config=model_input.schema_config(signature),
-        # The example stays with the native copy (artifacts/native_model/): MLflow would
-        # write it here as a ``dataframe_split`` request, which a model that enforces its own
-        # signature is not served with (it takes ``{"inputs": ...}``).
+        flavor=_ConformingFlavor(flavor),
+        flavor_name=flavor.__name__,
+        model=result.model,
         pip_requirements=pip_requirements,
-        code_paths=[str(Path(model_input.__file__).parent)],
-        metadata=meta.metadata,
+        input_example=result.input_example,
+        **result.log_model_options,
     )
     return str(info.model_uri)
+
+
+class _ConformingFlavor:
+    """A flavour module for ``mlflow.models.Model.log``: saves with the flavour, then gives the
+    saved model ``shared.model_input``'s pyfunc face (nothing without an input signature)."""
+
+    def __init__(self, flavor: ModuleType) -> None:
+        self._flavor = flavor
+
+    def save_model(self, model: Any, path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        self._flavor.save_model(model, path=path, mlflow_model=mlflow_model, **kwargs)
+        example = kwargs.get("input_example")
+        if mlflow_model.signature is None and example is not None:
+            # Some flavours (onnx) save the example but infer no signature from it.
+            from mlflow.models import infer_signature
+
+            mlflow_model.signature = infer_signature(example)
+        if mlflow_model.signature is None or mlflow_model.signature.inputs is None:
+            return
+        from shared import model_input
+
+        model_input.make_conforming(Path(path), mlflow_model)
 
 
 @dataclass(frozen=True)

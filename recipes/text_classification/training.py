@@ -221,8 +221,6 @@ def train(
             "onnx_execution_providers": ["CPUExecutionProvider"],
             "metadata": metadata,
         },
-        # Text in, no numeric column to widen; the onnx flavour stays for onnxruntime users.
-        conform_input=False,
         children=[_child(f, "zoo") for f in zoo] + [_child(t, "trial") for t in trials],
     )
 

@@ -64,6 +64,13 @@ def test_registered_onnx_model_takes_raw_text_in_pyfunc_and_onnxruntime(tmp_path
     predicted = model.predict(pd.DataFrame({"text": test["text"]}))
     assert list(predicted.columns) == ["label", "score"]
     assert np.mean(predicted["label"].to_numpy() == expected) >= 0.995
+    # A batch that does not fit: the reason first, never the batch.
+    with pytest.raises(mlflow.exceptions.MlflowException) as caught:
+        model.predict(pd.DataFrame({"body": test["text"]}))
+    assert caught.value.message.startswith("Model is missing inputs ['text']"), caught.value.message
+    assert test["text"].iloc[0] not in caught.value.message
+    # The onnx flavour loads as ever.
+    assert isinstance(mlflow.onnx.load_model(record.model_uri), onnx.ModelProto)
 
     local = Path(mlflow.artifacts.download_artifacts(record.model_uri, dst_path=str(tmp_path)))
     onnx_file = next(local.rglob("*.onnx"))
