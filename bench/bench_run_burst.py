@@ -68,6 +68,8 @@ def burst(runs: int, replicas: int, root: Path) -> dict[str, Any]:
             while client.get(f"/runs/{warm}").json()["status"] not in ("succeeded", "failed"):
                 time.sleep(0.1)
             c0 = cpu_s(coordinator)
+            pids = {name: stack.pid(name) for name in services}
+            before = {name: cpu_s(pid) for name, pid in pids.items()}
             t0 = time.perf_counter()
 
             def post(seed: int) -> str:
@@ -93,6 +95,17 @@ def burst(runs: int, replicas: int, root: Path) -> dict[str, Any]:
                 time.sleep(0.25)
             wall = time.perf_counter() - t0
             coordinator_cpu = cpu_s(coordinator) - c0
+            # Each stage's worker processes together, to find the stage that bounds the rate.
+            stage_ms = {
+                stage: sum(
+                    cpu_s(pid) - before[name]
+                    for name, pid in pids.items()
+                    if name.rsplit("-", 1)[0] == stage
+                )
+                / runs
+                * 1e3
+                for stage in STAGES
+            }
             finals = [client.get(f"/runs/{run_id}").json() for run_id in ids]
     retries = sum(max(s["attempt"] - 1, 0) for f in finals for s in f["stages"])
     failed = sum(f["status"] != "succeeded" for f in finals)
@@ -103,6 +116,7 @@ def burst(runs: int, replicas: int, root: Path) -> dict[str, Any]:
         "wall_s": wall,
         "runs_per_s": runs / wall,
         "coordinator_ms_per_run": coordinator_cpu / runs * 1e3,
+        "stage_ms_per_run": stage_ms,
         "failed": failed,
         "retries": retries,
     }
@@ -124,13 +138,16 @@ def main() -> None:
         f"\n{args.runs} runs of tests.trivial_recipe; load average {load[0]:.1f} {load[1]:.1f}"
         f" {load[2]:.1f} on {os.cpu_count()} cores\n"
     )
+    stages = "".join(f"{stage:>13}" for stage in STAGES)
     print(
         f"{'replicas/stage':<16}{'runs/s':>8}{'coordinator ms/run':>20}{'failed':>8}{'retries':>9}"
+        f"   CPU ms/run of each stage's workers:{stages}"
     )
     for row in rows:
+        stage_ms = "".join(f"{row['stage_ms_per_run'][stage]:>13.1f}" for stage in STAGES)
         print(
             f"{row['replicas']:<16}{row['runs_per_s']:>8.2f}{row['coordinator_ms_per_run']:>20.1f}"
-            f"{row['failed']:>8}{row['retries']:>9}"
+            f"{row['failed']:>8}{row['retries']:>9}{'':>38}{stage_ms}"
         )
     best = max(row["runs_per_s"] for row in rows)
     print(

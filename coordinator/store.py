@@ -40,6 +40,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -50,7 +51,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.schema import CreateSchema
 
@@ -276,6 +277,36 @@ schedules = Table(
 )
 
 
+# The per-run hot path's statements, built once: SQLAlchemy then reuses their cache keys and
+# compiled forms instead of rebuilding both for every event (most of a decision's CPU).
+_INBOX_HAS = select(processed_messages.c.message_id).where(
+    processed_messages.c.message_id == bindparam("inbox_id")
+)
+_INBOX_ADD = insert(processed_messages)
+_RUN_STATE = select(runs.c.state).where(runs.c.id == bindparam("run_id"))
+_RUN_STATE_AND_VERSION = select(runs.c.state, runs.c.version).where(
+    runs.c.id == bindparam("run_id")
+)
+_RUN_ADD = insert(runs)
+# The new values come as parameters named after their columns.
+_RUN_REPLACE = update(runs).where(
+    runs.c.id == bindparam("run_id"), runs.c.version == bindparam("read_version")
+)
+_MEMBER_STATUS = (
+    update(run_group_members)
+    .where(run_group_members.c.run_id == bindparam("member_run_id"))
+    .values(status=bindparam("new_status"), waiting_since=bindparam("new_waiting_since"))
+)
+_OUTBOX_ADD = insert(outbox)
+_OUTBOX_PENDING = (
+    select(outbox)
+    .where(outbox.c.published_at.is_(None))
+    .order_by(outbox.c.id)
+    .limit(bindparam("limit"))
+)
+_OUTBOX_PUBLISHED = update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True)))
+
+
 @dataclass(frozen=True)
 class TriggerHit:
     """One blob event that counts towards the run (recipe, data, params)."""
@@ -355,7 +386,8 @@ class RunStore:
     ) -> RunStore:
         """``password``: called for each new connection (an Entra ID access token, which
         expires, for PostgreSQL with Microsoft Entra authentication)."""
-        engine = create_engine(url, pool_pre_ping=True)
+        # A SQLite file has no server connection that can go stale: no ping per checkout.
+        engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _configure_sqlite)
         if password is not None:
@@ -453,15 +485,9 @@ class RunStore:
         decide: Callable[[Run | None], Decision],
         inbox_message_id: str | None,
     ) -> Decision | None:
-        if inbox_message_id is not None and conn.scalar(
-            select(processed_messages.c.message_id).where(
-                processed_messages.c.message_id == inbox_message_id
-            )
-        ):
+        if inbox_message_id is not None and conn.scalar(_INBOX_HAS, {"inbox_id": inbox_message_id}):
             return None
-        row = conn.execute(
-            select(runs.c.state, runs.c.version).where(runs.c.id == run_id)
-        ).one_or_none()
+        row = conn.execute(_RUN_STATE_AND_VERSION, {"run_id": run_id}).one_or_none()
         current = Run.model_validate(row.state) if row else None
         decision = decide(current)
         new = decision.run
@@ -473,15 +499,24 @@ class RunStore:
         }
         if row is None:
             conn.execute(
-                insert(runs).values(
-                    id=new.id, recipe=new.recipe, created_at=new.created_at, version=1, **values
-                )
+                _RUN_ADD,
+                {
+                    "id": new.id,
+                    "recipe": new.recipe,
+                    "created_at": new.created_at,
+                    "version": 1,
+                    **values,
+                },
             )
         elif new != current:
             updated = conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.version == row.version)
-                .values(version=row.version + 1, **values)
+                _RUN_REPLACE,
+                {
+                    "run_id": run_id,
+                    "read_version": row.version,
+                    "version": row.version + 1,
+                    **values,
+                },
             )
             if updated.rowcount != 1:
                 raise _VersionChanged
@@ -490,17 +525,18 @@ class RunStore:
             or (new.status, new.waiting_since) != (current.status, current.waiting_since)
         ):
             conn.execute(
-                update(run_group_members)
-                .where(run_group_members.c.run_id == new.id)
-                .values(status=new.status, waiting_since=new.waiting_since)
+                _MEMBER_STATUS,
+                {
+                    "member_run_id": new.id,
+                    "new_status": new.status,
+                    "new_waiting_since": new.waiting_since,
+                },
             )
         now = utcnow()
         if decision.commands:
-            conn.execute(insert(outbox), [_outbox_row(cmd, now) for cmd in _encoded(decision)])
+            conn.execute(_OUTBOX_ADD, [_outbox_row(cmd, now) for cmd in _encoded(decision)])
         if inbox_message_id is not None:
-            conn.execute(
-                insert(processed_messages).values(message_id=inbox_message_id, processed_at=now)
-            )
+            conn.execute(_INBOX_ADD, {"message_id": inbox_message_id, "processed_at": now})
         return decision
 
     # --- blob triggers ---------------------------------------------------------------------
@@ -914,7 +950,7 @@ class RunStore:
 
     def get_run(self, run_id: UUID) -> Run:
         with self._connection() as conn:
-            state = conn.scalar(select(runs.c.state).where(runs.c.id == run_id))
+            state = conn.scalar(_RUN_STATE, {"run_id": run_id})
         if state is None:
             raise RunNotFound(run_id)
         return Run.model_validate(state)
@@ -1097,11 +1133,8 @@ class RunStore:
 
     def pending_outbox(self, limit: int = 100) -> list[OutboxMessage]:
         """Unpublished commands, oldest first."""
-        query = (
-            select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(limit)
-        )
         with self._connection() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(_OUTBOX_PENDING, {"limit": limit}).all()
         return [
             OutboxMessage(
                 id=row.id,
@@ -1123,7 +1156,7 @@ class RunStore:
         if not ids:
             return
         with self._connection() as conn, conn.begin():
-            conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(published_at=utcnow()))
+            conn.execute(_OUTBOX_PUBLISHED, {"ids": ids, "published_at": utcnow()})
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:
