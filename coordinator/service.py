@@ -277,7 +277,7 @@ class Coordinator:
         self._store_retention = store_retention or StoreRetention()
         self._store_pruned_at: float | None = None
         self._clock = clock
-        self._relay_batch_size = relay_batch_size
+        self.relay_batch_size = relay_batch_size
         self._min_free_disk_bytes = min_free_disk_bytes
         # Set whenever a decision wrote commands, so the relay publishes them at once.
         self.outbox_written = threading.Event()
@@ -1015,7 +1015,7 @@ class Coordinator:
 
     def relay_outbox(self) -> int:
         """Publish pending outbox rows, then mark them published; returns how many."""
-        pending = self.store.pending_outbox(self._relay_batch_size)
+        pending = self.store.pending_outbox(self.relay_batch_size)
         by_topic: dict[str, list[OutboxMessage]] = {}
         for row in pending:
             by_topic.setdefault(row.topic, []).append(row)
@@ -1168,7 +1168,10 @@ class BackgroundLoops:
                 self._guarded("relay", self._relay_all)
 
     def _relay_all(self) -> None:
-        while self._coordinator.relay_outbox() and not self._stop.is_set():
+        # A batch short of full was all there was: a decision committed since it was read set
+        # ``outbox_written`` again (after its commit), so looking again now would find nothing.
+        full = self._coordinator.relay_batch_size
+        while self._coordinator.relay_outbox() >= full and not self._stop.is_set():
             pass
 
     def _watchdog(self) -> None:
