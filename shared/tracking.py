@@ -257,12 +257,25 @@ class MlflowRegistry:
                 else {"experiment_id": experiment_id, "run_name": correlation_id}
             )
             with mlflow.start_run(**run_kwargs) as run:
-                mlflow.set_tags({"correlation_id": correlation_id, **tags})
-                mlflow.log_params({k: _param_value(v) for k, v in result.params.items()})
-                mlflow.log_metrics(result.metrics)
+                # One batch (one store transaction) for what set_tags, log_params and
+                # log_metrics would write in three.
+                _log_batch(
+                    self._client,
+                    run.info.run_id,
+                    metrics=result.metrics,
+                    params=result.params,
+                    tags={"correlation_id": correlation_id, **tags},
+                )
                 for artifact in result.artifacts:
                     mlflow.log_artifact(str(artifact))
-                self._log_children(experiment_id, run.info.run_id, correlation_id, result.children)
+                self._log_children(
+                    experiment_id,
+                    run.info.run_id,
+                    correlation_id,
+                    result.children,
+                    # A new run has no children from an earlier attempt to replace.
+                    replace=bool(existing),
+                )
                 # Skips checks that only warn (see _lean_model_logging); writes the same files.
                 with _lean_model_logging(skip=True):
                     model_uri = _log_model(mlflow, result, list(pip_requirements))
@@ -274,16 +287,18 @@ class MlflowRegistry:
         parent_run_id: str,
         correlation_id: str,
         children: Sequence[ChildRun],
+        *,
+        replace: bool = True,
     ) -> None:
-        """Each child (trial, zoo member) as a finished MLflow run nested under the run."""
-        from mlflow.entities import Metric, Param, RunTag
-
+        """Each child (trial, zoo member) as a finished MLflow run nested under the run;
+        ``replace``: delete the children an earlier attempt logged under it first."""
         client = self._client
         # A retried training replaces what an earlier attempt logged instead of doubling it.
-        for old in client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
-        ):
-            client.delete_run(old.info.run_id)
+        if replace:
+            for old in client.search_runs(
+                [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+            ):
+                client.delete_run(old.info.run_id)
         for child in children:
             child_run = client.create_run(
                 experiment_id,
@@ -291,20 +306,9 @@ class MlflowRegistry:
                 tags={PARENT_RUN_TAG: parent_run_id, "correlation_id": correlation_id},
             )
             child_id = child_run.info.run_id
-            now_ms = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), now_ms, 0) for k, v in child.metrics.items()]
-            params = [Param(k, _param_value(v)) for k, v in child.params.items()]
-            child_tags = [RunTag(k, str(v)) for k, v in child.tags.items()]
-            # MLflow takes at most 1,000 metrics, 100 params and 100 tags per batch.
-            for batch in itertools.count():
-                chunk = (
-                    metrics[batch * 1000 : (batch + 1) * 1000],
-                    params[batch * 100 : (batch + 1) * 100],
-                    child_tags[batch * 100 : (batch + 1) * 100],
-                )
-                if not any(chunk):
-                    break
-                client.log_batch(child_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
+            _log_batch(
+                client, child_id, metrics=child.metrics, params=child.params, tags=child.tags
+            )
             for artifact in child.artifacts:
                 client.log_artifact(child_id, str(artifact))
             client.set_terminated(child_id)
@@ -508,6 +512,33 @@ def _record(version: Any) -> ModelVersionRecord:
         run_id=version.run_id,
         tags=dict(version.tags),
     )
+
+
+def _log_batch(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any],
+    tags: Mapping[str, Any],
+) -> None:
+    """Metrics (at step 0, now), params and tags of a run in as few batches as MLflow takes."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now_ms = int(time.time() * 1000)
+    metric_list = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+    param_list = [Param(k, _param_value(v)) for k, v in params.items()]
+    tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+    # MLflow takes at most 1,000 metrics, 100 params and 100 tags per batch.
+    for batch in itertools.count():
+        chunk = (
+            metric_list[batch * 1000 : (batch + 1) * 1000],
+            param_list[batch * 100 : (batch + 1) * 100],
+            tag_list[batch * 100 : (batch + 1) * 100],
+        )
+        if not any(chunk):
+            break
+        client.log_batch(run_id, metrics=chunk[0], params=chunk[1], tags=chunk[2])
 
 
 def _param_value(value: Any) -> str:
