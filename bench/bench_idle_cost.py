@@ -5,8 +5,9 @@
 Starts the process stack (SQLite bus, local blobs, MLflow on SQLite), waits until every
 service is ready, lets it settle, then reads each process's CPU time (/proc) over the window.
 ``--baseline-tree`` starts a second stack at the same time from another checkout of the project
-(``PYTHONPATH``), e.g. the commit before a change, so both are measured over the same seconds
-of the shared machine's load. Target: <= 1 % of one core for the whole stack.
+(its services start in it, so ``python -m`` imports that checkout first: ``PYTHONPATH`` alone
+comes after the current directory), e.g. the commit before a change, so both are measured over
+the same seconds of the shared machine's load. Target: <= 1 % of one core for the whole stack.
 """
 
 from __future__ import annotations
@@ -31,16 +32,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def start(label: str, root: Path, python_path: str | None, exits: ExitStack) -> Stack:
+def start(label: str, root: Path, tree: Path | None, exits: ExitStack) -> Stack:
     state = root / label
     state.mkdir()
     os.environ["RETRAINER_STATE_DIR"] = str(state)
     settings = CommonSettings()
     prepare_state(settings)
     env = {**stack_env(settings, free_port()), "RETRAINER_WARM_UP": "false"}
-    if python_path:
-        env["PYTHONPATH"] = python_path
-    stack = exits.enter_context(Stack(env, log_dir=state / "logs"))
+    cwd = None
+    if tree:
+        env["PYTHONPATH"] = str(tree)
+        cwd = tree
+    stack = exits.enter_context(Stack(env, log_dir=state / "logs", cwd=cwd))
+    print(f"{label}: services run the code in {cwd or Path.cwd()}", flush=True)
     return stack
 
 
@@ -55,8 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as exits:
         stacks = {"this tree": start("current", Path(tmp), None, exits)}
         if args.baseline_tree:
-            baseline = str(args.baseline_tree.resolve())
-            stacks["baseline"] = start("baseline", Path(tmp), baseline, exits)
+            stacks["baseline"] = start("baseline", Path(tmp), args.baseline_tree.resolve(), exits)
         for label, stack in stacks.items():
             port = stack.env["RETRAINER_PORT"]
             took = stack.wait_ready(f"http://127.0.0.1:{port}")

@@ -80,8 +80,12 @@ class Stack:
         log_dir: Path,
         services: Mapping[str, str] = SERVICE_MODULES,
         health_dir: Path | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: where the services start (``python -m`` imports from there first: a
+        benchmark's other checkout)."""
         self.env = {**os.environ, **env, "RETRAINER_SUPERVISOR_PID": str(os.getpid())}
+        self.cwd = cwd
         self.log_dir = log_dir
         self.health_dir = health_dir or log_dir.parent / "health"
         self._services = {name: _Service(name, module) for name, module in services.items()}
@@ -105,6 +109,7 @@ class Stack:
         service.process = subprocess.Popen(
             [sys.executable, "-m", service.module],
             env=env,
+            cwd=self.cwd,
             stdout=service.log_file,
             stderr=subprocess.STDOUT,
         )

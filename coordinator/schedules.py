@@ -105,3 +105,9 @@ def due_tick(cron: str, acted_on: datetime, now: datetime) -> datetime | None:
     (however many ticks passed since: one run for all of them), else None."""
     tick = latest_tick(cron, now)
     return tick if tick > acted_on else None
+
+
+def next_tick(cron: str, now: datetime) -> datetime:
+    """The first time ``cron`` names after ``now``."""
+    tick: datetime = croniter(cron, now).get_next(datetime)
+    return tick

@@ -61,7 +61,7 @@ from coordinator.domain import (
 )
 from coordinator.groups import MemberRequest, Problem, check_members, members_of
 from coordinator.retention import cache_entries, removable, remove_entry
-from coordinator.schedules import Schedule, due_tick, latest_tick
+from coordinator.schedules import Schedule, due_tick, latest_tick, next_tick
 from coordinator.store import (
     Claim,
     OutboxMessage,
@@ -123,6 +123,10 @@ RecipeLookup = Callable[[str], Recipe]
 
 # A worker whose heartbeats stopped for this many of its intervals is no longer live.
 HEARTBEATS_MISSED = 3
+# A timed loop sleeping until a deadline wakes this much after it (a timer firing a hair early
+# would find nothing due and sleep again), and never sleeps less than WAKE_MIN_S.
+WAKE_MARGIN_S = 0.01
+WAKE_MIN_S = 0.01
 
 
 class InvalidRunRequest(PermanentError):
@@ -281,8 +285,11 @@ class Coordinator:
         self._min_free_disk_bytes = min_free_disk_bytes
         # Set whenever a decision wrote commands, so the relay publishes them at once.
         self.outbox_written = threading.Event()
-        # Set when a blob event made a burst due at once (a marker), to wake the trigger loop.
+        # Set when a blob event changed the pending bursts, to wake the trigger loop.
         self.trigger_due = threading.Event()
+        # Set when a decision wrote a deadline before the watchdog's next look (watchdog_at).
+        self.watchdog_due = threading.Event()
+        self.watchdog_at: datetime | None = None
         # Set when a group member finished or waits again, to wake the admission loop.
         self.admission_due = threading.Event()
         # The input and run the latest decision in this thread started from (for telemetry).
@@ -750,8 +757,8 @@ class Coordinator:
                     hit.recipe,
                     hit.data,
                 )
-                if hit.quiet_s == 0:
-                    self.trigger_due.set()
+                # Its burst is due at once (a marker) or at a new time.
+                self.trigger_due.set()
             else:
                 report.duplicates += 1
                 log.info("blob event %s (%s) seen before; ignored", hit.event_id, hit.blob_name)
@@ -922,6 +929,16 @@ class Coordinator:
         """Fire due bursts and schedules. Returns the runs (and groups) started."""
         return len(self.fire_due_triggers()) + self.fire_due_schedules()
 
+    def trigger_wait_s(self, most_s: float) -> float:
+        """Seconds until the next burst or schedule tick is due, at most ``most_s``."""
+        now = self._clock()
+        due: list[datetime] = [burst.due_at for burst in self.store.pending_bursts(limit=1)]
+        for schedule in self._triggers.schedules:
+            state = self.store.get_schedule(schedule.key)
+            # A schedule not recorded yet is, at the next tick; an overdue one at once.
+            due.append(now if state is None else next_tick(schedule.cron, state.last_tick))
+        return _wait_s(now, due, most_s)
+
     def _check_trigger_rules(self) -> None:
         """Fail at start-up, not at the first upload or tick, on a rule or schedule that names
         an unknown recipe, params the recipe refuses or a bad entity."""
@@ -942,6 +959,22 @@ class Coordinator:
                 raise ConfigurationError(f"schedule {schedule.describe()}: {exc}") from exc
 
     # --- watchdog and relay ----------------------------------------------------------------
+
+    def watchdog_wait_s(self, most_s: float) -> float:
+        """Seconds until the earliest deadline of an active run (at most ``most_s``), or until
+        a retention is due; remembered as ``watchdog_at`` so that a decision writing an earlier
+        deadline wakes the watchdog (``watchdog_due``)."""
+        now = self._clock()
+        due = [deadline for deadline in [self.store.next_deadline()] if deadline is not None]
+        for last, interval in (
+            (self._retained_at, self._retention.interval_s),
+            (self._store_pruned_at, self._store_retention.interval_s),
+        ):
+            if last is not None:
+                due.append(now + timedelta(seconds=last + interval - time.monotonic()))
+        wait = _wait_s(now, due, most_s)
+        self.watchdog_at = now + timedelta(seconds=wait)
+        return wait
 
     def watchdog_tick(self) -> int:
         """Act on every overdue stage, with what the workers' heartbeats say of its stage;
@@ -1040,6 +1073,9 @@ class Coordinator:
             log.info("run %s: %s", decision.run.id, note)
         if decision.commands:
             self.outbox_written.set()
+        deadline = decision.run.deadline
+        if deadline is not None and (self.watchdog_at is None or deadline < self.watchdog_at):
+            self.watchdog_due.set()
         if decision.run.group_id is not None and decision.run.status in (
             "waiting",
             "succeeded",
@@ -1080,6 +1116,13 @@ class _Decided:
         return fn
 
 
+def _wait_s(now: datetime, due: Sequence[datetime], most_s: float) -> float:
+    """Seconds from ``now`` until the earliest of ``due`` (a little after it), at most
+    ``most_s``."""
+    waits = [(at - now).total_seconds() + WAKE_MARGIN_S for at in due]
+    return max(min([most_s, *waits]), WAKE_MIN_S)
+
+
 def _source(request: GroupRequest, count: int) -> dict[str, Any]:
     """How the members were listed, for the group's record."""
     if request.expand is not None:
@@ -1089,12 +1132,15 @@ def _source(request: GroupRequest, count: int) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LoopIntervals:
+    """How long each loop waits at most. The loops are woken by what gives them work (a
+    decision's commands, an earlier deadline, a blob event, a finished group member) and
+    sleep until their next deadline read from the store; the interval covers work that
+    another coordinator (sharing the store) left, or a wake-up lost to an error."""
+
     consumer_wait_s: float = 1.0
     relay_interval_s: float = 1.0
     watchdog_interval_s: float = 5.0
-    # How often pending bursts of uploads are checked for a passed quiet window.
     trigger_interval_s: float = 0.5
-    # How often run groups are checked for free slots (a finished member wakes it at once).
     group_interval_s: float = 2.0
     # Pause after an error so a broken dependency is not hammered.
     error_backoff_s: float = 2.0
@@ -1141,15 +1187,18 @@ class BackgroundLoops:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
-        # Wake the relay and the triggers loop from their waits; they see the stop flag.
+        # Wake every loop from its wait; they see the stop flag.
+        self._coordinator.bus.interrupt_receives()
         self._coordinator.outbox_written.set()
         self._coordinator.trigger_due.set()
         self._coordinator.admission_due.set()
+        self._coordinator.watchdog_due.set()
         for thread in self._threads:
             thread.join(timeout_s)
             if thread.is_alive():
                 log.warning("%s did not stop within %.0f s", thread.name, timeout_s)
         self._threads.clear()
+        self._coordinator.bus.resume_receives()
 
     @property
     def alive(self) -> bool:
@@ -1160,12 +1209,14 @@ class BackgroundLoops:
 
     def _relay(self) -> None:
         outbox_written = self._coordinator.outbox_written
+        # What an earlier process left unpublished goes out at once.
+        outbox_written.set()
         while not self._stop.is_set():
             outbox_written.wait(self._intervals.relay_interval_s)
             # Cleared before publishing: a decision made meanwhile sets it again.
             outbox_written.clear()
-            if not self._stop.is_set():
-                self._guarded("relay", self._relay_all)
+            if not self._stop.is_set() and not self._guarded("relay", self._relay_all):
+                outbox_written.set()  # what failed is tried again after the error pause
 
     def _relay_all(self) -> None:
         # A batch short of full was all there was: a decision committed since it was read set
@@ -1175,11 +1226,21 @@ class BackgroundLoops:
             pass
 
     def _watchdog(self) -> None:
-        while not self._stop.wait(self._intervals.watchdog_interval_s):
-            self._guarded("watchdog", self._coordinator.watchdog_tick)
+        coordinator = self._coordinator
+        while not self._stop.is_set():
+            # Cleared before reading the next deadline: a decision committed later sets it.
+            coordinator.watchdog_due.clear()
+            coordinator.watchdog_due.wait(
+                self._wait_s(
+                    "watchdog", coordinator.watchdog_wait_s, self._intervals.watchdog_interval_s
+                )
+            )
+            if self._stop.is_set():
+                break
+            self._guarded("watchdog", coordinator.watchdog_tick)
             # Cache and store retention ride on the watchdog's thread, each on its own interval.
-            self._guarded("retention", self._coordinator.retention_tick)
-            self._guarded("store-retention", self._coordinator.store_retention_tick)
+            self._guarded("retention", coordinator.retention_tick)
+            self._guarded("store-retention", coordinator.store_retention_tick)
 
     def _poll_blobs(self) -> None:
         poller = self._blob_poller
@@ -1197,12 +1258,17 @@ class BackgroundLoops:
             self._guarded(loop, lambda: consume(max_wait_s=wait_s))
 
     def _fire_triggers(self) -> None:
-        trigger_due = self._coordinator.trigger_due
+        coordinator = self._coordinator
         while not self._stop.is_set():
-            trigger_due.wait(self._intervals.trigger_interval_s)
-            trigger_due.clear()
+            # Cleared before reading the next due time: a blob event recorded later sets it.
+            coordinator.trigger_due.clear()
+            coordinator.trigger_due.wait(
+                self._wait_s(
+                    "triggers", coordinator.trigger_wait_s, self._intervals.trigger_interval_s
+                )
+            )
             if not self._stop.is_set():
-                self._guarded("triggers", self._coordinator.trigger_tick)
+                self._guarded("triggers", coordinator.trigger_tick)
 
     def _admit_members(self) -> None:
         admission_due = self._coordinator.admission_due
@@ -1212,7 +1278,15 @@ class BackgroundLoops:
             if not self._stop.is_set():
                 self._guarded("groups", self._coordinator.admission_tick)
 
-    def _guarded(self, loop: str, step: Callable[[], object]) -> None:
+    def _wait_s(self, loop: str, wait_s: Callable[[float], float], most_s: float) -> float:
+        """``wait_s(most_s)``, or ``most_s`` if it fails (logged and kept like a step's error)."""
+        found = [most_s]
+        self._guarded(loop, lambda: found.append(wait_s(most_s)), wait=False)
+        return found[-1]
+
+    def _guarded(self, loop: str, step: Callable[[], object], *, wait: bool = True) -> bool:
+        """Run ``step``; an error is logged, kept for /readyz and (``wait``) followed by the
+        error pause. Returns whether it succeeded."""
         try:
             step()
         except Exception as exc:
@@ -1227,6 +1301,8 @@ class BackgroundLoops:
                 self._intervals.error_backoff_s,
                 exc_info=not expected,
             )
-            self._stop.wait(self._intervals.error_backoff_s)
-        else:
-            self.errors.pop(loop, None)
+            if wait:
+                self._stop.wait(self._intervals.error_backoff_s)
+            return False
+        self.errors.pop(loop, None)
+        return True

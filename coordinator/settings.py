@@ -67,16 +67,19 @@ class CoordinatorSettings(CommonSettings):
     run_timeout_s: float = Field(default=900.0, gt=0)
     train_timeout_s: float = Field(default=7200.0, gt=0)
 
-    # The longest the bus consumers wait per receive: also how long stopping them takes.
-    consumer_wait_s: float = Field(default=0.5, gt=0)
-    relay_interval_s: float = Field(default=1.0, gt=0)
-    watchdog_interval_s: float = Field(default=5.0, gt=0)
+    # The longest the bus consumers wait per receive; None: the bus's idle wait (20 s embedded,
+    # where a stop interrupts it; 0.5 s on Service Bus, where it is how long a stop takes).
+    consumer_wait_s: float | None = Field(default=None, gt=0)
+    # The timed loops are woken by their work and sleep until their next deadline from the
+    # store; these are the longest sleeps (for work another coordinator left: LoopIntervals).
+    relay_interval_s: float = Field(default=30.0, gt=0)
+    watchdog_interval_s: float = Field(default=60.0, gt=0)
 
     # Blob triggers: a burst of uploads for one run starts it once quiet for debounce_s, at
     # the latest debounce_max_s after its first upload.
     trigger_debounce_s: float = Field(default=5.0, ge=0)
     trigger_debounce_max_s: float = Field(default=300.0, gt=0)
-    trigger_interval_s: float = Field(default=0.5, gt=0)
+    trigger_interval_s: float = Field(default=30.0, gt=0)
     # How long seen event ids / (blob, etag) pairs are kept for duplicate detection (Event
     # Grid retries for up to 24 h).
     trigger_dedup_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
@@ -136,7 +139,7 @@ class CoordinatorSettings(CommonSettings):
     # member wakes the check at once).
     group_max_members: int = Field(default=1000, ge=1)
     group_default_concurrency: int = Field(default=4, ge=1)
-    group_interval_s: float = Field(default=2.0, gt=0)
+    group_interval_s: float = Field(default=30.0, gt=0)
 
     @property
     def resolved_database_url(self) -> str:
@@ -158,7 +161,7 @@ class CoordinatorSettings(CommonSettings):
     @property
     def loop_intervals(self) -> LoopIntervals:
         return LoopIntervals(
-            consumer_wait_s=self.consumer_wait_s,
+            consumer_wait_s=self.consumer_wait_s or self.idle_receive_wait_s,
             relay_interval_s=self.relay_interval_s,
             watchdog_interval_s=self.watchdog_interval_s,
             trigger_interval_s=self.trigger_interval_s,

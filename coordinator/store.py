@@ -1008,6 +1008,13 @@ class RunStore:
                 due.append(DeadlineExpired(UUID(state["id"]), stage.stage, stage.attempt))
         return due
 
+    def next_deadline(self) -> datetime | None:
+        """The earliest deadline of an active run (the watchdog sleeps until it)."""
+        query = select(func.min(runs.c.deadline)).where(runs.c.status.in_(ACTIVE_RUN_STATUSES))
+        with self._connection() as conn:
+            deadline: datetime | None = conn.scalar(query)
+        return deadline
+
     # --- worker heartbeats ------------------------------------------------------------------
 
     def record_heartbeat(

@@ -13,9 +13,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from typing import NoReturn
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,29 @@ def stop_with_supervisor(supervisor_pid: int | None) -> None:
         return
 
     def watch() -> None:
+        _wait_for_exit(supervisor_pid)
         while os.getppid() == supervisor_pid:
-            stopped.wait(SUPERVISOR_POLL_S)
+            time.sleep(SUPERVISOR_POLL_S)
         log.warning("supervisor %s is gone: stopping", supervisor_pid)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = threading.Event()
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _wait_for_exit(supervisor_pid: int) -> None:
+    """Until the supervisor exits, sleeping on a pidfd (no wake-up until then); returns at once
+    where pidfds are not available, and the caller polls."""
+    try:
+        pidfd = os.pidfd_open(supervisor_pid)
+    except (AttributeError, OSError):
+        return
+    try:
+        # Opened after the supervisor was checked to be the parent: if it still is, the pidfd
+        # is that process, not another that reused its pid.
+        if os.getppid() == supervisor_pid:
+            select.select([pidfd], [], [])
+    finally:
+        os.close(pidfd)
 
 
 def exit_now(code: int) -> NoReturn:

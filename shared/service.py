@@ -31,10 +31,11 @@ from shared.worker import StageSpec, Worker
 
 class WorkerSettings(CommonSettings):
     max_concurrency: int = 1
-    # The longest a receive waits for a message: also how long stopping an idle worker takes.
-    receive_wait_s: float = 0.5
+    # The longest a receive waits for a message; None: the bus's idle wait (20 s embedded,
+    # where a stop interrupts it; 0.5 s on Service Bus, where it is how long a stop takes).
+    receive_wait_s: float | None = Field(default=None, gt=0)
     work_dir: Path | None = None
-    # Touched after every receive; the container healthcheck reads its age.
+    # Touched before and after every receive; the container healthcheck reads its age.
     health_file: Path | None = None
     # Also answer GET /healthz on this port (200 while the health file is fresh), for
     # platforms whose probes are HTTP only (Azure Container Apps).
@@ -104,7 +105,7 @@ def build_worker(spec: StageSpec, settings: WorkerSettings) -> Worker:
         recipe_lookup=lambda name: get_recipe(name, modules),
         lock_duration_s=settings.bus_lock_duration_s,
         max_concurrency=settings.max_concurrency,
-        receive_wait_s=settings.receive_wait_s,
+        receive_wait_s=settings.receive_wait_s or settings.idle_receive_wait_s,
         work_dir=settings.work_dir,
         health_file=settings.resolved_health_file,
         shutdown_grace_s=settings.shutdown_grace_s,

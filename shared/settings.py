@@ -17,6 +17,12 @@ from shared.triggers import TriggerRule
 ComputeMode = Literal["in_process", "subprocess", "azureml"]
 
 
+# Receive waits when nothing arrives (CommonSettings.idle_receive_wait_s). A worker touches its
+# health file after each receive: the embedded wait stays well inside its 60 s health age.
+EMBEDDED_IDLE_RECEIVE_WAIT_S = 20.0
+SERVICEBUS_RECEIVE_WAIT_S = 0.5
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETRAINER_", env_file=".env", extra="ignore")
 
@@ -34,6 +40,14 @@ class CommonSettings(BaseSettings):
     bus_max_delivery_count: int = 10
     # A stage hop costs about half this on the embedded bus (bench/bench_bus_hop.py).
     bus_poll_interval_s: float = 0.02
+
+    @property
+    def idle_receive_wait_s(self) -> float:
+        """How long a receive loop waits when nothing arrives, unless a service's setting says.
+        The embedded bus's waits cost nothing (a doorbell ends them) and a stop interrupts
+        them; a Service Bus wait only ends by itself, so it stays short there for a quick stop.
+        """
+        return EMBEDDED_IDLE_RECEIVE_WAIT_S if self.bus == "sqlite" else SERVICEBUS_RECEIVE_WAIT_S
 
     blob: Literal["local", "azure"] = "local"
     blob_local_root: Path | None = None

@@ -86,7 +86,6 @@ MANIFEST = "_manifest.json"
 # CancelStage commands taken per receive, and how many cancelled attempts a worker remembers
 # (to drop their commands if they arrive later).
 CONTROL_BATCH = 20
-CONTROL_POLL_S = 0.5
 REMEMBERED_CANCELS = 10_000
 
 
@@ -302,14 +301,18 @@ class Worker:
         for thread in threads:
             thread.start()
         self._stopping.wait()
+        # Idle receive loops return now (where the bus can cut a wait short, else within one
+        # receive wait); busy ones when their stage stops.
+        self._bus.interrupt_receives()
         with self._in_flight_lock:
             in_flight = list(self._in_flight.values())
         for attempt in in_flight:
             attempt.context.cancelled.set()
-        # Idle loops return within one receive wait; busy ones when their stage stops.
         deadline = time.monotonic() + max(self._shutdown_grace_s, self._receive_wait_s)
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
+        # The bus object may serve its owner on (abandoning below, a test reading queues).
+        self._bus.resume_receives()
         with self._in_flight_lock:
             in_flight = list(self._in_flight.values())
         for attempt in in_flight:
@@ -402,16 +405,14 @@ class Worker:
                 self._stopping.wait(1.0)
 
     def _control_loop(self) -> None:
-        # Cancels are rare and a recipe looks at them only at its checkpoints: a quick look
-        # now and then costs less than another receiver polling the bus all the time.
+        # A waiting receive: on the embedded bus a CancelStage's doorbell wakes it, and
+        # otherwise it costs nothing.
         while not self._stopping.is_set():
             try:
-                handled = self.receive_control(max_wait_s=0.0)
+                self.receive_control()
             except Exception:
                 log.exception("%s worker control loop error", self.spec.stage)
-                handled = 0
-            if not handled:
-                self._stopping.wait(CONTROL_POLL_S)
+                self._stopping.wait(1.0)
 
     def _heartbeat_loop(self) -> None:
         assert self._heartbeat_s is not None
@@ -445,17 +446,21 @@ class Worker:
 
     def process_next(self) -> bool:
         """Receive and process at most one message; returns whether one was processed."""
-        looked_at = time.monotonic()
+        # Before the receive too: an idle receive may wait long, and the first touch is what
+        # says the worker is ready (``retrainer up``).
+        self._beat()
+        loop = threading.get_ident()
+        with self._in_flight_lock:
+            if self._idle_since.get(loop) is None:
+                # A free slot, looking for something to take (a receive waits long when idle,
+                # so a heartbeat sent meanwhile must already count it as idle).
+                self._idle_since[loop] = time.monotonic()
         messages = self._bus.receive_messages(
             self.topic, WORKER_SUBSCRIPTION, max_wait_time=self._receive_wait_s
         )
-        loop = threading.get_ident()
-        with self._in_flight_lock:
-            if messages:
+        if messages:
+            with self._in_flight_lock:
                 self._idle_since[loop] = None
-            elif self._idle_since.get(loop) is None:
-                # A free slot that found nothing to take since it started looking.
-                self._idle_since[loop] = looked_at
         self._beat()
         return bool(handle_each(self._bus, messages, self._take, consumer=self.name))
 

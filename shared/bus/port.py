@@ -76,4 +76,13 @@ class MessageBus(Protocol):
     def renew_message_lock(self, message: ReceivedMessage) -> datetime:
         """Extend the lock by the subscription's lock duration; returns the new expiry."""
 
+    def interrupt_receives(self) -> None:
+        """Make every receive of this bus object, waiting now or started later, return at once
+        with nothing, until ``resume_receives``: a stopping service's receivers then wait no
+        longer. A bus whose waits cannot be cut short (Service Bus: a remote long poll) ignores
+        it, and its receives end by their ``max_wait_time``."""
+
+    def resume_receives(self) -> None:
+        """Undo ``interrupt_receives``."""
+
     def close(self) -> None: ...

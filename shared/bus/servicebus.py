@@ -243,6 +243,14 @@ class ServiceBusMessageBus:
             entry.receiver.locked_until[message.lock_token] = locked_until
         return locked_until
 
+    def interrupt_receives(self) -> None:
+        # A receive is the SDK's remote long poll, which only close() cuts short; the
+        # services keep their receive waits short on Service Bus instead.
+        pass
+
+    def resume_receives(self) -> None:
+        pass
+
     def close(self) -> None:
         """Close every sender and receiver, at once: each takes a moment to detach. A receive
         waiting meanwhile returns an empty list."""

@@ -20,6 +20,8 @@ message, an expiring lock) becomes visible, and at the latest every ``idle_check
 datagram, a doorbell not yet registered when the sender read the table). So an idle stack costs
 next to no CPU and a hop costs a datagram instead of half a poll interval. ``poll_interval_s``
 remains the pause after losing a race for a visible message, and dead-letter receives poll.
+``interrupt_receives`` ends every wait of this bus object at once (a stopping worker or
+coordinator), so receivers may wait long without slowing a stop.
 """
 
 from __future__ import annotations
@@ -126,10 +128,12 @@ class SqliteMessageBus:
         duplicate_detection_window_s: float = 600.0,
         poll_interval_s: float = 0.02,
         busy_timeout_s: float = 5.0,
-        idle_check_s: float = 2.0,
+        idle_check_s: float = 10.0,
     ) -> None:
         self._path = path
         self._idle_check_s = idle_check_s
+        # Set by interrupt_receives: receives return at once, empty, until resume_receives.
+        self._interrupted = threading.Event()
         self._doorbell: _Doorbell | None = None
         self._doorbell_lock = threading.Lock()
         self._topology = topology
@@ -199,6 +203,8 @@ class SqliteMessageBus:
         deadline = time.monotonic() + max_wait_time
         doorbell = None if dead_letter or max_wait_time <= 0 else self._doorbell_now()
         while True:
+            if self._interrupted.is_set():
+                return []
             rung = doorbell.rings(topic) if doorbell is not None else 0
             if dead_letter:
                 due: float | None = (
@@ -218,9 +224,18 @@ class SqliteMessageBus:
             if remaining <= 0:
                 return []
             if doorbell is None:
-                time.sleep(min(pause, remaining))
+                self._interrupted.wait(min(pause, remaining))
             else:
-                doorbell.wait(topic, rung, min(pause, remaining))
+                doorbell.wait(topic, rung, min(pause, remaining), self._interrupted)
+
+    def interrupt_receives(self) -> None:
+        self._interrupted.set()
+        doorbell = self._doorbell
+        if doorbell is not None:
+            doorbell.wake()
+
+    def resume_receives(self) -> None:
+        self._interrupted.clear()
 
     def complete_message(self, message: ReceivedMessage) -> None:
         with self._transaction() as conn:
@@ -584,13 +599,19 @@ class _Doorbell:
     def rings(self, topic: str) -> int:
         return self._rings.get(topic, 0)
 
-    def wait(self, topic: str, seen: int, timeout_s: float) -> None:
-        """Until a ring for ``topic`` after ``seen`` (``rings(topic)`` read before looking)
-        or the timeout."""
+    def wait(self, topic: str, seen: int, timeout_s: float, interrupted: threading.Event) -> None:
+        """Until a ring for ``topic`` after ``seen`` (``rings(topic)`` read before looking),
+        ``interrupted`` (then ``wake()``) or the timeout."""
         with self._changed:
             self._changed.wait_for(
-                lambda: self._rings.get(topic, 0) != seen or self._closed, timeout_s
+                lambda: self._rings.get(topic, 0) != seen or self._closed or interrupted.is_set(),
+                timeout_s,
             )
+
+    def wake(self) -> None:
+        """Make the waiting threads look at their conditions again."""
+        with self._changed:
+            self._changed.notify_all()
 
     def close(self) -> None:
         self._closed = True

@@ -110,3 +110,22 @@ def test_doorbells_of_processes_gone_are_forgotten(tmp_path: Path) -> None:
     assert len(_registered(path)) == 2
     bus.close()
     other.close()
+
+
+def test_interrupt_receives_ends_waits_now_and_later_until_resumed(tmp_path: Path) -> None:
+    bus = _bus(tmp_path / "bus.sqlite")
+    thread, got = _receive_in_thread(bus)
+    wait_until(lambda: _registered(tmp_path / "bus.sqlite"), "the receiver's doorbell")
+
+    bus.interrupt_receives()
+    thread.join(WAIT_S)
+    assert not thread.is_alive(), "a waiting receive returned"
+    bus.send_messages("t", [_message()])
+    # A receive started after the interrupt takes nothing, however long it may wait.
+    assert bus.receive_messages("t", "s", max_wait_time=WAIT_S) == []
+
+    bus.resume_receives()
+    [message] = bus.receive_messages("t", "s", max_wait_time=WAIT_S)
+    bus.complete_message(message)
+    assert got == []
+    bus.close()

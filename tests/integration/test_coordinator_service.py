@@ -14,7 +14,7 @@ import pytest
 
 from coordinator import store as store_module
 from coordinator.domain import Policy, Run, WorkerSeen
-from coordinator.service import Coordinator
+from coordinator.service import BackgroundLoops, Coordinator, LoopIntervals
 from coordinator.store import RunStore, StoreUnavailableError
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
@@ -40,7 +40,7 @@ from shared.topology import (
 )
 from tests.clock import Clock
 from tests.hostile import undecodable_messages
-from tests.waiting import wait_until
+from tests.waiting import WAIT_S, wait_until
 
 # Long enough that a busy machine settles a message before its lock lapses; a test that needs
 # a lapsed lock waits for the redelivery (``consume_until``), however long that takes.
@@ -420,3 +420,68 @@ def test_watchdog_retries_a_stage_nobody_started_and_then_fails_the_run(
         assert coordinator.watchdog_tick() == 0
     finally:
         deployment.close()
+
+
+# --- timed loops that sleep until their work is due ----------------------------------------
+
+
+def test_the_watchdog_sleeps_until_the_earliest_deadline_and_an_earlier_one_wakes_it(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(queue_timeout_s=60), clock)
+    try:
+        coordinator = deployment.coordinator()
+        assert coordinator.watchdog_wait_s(3600) == 3600, "no deadline: its longest sleep"
+        deployment.start(coordinator)
+        assert coordinator.watchdog_due.is_set(), "a deadline the watchdog did not know of"
+        coordinator.watchdog_due.clear()
+        assert abs(coordinator.watchdog_wait_s(3600) - 60) < 0.1
+
+        clock.advance(10)
+        deployment.start(coordinator)
+        assert not coordinator.watchdog_due.is_set(), "a later deadline lets it sleep on"
+        assert abs(coordinator.watchdog_wait_s(3600) - 50) < 0.1
+        assert coordinator.watchdog_wait_s(20) == 20
+    finally:
+        deployment.close()
+
+
+def test_loops_whose_intervals_outlast_the_test_relay_consume_time_out_and_stop_when_due(
+    tmp_path: Path,
+) -> None:
+    deployment = Deployment(
+        tmp_path, Policy(max_attempts=2, run_timeout_s=0.5, backoff_base_s=0), utcnow
+    )
+    coordinator = deployment.coordinator()
+    # Committed before the loops start: the relay publishes it at once, not after an interval.
+    run = deployment.start(coordinator)
+    never = WAIT_S * 2
+    loops = BackgroundLoops(
+        coordinator,
+        LoopIntervals(
+            consumer_wait_s=never,
+            relay_interval_s=never,
+            watchdog_interval_s=never,
+            trigger_interval_s=never,
+            group_interval_s=never,
+        ),
+    )
+    loops.start()
+    threads = list(loops._threads)
+    try:
+        [command] = wait_until(
+            lambda: deployment.worker_receives("aggregation"), "the command relayed at start"
+        )
+        started = StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")
+        deployment.report(encode(started))
+        # The consumer is woken by the event, the watchdog by the deadline it wrote (0.5 s),
+        # the relay by the retry's command.
+        [retry] = wait_until(lambda: deployment.worker_receives("aggregation"), "the retry")
+        assert (command.attempt, retry.attempt) == (1, 2)
+        assert "did not report within 0.5 s" in (
+            coordinator.get_run(run.id).stage("aggregation").history[0].error or ""
+        )
+    finally:
+        loops.stop(timeout_s=WAIT_S)
+        deployment.close()
+    assert not [thread.name for thread in threads if thread.is_alive()], "every loop stopped"

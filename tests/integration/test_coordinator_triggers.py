@@ -128,6 +128,25 @@ def runs(coordinator: Coordinator) -> list[Run]:
 # --- debounce and marker -----------------------------------------------------------------
 
 
+def test_the_trigger_loop_sleeps_until_a_burst_is_due_and_an_upload_wakes_it(
+    deployment: Deployment, clock: Clock
+) -> None:
+    coordinator = deployment.coordinator()
+    assert coordinator.trigger_wait_s(3600) == 3600, "nothing pending: its longest sleep"
+    folder = "datasets/state-identifier/2025-03-01"
+
+    receive(coordinator, deployment.upload(f"{folder}/part-0.csv"))
+    assert coordinator.trigger_due.is_set(), "an upload wakes the loop"
+    assert abs(coordinator.trigger_wait_s(3600) - DEBOUNCE_S) < 0.1
+    clock.advance(3)
+    assert abs(coordinator.trigger_wait_s(3600) - (DEBOUNCE_S - 3)) < 0.1
+
+    clock.advance(DEBOUNCE_S - 3)
+    assert coordinator.trigger_wait_s(3600) < 0.1
+    assert len(coordinator.fire_due_triggers()) == 1
+    assert coordinator.trigger_wait_s(3600) == 3600
+
+
 def test_a_burst_of_uploads_starts_one_run_once_the_window_is_quiet(
     deployment: Deployment, clock: Clock
 ) -> None:

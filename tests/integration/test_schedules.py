@@ -108,3 +108,21 @@ def test_a_schedule_may_start_a_group(tmp_path: Path) -> None:
     assert sum(view.counts.values()) == 2
     assert scheduled.fire_due_schedules() == 0
     scheduled.close()
+
+
+def test_the_trigger_loop_sleeps_until_the_next_tick(tmp_path: Path) -> None:
+    LocalBlobStore(tmp_path / "blobs").upload_blob("datasets/nightly/a.csv", CSV)
+    clock = Clock()
+    clock.now = at(1, 12)
+    scheduled = coordinator(tmp_path, clock, NIGHTLY)
+    assert scheduled.trigger_wait_s(24 * 3600) < 1, "a schedule not recorded yet: at once"
+    scheduled.fire_due_schedules()
+    # 03:00 tomorrow is 15 hours away; the loop sleeps that long, or its longest sleep.
+    assert abs(scheduled.trigger_wait_s(24 * 3600) - 15 * 3600) < 1
+    assert scheduled.trigger_wait_s(60) == 60
+
+    clock.now = at(2, 3, 0)
+    assert scheduled.trigger_wait_s(24 * 3600) < 1
+    assert scheduled.fire_due_schedules() == 1
+    assert abs(scheduled.trigger_wait_s(48 * 3600) - 24 * 3600) < 1
+    scheduled.close()

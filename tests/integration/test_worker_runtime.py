@@ -502,6 +502,36 @@ def test_a_stage_that_ignores_the_stop_is_abandoned_after_the_grace_period(
     assert [type(event) for event in events(bus)] == [StageStarted], "nothing after abandoning"
 
 
+def test_a_worker_waiting_long_is_woken_by_a_command_a_cancel_and_its_stop(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    entered = threading.Event()
+    # Its receives (commands and run-control) would wait past the hang guard: only the bus's
+    # doorbell and the stop's interruption end them.
+    worker = Worker(
+        _waits_for_cancel(entered),
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=WAIT_S * 2,
+        shutdown_grace_s=0.2,
+    )
+    running = _run_until_stopped(worker)
+    command = send(bus)
+    assert entered.wait(WAIT_S)
+
+    _cancel(bus, command)
+    failed = wait_until(
+        lambda: [e for e in events(bus) if isinstance(e, StageFailed)], "the cancelled stage"
+    )
+    assert failed[0].error_type == "StageCancelledError"
+
+    worker.stop()
+    running.join(WAIT_S)
+    assert not running.is_alive(), "stopped although its receives were waiting"
+
+
 def test_the_worker_warms_up_before_it_reports_alive_or_takes_a_message(
     bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
 ) -> None:
