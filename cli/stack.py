@@ -4,12 +4,15 @@ Used by ``retrainer up``/``retrainer demo`` and by the end-to-end tests, so that
 exactly what a user runs. Each service is ``python -m <module>`` with the same ``RETRAINER_*``
 environment, its output in ``<log_dir>/<service>.log``.
 
-* Start-up: ``wait_ready`` waits until the coordinator's ``/readyz`` answers 200 and every
-  worker has polled its topic once (its health file, ``RETRAINER_HEALTH_FILE``), reporting
-  progress as it goes, up to a limit (``RETRAINER_STARTUP_TIMEOUT_S``, generous by default:
-  six processes importing at once on a busy 2-core machine take a while). A service that
-  exits, a coordinator whose start-up failed, or the limit raise ``StackError`` naming the
-  service and quoting the end of its log.
+* Start-up has two levels. ``wait_ready(level="api")`` waits until the coordinator's
+  ``/readyz`` answers 200: the API takes runs, which queue until their stage's worker is warm.
+  ``wait_ready()`` (``level="warm"``) waits further until every worker has finished its
+  warm-up (imports, store set-up) and polled its topic once (its health file,
+  ``RETRAINER_HEALTH_FILE``): a run then starts at once. Both report progress as they go, up
+  to a limit (``RETRAINER_STARTUP_TIMEOUT_S``, generous by default: six processes importing
+  at once on a busy 2-core machine take a while). A service that exits, a coordinator whose
+  start-up failed, or the limit raise ``StackError`` naming the service and quoting the end
+  of its log.
 * Children never outlive the stack: ``stop`` sends SIGTERM to all and kills what is left after
   a timeout; every service also watches its supervisor's pid (``RETRAINER_SUPERVISOR_PID``,
   ``shared/lifecycle.py``) and stops itself when the process that started it is gone.
@@ -30,7 +33,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from shared.messages import STAGES
 
@@ -44,6 +47,8 @@ COORDINATOR = "coordinator"
 # How long start-up may take unless RETRAINER_STARTUP_TIMEOUT_S says otherwise.
 DEFAULT_STARTUP_TIMEOUT_S = 300.0
 LOG_TAIL_LINES = 15
+# "api": the coordinator serves runs; "warm": every worker can also start one at once.
+ReadyLevel = Literal["api", "warm"]
 
 
 def free_port() -> int:
@@ -161,13 +166,15 @@ class Stack:
         self,
         url: str,
         *,
+        level: ReadyLevel = "warm",
         timeout_s: float | None = None,
         progress: Callable[[float, dict[str, str]], None] | None = None,
         stop_requested: Callable[[], bool] = lambda: False,
         poll_s: float = 0.1,
     ) -> float:
-        """Wait until every service is ready; returns the seconds it took. ``progress`` gets
-        (elapsed seconds, {service: what it waits for}) whenever that changes.
+        """Wait until the stack is ready at ``level`` (the module's docstring); returns the
+        seconds it took. ``progress`` gets (elapsed seconds, {service: what it waits for})
+        whenever that changes.
 
         Raises ``StackError`` when a service exits, the coordinator's start-up fails, the
         limit passes or ``stop_requested()``."""
@@ -177,7 +184,7 @@ class Stack:
         while True:
             elapsed = time.monotonic() - started
             self._check_alive()
-            now_waiting = self._not_ready(url)
+            now_waiting = self._not_ready(url, level)
             if now_waiting != waiting and progress is not None:
                 progress(elapsed, now_waiting)
             waiting = now_waiting
@@ -201,14 +208,14 @@ class Stack:
                     f"{name} exited with code {code} while starting" + self._tails([name])
                 )
 
-    def _not_ready(self, url: str) -> dict[str, str]:
+    def _not_ready(self, url: str, level: ReadyLevel) -> dict[str, str]:
         waiting = {}
         if COORDINATOR in self._services:
             state = self._coordinator_state(url)
             if state is not None:
                 waiting[COORDINATOR] = state
         for name, service in self._services.items():
-            if name == COORDINATOR:
+            if name == COORDINATOR or level == "api":
                 continue
             try:
                 touched = self._health_file(name).stat().st_mtime

@@ -557,8 +557,17 @@ class DashboardConfigOut(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: str = Field(description="ready: the API serves runs (a run posted now queues)")
     checks: dict[str, str]
+    workers: dict[str, str] = Field(
+        default_factory=dict,
+        description="per stage: warm (a worker has its libraries and store set up), warming "
+        "(a worker is still at it; runs queue until it is done) or none (no worker heard from "
+        "since this coordinator started)",
+    )
+    workers_warm: bool = Field(
+        default=False, description="every stage has a warm worker: a run starts at once"
+    )
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -979,7 +988,8 @@ def _add_routes(app: FastAPI) -> None:
     def readyz(request: Request) -> JSONResponse:
         """Ready: the run store answers and the bus loops run. While starting (or after a
         failed start-up) ``status`` is ``starting`` (``failed``) and ``checks.startup`` says
-        what it waits for."""
+        what it waits for. ``workers``/``workers_warm`` tell the second level, from the
+        workers' heartbeats: whether a run would start at once or wait for a warm-up."""
         startup: Startup = request.app.state.startup
         coordinator = startup.coordinator
         if startup.status != "ready" or coordinator is None:
@@ -1004,8 +1014,16 @@ def _add_routes(app: FastAPI) -> None:
             )
             checks["loops"] = "ok" if loops.alive else "a background loop has stopped"
         ready = all(value == "ok" for value in checks.values())
+        # Informational: the API is ready (200) whatever the workers do, runs queue meanwhile.
+        workers = coordinator.worker_readiness()
+        readiness = Readiness(
+            status="ready" if ready else "not ready",
+            checks=checks,
+            workers=workers,
+            workers_warm=all(state == "warm" for state in workers.values()),
+        )
         return JSONResponse(
-            Readiness(status="ready" if ready else "not ready", checks=checks).model_dump(),
+            readiness.model_dump(),
             status_code=HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
         )
 

@@ -104,6 +104,7 @@ from shared.events import (
 )
 from shared.groups import CsvRows, GroupRule, SubPrefixes
 from shared.messages import (
+    STAGES,
     Stage,
     StageFailed,
     StageProgress,
@@ -294,6 +295,11 @@ class Coordinator:
         self.admission_due = threading.Event()
         # The input and run the latest decision in this thread started from (for telemetry).
         self._decided = threading.local()
+        # Per worker process, from the heartbeats this coordinator consumed since it started
+        # (so not a stopped stack's): its stage, whether it was warming up, until when it counts.
+        self._heard: dict[UUID, tuple[str, bool, datetime]] = {}
+        self._heard_lock = threading.Lock()
+        self._started_at = clock()
         self._check_trigger_rules()
 
     # --- requests --------------------------------------------------------------------------
@@ -673,6 +679,12 @@ class Coordinator:
             idle_since=None if beat.idle_s is None else checked_at - timedelta(seconds=beat.idle_s),
             expires_at=checked_at + timedelta(seconds=HEARTBEATS_MISSED * beat.interval_s + 1),
         )
+        with self._heard_lock:
+            if checked_at >= self._started_at:
+                self._heard[beat.correlation_id] = (beat.stage, beat.warming, seen.expires_at)
+            now = self._clock()
+            for worker_id in [key for key, heard in self._heard.items() if heard[2] <= now]:
+                del self._heard[worker_id]
         try:
             self.store.record_heartbeat(
                 str(beat.correlation_id),
@@ -686,6 +698,18 @@ class Coordinator:
             log.warning("could not record the heartbeat of %s: %s", beat.worker, exc)
         with contextlib.suppress(MessageLockLostError):
             self.bus.complete_message(received)
+
+    def worker_readiness(self) -> dict[str, str]:
+        """Per stage: ``warm`` (a worker took its first message or can: its imports and store
+        set-up are done), ``warming`` (a worker is still at them), or ``none`` (no heartbeat
+        this coordinator heard since it started is still current)."""
+        now = self._clock()
+        states: dict[str, str] = dict.fromkeys(STAGES, "none")
+        with self._heard_lock:
+            for stage, warming, expires_at in self._heard.values():
+                if expires_at > now and states[stage] != "warm":
+                    states[stage] = "warming" if warming else "warm"
+        return states
 
     def _handle_stage_event(
         self,

@@ -175,7 +175,9 @@ class WorkerHeartbeat(Event):
     ``idle_s``: how long the worker has had a free slot and found nothing to take (its receives
     came back empty), as of sending; None while it is working (every slot busy, or it took a
     command since its last empty receive). Durations, not times: the coordinator dates them by
-    the bus's enqueued time, so a worker's clock skew does not matter."""
+    the bus's enqueued time, so a worker's clock skew does not matter. ``warming``: the worker
+    is still importing its stage's libraries and setting up its store (it takes no message
+    until it is done); its first heartbeat without it says it is warm."""
 
     message_type: ClassVar[str] = "worker_heartbeat"
 
@@ -186,6 +188,7 @@ class WorkerHeartbeat(Event):
     busy: int = Field(ge=0)
     idle_s: float | None = Field(default=None, ge=0)
     sequence: int = Field(default=0, ge=0)
+    warming: bool = False
 
     @property
     def message_id(self) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -215,6 +216,7 @@ class MlflowRegistry:
                     # Creates a local store's tables (the client's constructor already opens
                     # the tracking store): one process at a time does that, else concurrent
                     # migrations of a fresh database corrupt it.
+                    _create_sqlite_database(self.tracking_uri)
                     client = mlflow.MlflowClient(self.tracking_uri)
                     client.search_experiments(max_results=1)
                     client.search_registered_models(max_results=1)
@@ -231,6 +233,10 @@ class MlflowRegistry:
         resolve_tags()
         for flavor in ("pyfunc", *flavors):
             importlib.import_module(f"mlflow.{flavor}")
+        if "sklearn" in flavors and importlib.util.find_spec("skops") is not None:
+            # The flavour's default format: its first save imports every scikit-learn
+            # estimator module (skops's trusted types), seconds of CPU.
+            importlib.import_module("skops.io")
 
     def log_training(
         self,
@@ -451,6 +457,40 @@ def _install_lean_hooks() -> None:
 
             hook._retrainer_lean = True  # type: ignore[attr-defined]
             setattr(module, name, hook)
+
+
+def _create_sqlite_database(tracking_uri: str) -> None:
+    """A SQLite tracking database that does not exist yet: its tables created in a file
+    beside it without a disk sync per commit (MLflow's tables and ~50 migrations: seconds of
+    waiting on the disk of a fresh state directory), synced once, then renamed into place.
+    Call it holding ``_created_once``. Where MLflow's private set-up function is not there,
+    MLflow creates the database itself as before."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    if database.exists():
+        return
+    try:
+        from mlflow.store.db.utils import _initialize_tables
+    except ImportError:
+        return
+    import sqlalchemy
+
+    creating = database.with_name(f".{database.name}.creating")
+    creating.unlink(missing_ok=True)
+    engine = sqlalchemy.create_engine(f"sqlite:///{creating}")
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _unsynced(connection: Any, _record: Any) -> None:
+        connection.execute("PRAGMA synchronous=OFF")
+
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+    with open(creating, "rb+") as created:
+        os.fsync(created.fileno())
+    os.replace(creating, database)
 
 
 @contextmanager

@@ -262,6 +262,10 @@ class Worker:
         self._stopping = threading.Event()
         # True while ``warm_up`` runs in the main thread: a signal then interrupts it.
         self._warming = False
+        # Set once the warm-up is over: heartbeats stop saying ``warming``.
+        self.warm = threading.Event()
+        # Wakes the heartbeat loop before its interval: the warm-up ended, or the worker stops.
+        self._beat_now = threading.Event()
         # Each attempt in flight, so that a cancel or a shutdown can reach it.
         self._in_flight: dict[tuple[UUID, int], _Attempt] = {}
         # Attempts cancelled here, in order: a command of one arriving later is not run.
@@ -284,22 +288,33 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
+        threads = []
+        if self._heartbeat_s is not None:
+            # Beating during the warm-up too: the coordinator knows the stage has a worker
+            # on its way (``warming``), and hears at once when it is warm.
+            threads.append(
+                threading.Thread(
+                    target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+                )
+            )
+            threads[0].start()
         self.warm_up()
         if self._stopping.is_set():
+            for thread in threads:
+                thread.join(self._receive_wait_s)
             log.info("%s worker %s stopped before it took a message", self.spec.stage, self.name)
             return
         log.info("%s worker %s listening on %s", self.spec.stage, self.name, self.topic)
         loops: list[Callable[[], None]] = [self._loop] * self._max_concurrency
         loops.append(self._control_loop)
-        if self._heartbeat_s is not None:
-            loops.append(self._heartbeat_loop)
         loops += [functools.partial(loop, self._stopping) for loop in self.spec.background]
-        threads = [
+        started = [
             threading.Thread(target=loop, name=f"{self.name}-{i}", daemon=True)
             for i, loop in enumerate(loops)
         ]
-        for thread in threads:
+        for thread in started:
             thread.start()
+        threads += started
         self._stopping.wait()
         # Idle receive loops return now (where the bus can cut a wait short, else within one
         # receive wait); busy ones when their stage stops.
@@ -336,6 +351,9 @@ class Worker:
             log.info("%s worker %s stopped while warming up", self.spec.stage, self.name)
         finally:
             self._warming = False
+        if not self._stopping.is_set():
+            self.warm.set()
+            self._beat_now.set()
         took = time.monotonic() - started
         if self.spec.warm_up:
             log.info("%s worker %s warmed up in %.2f s", self.spec.stage, self.name, took)
@@ -343,6 +361,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._beat_now.set()
 
     def _on_signal(self, *_: object) -> None:
         self.stop()
@@ -421,7 +440,8 @@ class Worker:
                 self.send_heartbeat()
             except Exception as exc:
                 log.warning("%s worker could not send its heartbeat: %s", self.spec.stage, exc)
-            self._stopping.wait(self._heartbeat_s)
+            self._beat_now.wait(self._heartbeat_s)
+            self._beat_now.clear()
 
     def heartbeat(self) -> WorkerHeartbeat:
         """This worker's state now: its slots, how many are busy, how long it has been idle."""
@@ -439,6 +459,7 @@ class Worker:
             busy=busy,
             idle_s=max(idle) if idle else None,
             sequence=self._heartbeats_sent,
+            warming=not self.warm.is_set(),
         )
 
     def send_heartbeat(self) -> None:

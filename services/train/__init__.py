@@ -9,6 +9,8 @@ Every way writes the same ``training.json`` that the register stage reads.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -266,7 +268,16 @@ def _warm_up(
     return (
         *registry_warm_up(registry, ("sklearn",)),
         recipe_warm_up("train", modules, include=in_process),
+        _import_plotting,
     )
+
+
+def _import_plotting() -> None:
+    """What the built-in recipes draw their report figures with, imported in the function
+    that draws them (a plot can be turned off): a second of CPU the first run would pay."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        importlib.import_module("matplotlib.figure")
+        importlib.import_module("matplotlib.backends.backend_agg")
 
 
 def _azureml_compute(settings: TrainSettings) -> AzureMLTrainingCompute:

@@ -136,12 +136,16 @@ def test_up_comes_up_on_a_busy_machine_serves_a_run_and_stops_on_sigterm(
     upload_sample_data(CommonSettings(state_dir=state_dir), "state_identifier", SAMPLE, seed=5)
     up = Up(state_dir, free_port())
     try:
-        wait_until(lambda: up.said("retrainer is up") or up.process.poll() is not None, "up")
-        assert up.said("retrainer is up"), up.output
+        wait_until(lambda: up.said("API ready") or up.process.poll() is not None, "the API")
+        assert up.said("API ready in"), up.output
         assert up.said(up.url)
         with httpx.Client(base_url=up.url, timeout=30.0) as client:
+            # Posted at the first level: it queues until the workers are there.
             started = client.post("/runs", json={"recipe": "state_identifier", "data": SAMPLE})
             assert started.status_code == 202, started.text
+            wait_until(lambda: up.said("retrainer is up") or up.process.poll() is not None, "up")
+            assert up.said("workers warm in"), up.output
+            wait_until(lambda: client.get("/readyz").json()["workers_warm"], "warm workers")
             final = watch_run(
                 client, started.json()["id"], out=lambda _: None, poll_s=0.2, timeout_s=WAIT_S
             )

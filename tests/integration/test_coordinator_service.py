@@ -25,6 +25,7 @@ from shared.messages import (
     StageFailed,
     StageStarted,
     StageSucceeded,
+    WorkerHeartbeat,
     decode,
     encode,
     utcnow,
@@ -384,6 +385,57 @@ def idle_worker(coordinator: Coordinator, now: datetime, stage: Stage = "aggrega
     far = now + timedelta(days=1)
     seen = WorkerSeen(f"{stage}@test", far, now - timedelta(seconds=1), far)
     coordinator.store.record_heartbeat(str(uuid4()), seen.worker, stage, seen, slots=1, busy=0)
+
+
+def heartbeat(
+    worker_id: UUID, stage: Stage, *, warming: bool, sequence: int = 1
+) -> OutgoingMessage:
+    return encode(
+        WorkerHeartbeat(
+            correlation_id=worker_id,
+            worker=f"{stage}@test",
+            stage=stage,
+            interval_s=10.0,
+            slots=1,
+            busy=0,
+            warming=warming,
+            sequence=sequence,
+        )
+    )
+
+
+def test_worker_readiness_goes_by_the_heartbeats_heard_since_the_coordinator_started(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(), clock)
+    try:
+        # A worker of a stack stopped before this coordinator started: it does not count.
+        deployment.report(heartbeat(uuid4(), "tag", warming=False))
+        clock.now = utcnow()
+        coordinator = deployment.coordinator()
+        train = uuid4()
+        deployment.report(
+            heartbeat(uuid4(), "aggregation", warming=False),
+            heartbeat(train, "train", warming=True),
+        )
+        consume_until(coordinator, 3)
+        assert coordinator.worker_readiness() == {
+            "aggregation": "warm",
+            "split": "none",
+            "train": "warming",
+            "register": "none",
+            "tag": "none",
+        }
+
+        deployment.report(heartbeat(train, "train", warming=False, sequence=2))
+        consume_until(coordinator, 1)
+        assert coordinator.worker_readiness()["train"] == "warm"
+
+        # Three intervals without a heartbeat: gone.
+        clock.advance(3 * 10.0 + 2)
+        assert set(coordinator.worker_readiness().values()) == {"none"}
+    finally:
+        deployment.close()
 
 
 def test_watchdog_retries_a_stage_nobody_started_and_then_fails_the_run(

@@ -24,6 +24,7 @@ from shared.messages import (
     StageFailed,
     StageStarted,
     StageSucceeded,
+    WorkerHeartbeat,
     decode,
     encode,
 )
@@ -576,6 +577,42 @@ def test_the_worker_warms_up_before_it_reports_alive_or_takes_a_message(
         release.set()
         worker.stop()
         thread.join(WAIT_S)
+
+
+def test_heartbeats_say_warming_during_the_warm_up_and_warm_as_soon_as_it_ends(
+    bus: SqliteMessageBus, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    spec = dataclasses.replace(aggregation_spec(), warm_up=(lambda: release.wait(WAIT_S),))
+    worker = Worker(
+        spec,
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.05,
+        # Far longer than any wait here: the warm heartbeat must not wait for the interval.
+        heartbeat_s=100 * WAIT_S,
+    )
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    beats: list[WorkerHeartbeat] = []
+
+    def heard(warming: bool) -> bool:
+        beats.extend(e for e in events(bus) if isinstance(e, WorkerHeartbeat))
+        return any(beat.warming is warming for beat in beats)
+
+    try:
+        wait_until(lambda: heard(True), "a heartbeat during the warm-up")
+        assert beats[0].warming and beats[0].idle_s is None
+        release.set()
+        wait_until(lambda: heard(False), "a heartbeat once warm")
+        assert [beat.warming for beat in beats] == [True, False]
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
 
 
 def test_build_worker_warms_the_stage_functions_of_lazy_recipes_unless_told_not_to(
