@@ -55,7 +55,7 @@ from coordinator.service import (
 )
 from coordinator.settings import CoordinatorSettings, dashboard_mlflow_ui_url
 from coordinator.startup import CoordinatorUnavailableError, Startup
-from coordinator.store import GroupNotFound
+from coordinator.store import GroupNotFound, PromotionRecord
 from coordinator.webhook import PATH as WEBHOOK_PATH
 from coordinator.webhook import WebhookConfig, add_event_routes
 from shared.blobs.port import MAX_NAME_LENGTH
@@ -530,6 +530,37 @@ class ChampionOut(BaseModel):
             previous_version=tags.get(PREVIOUS_CHAMPION_TAG) or None,
             metrics=metrics,
         )
+
+
+class PromotionOut(BaseModel):
+    version: str
+    promoted_at: datetime
+    run_id: UUID | None = Field(
+        description="the run whose tag stage promoted it; null: an operator's change"
+    )
+    promoted_by: str | None
+    reason: str | None
+    previous_version: str | None
+
+    @classmethod
+    def of(cls, record: PromotionRecord) -> PromotionOut:
+        return cls(
+            version=record.version,
+            promoted_at=record.promoted_at,
+            run_id=record.run_id,
+            promoted_by=record.actor,
+            reason=record.reason,
+            previous_version=record.previous_version,
+        )
+
+
+class PromotionHistoryOut(BaseModel):
+    model_name: str
+    champion: str | None = Field(
+        description="the version promoted last (the champion unless the registry's alias was"
+        " moved outside the coordinator); null: none promoted through it"
+    )
+    promotions: list[PromotionOut] = Field(description="oldest first")
 
 
 class ChampionChangeOut(BaseModel):
@@ -1095,11 +1126,26 @@ def _add_model_routes(app: FastAPI) -> None:
         with _model_errors():
             return ChampionOut.of(champions.get_champion(name))
 
+    @app.get("/models/{name}/promotions", response_model=PromotionHistoryOut)
+    def get_promotions(name: ModelName, coordinator: CoordinatorDep) -> PromotionHistoryOut:
+        """The model's promotions made through this coordinator (tag stages, operators), oldest
+        first, from the coordinator's own store: the registry is not asked."""
+        history = coordinator.promotions(name)
+        return PromotionHistoryOut(
+            model_name=name,
+            champion=history[-1].version if history else None,
+            promotions=[PromotionOut.of(p) for p in history],
+        )
+
     @app.post(
         "/models/{name}/champion", response_model=ChampionChangeOut, responses=_MODEL_RESPONSES
     )
     def promote(
-        name: ModelName, body: ChampionChangeCreate, request: Request, champions: ChampionsDep
+        name: ModelName,
+        body: ChampionChangeCreate,
+        request: Request,
+        champions: ChampionsDep,
+        coordinator: CoordinatorDep,
     ) -> ChampionChangeOut:
         """Make a version the model's champion, whatever its metrics: an operator's promote or
         rollback. It waits for a tag stage promoting the same model at the same moment, and
@@ -1108,10 +1154,21 @@ def _add_model_routes(app: FastAPI) -> None:
             promotion = champions.promote(
                 name, body.version, actor=caller(request, body.requested_by), reason=body.reason
             )
-        return ChampionChangeOut(
-            changed=promotion.change.previous_version != body.version,
-            champion=ChampionOut.of(promotion.champion),
-        )
+        change = promotion.change
+        changed = change.previous_version != body.version
+        if changed:
+            coordinator.record_promotion(
+                PromotionRecord(
+                    model_name=name,
+                    version=body.version,
+                    promoted_at=change.at,
+                    run_id=None,
+                    actor=change.actor,
+                    reason=change.reason,
+                    previous_version=change.previous_version,
+                )
+            )
+        return ChampionChangeOut(changed=changed, champion=ChampionOut.of(promotion.champion))
 
 
 def caller(request: Request, requested_by: str | None) -> str:

@@ -66,6 +66,7 @@ from coordinator.store import (
     Claim,
     OutboxMessage,
     PendingBurst,
+    PromotionRecord,
     RunStore,
     ScheduleState,
     TriggerHit,
@@ -363,6 +364,14 @@ class Coordinator:
 
     def get_run(self, run_id: UUID) -> Run:
         return self.store.get_run(run_id)
+
+    def promotions(self, model_name: str) -> list[PromotionRecord]:
+        """The model's promotions as the coordinator saw them made, oldest first."""
+        return self.store.list_promotions(model_name)
+
+    def record_promotion(self, promotion: PromotionRecord) -> None:
+        """An operator's promote or rollback (a run's tag stage records its own)."""
+        self.store.record_promotion(promotion)
 
     def list_runs(
         self,

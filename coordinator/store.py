@@ -277,6 +277,36 @@ schedules = Table(
 )
 
 
+# Each model's promotions as the coordinator saw them made (a run's tag stage promoting its
+# version, an operator's promote or rollback through the API), in order: the dashboard's
+# champion marks and GET /models/{name}/promotions, without asking the registry.
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(256), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("promoted_at", _UtcDateTime, nullable=False),
+    Column("run_id", Uuid, nullable=True),
+    Column("actor", String(500), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("previous_version", String(64), nullable=True),
+    Index("ix_promotions_model_name_id", "model_name", "id"),
+)
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    model_name: str
+    version: str
+    promoted_at: datetime
+    # The run whose tag stage promoted it; None for an operator's change.
+    run_id: UUID | None
+    actor: str | None
+    reason: str | None
+    previous_version: str | None
+
+
 # The per-run hot path's statements, built once: SQLAlchemy then reuses their cache keys and
 # compiled forms instead of rebuilding both for every event (most of a decision's CPU).
 _INBOX_HAS = select(processed_messages.c.message_id).where(
@@ -298,6 +328,7 @@ _MEMBER_STATUS = (
     .values(status=bindparam("new_status"), waiting_since=bindparam("new_waiting_since"))
 )
 _OUTBOX_ADD = insert(outbox)
+_PROMOTION_ADD = insert(promotions)
 _OUTBOX_PENDING = (
     select(outbox)
     .where(outbox.c.published_at.is_(None))
@@ -532,12 +563,43 @@ class RunStore:
                     "new_waiting_since": new.waiting_since,
                 },
             )
+        promoted = _promotion_of(current, new)
+        if promoted is not None:
+            conn.execute(_PROMOTION_ADD, _promotion_row(promoted))
         now = utcnow()
         if decision.commands:
             conn.execute(_OUTBOX_ADD, [_outbox_row(cmd, now) for cmd in _encoded(decision)])
         if inbox_message_id is not None:
             conn.execute(_INBOX_ADD, {"message_id": inbox_message_id, "processed_at": now})
         return decision
+
+    # --- promotions ------------------------------------------------------------------------
+
+    def record_promotion(self, promotion: PromotionRecord) -> None:
+        with self._connection() as conn, conn.begin():
+            conn.execute(insert(promotions).values(**_promotion_row(promotion)))
+
+    def list_promotions(self, model_name: str, *, limit: int = 1000) -> list[PromotionRecord]:
+        """The model's latest ``limit`` promotions, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                select(promotions)
+                .where(promotions.c.model_name == model_name)
+                .order_by(promotions.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            PromotionRecord(
+                model_name=row.model_name,
+                version=row.version,
+                promoted_at=row.promoted_at,
+                run_id=row.run_id,
+                actor=row.actor,
+                reason=row.reason,
+                previous_version=row.previous_version,
+            )
+            for row in reversed(rows)
+        ]
 
     # --- blob triggers ---------------------------------------------------------------------
 
@@ -1192,6 +1254,39 @@ def _encoded(decision: Decision) -> Sequence[tuple[str, OutgoingMessage]]:
         )
         for scheduled in decision.commands
     ]
+
+
+def _promotion_of(current: Run | None, new: Run) -> PromotionRecord | None:
+    """The promotion ``new`` records: its tag stage succeeded just now, having promoted."""
+    tag = new.stage("tag")
+    if tag.status != "succeeded" or (
+        current is not None and current.stage("tag").status == "succeeded"
+    ):
+        return None
+    model = new.model
+    if model is None or not model.champion or not model.name or not model.version:
+        return None
+    return PromotionRecord(
+        model_name=model.name,
+        version=model.version,
+        promoted_at=tag.finished_at or new.updated_at,
+        run_id=new.id,
+        actor=None,
+        reason=model.reason,
+        previous_version=None,
+    )
+
+
+def _promotion_row(promotion: PromotionRecord) -> dict[str, Any]:
+    return {
+        "model_name": promotion.model_name,
+        "version": promotion.version,
+        "promoted_at": promotion.promoted_at,
+        "run_id": promotion.run_id,
+        "actor": promotion.actor,
+        "reason": promotion.reason,
+        "previous_version": promotion.previous_version,
+    }
 
 
 def _outbox_row(topic_and_message: tuple[str, OutgoingMessage], now: datetime) -> dict[str, Any]:

@@ -284,11 +284,10 @@
     let shown = null; // the page last rendered
     filter.value = params.get("status") || "";
 
-    // Each model's champion version (GET /models/{name}/champion), asked again after
-    // CHAMPION_TTL_MS or when a run finished: {version: "3" | null (none), at}.
-    const CHAMPION_TTL_MS = 30000;
+    // Each model's promotions as the coordinator recorded them (GET /models/{name}/promotions,
+    // its own store: the registry is not asked), again on every refresh:
+    // {champion: "3" | null, promoted: Set of versions ever promoted}.
     const champions = new Map();
-    let finishedKey = "";
 
     let asking = false;
     async function refreshChampions(runs) {
@@ -302,52 +301,45 @@
     }
 
     async function askChampions(runs) {
-      const key = runs.filter((run) => !ACTIVE.has(run.status)).map((run) => run.id).join(",");
-      if (key !== finishedKey) {
-        finishedKey = key;
-        champions.clear();
-      }
       const names = new Set(runs.filter((run) => run.model && run.model.name).map((run) => run.model.name));
-      const stale = [...names].filter((name) => {
-        const known = champions.get(name);
-        return !known || now() - known.at > CHAMPION_TTL_MS;
-      });
-      if (!stale.length) return;
       let changed = false;
       await Promise.all(
-        stale.map(async (name) => {
-          let version;
+        [...names].map(async (name) => {
+          let history;
           try {
-            version = (await getJson(`/models/${encodeURIComponent(name)}/champion`)).version;
-          } catch (error) {
-            // 404: the model has no champion; else the registry is unavailable (not known).
-            version = error.status === 404 ? null : undefined;
+            history = await getJson(`/models/${encodeURIComponent(name)}/promotions`);
+          } catch (_) {
+            return; // not known this time: the marks stay as they were
           }
+          const known = {
+            champion: history.champion,
+            promoted: new Set(history.promotions.map((p) => p.version)),
+          };
           const before = champions.get(name);
-          if (version === undefined) {
-            if (before) champions.set(name, { ...before, at: now() });
-            return;
+          if (!before || before.champion !== known.champion || before.promoted.size !== known.promoted.size) {
+            changed = true;
           }
-          if (!before || before.version !== version) changed = true;
-          champions.set(name, { version, at: now() });
+          champions.set(name, known);
         })
       );
       if (changed && shown) render(shown);
     }
 
-    // The model cell: the version, and whether it is the champion, was it, or was promoted
-    // (when the registry's champion is not known).
+    // The model cell: the version, and whether it is the champion or was one (promoted by a
+    // run or by an operator, since replaced); "promoted" when no history is known (the
+    // coordinator recorded none for the model, e.g. promoted before it kept history).
     function modelCell(model) {
       const version = modelText(model);
       if (!version) return "—";
       const known = model.name ? champions.get(model.name) : undefined;
+      const history = known && known.promoted.size ? known : undefined;
       let flag = null;
-      if (known && known.version === model.version) {
+      if (history && history.champion === model.version) {
         flag = el("span", { class: "champion current", title: "the model's champion now" }, "★ champion");
-      } else if (known && model.champion) {
+      } else if (history && (history.promoted.has(model.version) || model.champion)) {
         flag = el(
           "span",
-          { class: "champion was", title: `promoted, since replaced (champion now: ${known.version ? `v${known.version}` : "none"})` },
+          { class: "champion was", title: `promoted, since replaced (champion now: v${history.champion})` },
           "was champion"
         );
       } else if (model.champion) {
@@ -391,17 +383,73 @@
           { class: `duration num${active ? " live-value" : ""}` },
           formatDuration(runSeconds(run))
         ),
-        el("td", { class: "model" }, modelCell(run.model))
+        el("td", { class: "model" }, modelCell(run.model)),
+        el("td", { class: "actions-cell" }, rowAction(run))
       );
       if (run.error) tr.title = run.error;
       tr.addEventListener("click", (event) => {
-        if (event.target.closest("a")) return;
+        if (event.target.closest("a, button")) return;
         window.location.href = href;
       });
       tr.addEventListener("keydown", (event) => {
+        if (event.target.closest("button")) return;
         if (event.key === "Enter") window.location.href = href;
       });
       return tr;
+    }
+
+    // Cancel (an active run) or retry (a failed or cancelled one) from its row, with the API
+    // token, as on the run's page; the outcome shows above the table. A row's button is the
+    // same element from one refresh to the next (moved into the new row), so a click that
+    // straddles a refresh still lands.
+    const acting = new Set(); // runs with a request in flight: their button stays disabled
+    let rowButtons = new Map();
+    let nextRowButtons = new Map();
+    function rowAction(run) {
+      const action = ACTIVE.has(run.status)
+        ? "cancel"
+        : ["failed", "cancelled"].includes(run.status)
+          ? "retry"
+          : null;
+      if (!action) return null;
+      const key = `${run.id}/${action}`;
+      let button = rowButtons.get(key);
+      if (!button) {
+        button = el(
+          "button",
+          { type: "button", class: `row-action${action === "cancel" ? " danger" : ""}`, dataset: { action } },
+          action === "cancel" ? "Cancel" : "Retry"
+        );
+        button.addEventListener("click", () => rowAct(run, action));
+      }
+      button.disabled = acting.has(run.id);
+      nextRowButtons.set(key, button);
+      return button;
+    }
+
+    async function rowAct(run, action) {
+      const short = run.id.slice(0, 8);
+      if (action === "cancel" && !window.confirm(`Cancel run ${short}?`)) return;
+      const result = document.getElementById("action-result");
+      acting.add(run.id);
+      if (shown) render(shown);
+      result.className = "action-result muted";
+      replace(result, `${action === "cancel" ? "Cancelling" : "Retrying"} run ${short}…`);
+      result.hidden = false;
+      try {
+        const answer = await requestJson("POST", `/runs/${encodeURIComponent(run.id)}/${action}`);
+        result.className = "action-result ok";
+        replace(
+          result,
+          action === "cancel" ? `Run ${short} ${answer.status}.` : `Run ${short} retried: ${answer.status} again.`
+        );
+      } catch (error) {
+        result.className = "action-result error";
+        replace(result, error.message || String(error), error.status === 401 ? tokenForm() : null);
+      } finally {
+        acting.delete(run.id);
+        refresh();
+      }
     }
 
     async function load(isCurrent) {
@@ -427,7 +475,9 @@
     }
 
     function render(page) {
+      nextRowButtons = new Map();
       replace(tbody, page.runs.map(row));
+      rowButtons = nextRowButtons; // the buttons of runs no longer shown are let go
       document.getElementById("empty").hidden = page.runs.length > 0;
     }
 

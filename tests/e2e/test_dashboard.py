@@ -32,7 +32,7 @@ import uvicorn
 from cli.stack import free_port
 from coordinator.api import create_app
 from coordinator.domain import Policy
-from coordinator.models import ModelChampions
+from coordinator.models import ManualPromotion, ModelChampions
 from coordinator.service import Coordinator
 from coordinator.store import RunStore
 from shared.blobs.local import LocalBlobStore
@@ -46,6 +46,7 @@ from shared.messages import (
     encode,
     utcnow,
 )
+from shared.promotion import ChampionChange
 from shared.recipe_registry import get_recipe
 from shared.topology import EVENTS_TOPIC, build_topology
 from shared.tracking import ModelVersionNotFoundError, ModelVersionRecord
@@ -182,7 +183,8 @@ class Workers:
 
 class StubChampions(ModelChampions):
     """The registry's champions as the test sets them (``versions``: model name -> version),
-    so that the pages' GET /models/{name}/champion touches no MLflow."""
+    so that GET and POST /models/{name}/champion touch no MLflow; ``asked`` counts the GETs
+    (the dashboard makes none: its marks come from the coordinator's promotion history)."""
 
     def __init__(self, versions: dict[str, str] | None = None) -> None:
         self.versions = dict(versions or {})
@@ -194,6 +196,21 @@ class StubChampions(ModelChampions):
         if version is None:
             raise ModelVersionNotFoundError(f"model {name!r} has no champion")
         return ModelVersionRecord(name=name, version=version, run_id=None)
+
+    def promote(self, name: str, version: str, *, actor: str, reason: str) -> ManualPromotion:
+        previous = self.versions.get(name)
+        self.versions[name] = version
+        change = ChampionChange(
+            model_name=name,
+            candidate_version=version,
+            promoted=True,
+            reason=reason,
+            champion_version=version,
+            previous_version=previous,
+            actor=actor,
+            at=utcnow(),
+        )
+        return ManualPromotion(change, ModelVersionRecord(name=name, version=version, run_id=None))
 
 
 @dataclass

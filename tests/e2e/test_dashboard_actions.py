@@ -58,6 +58,7 @@ class Stack:
     coordinator: Coordinator
     clock: Clock
     runs: dict[str, UUID]
+    champions: StubChampions
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     app = create_app(settings, coordinator=coordinator, champions=champions, run_loops=False)
     server, thread = _serve(app, port)
     try:
-        yield Stack(f"http://127.0.0.1:{port}", w, coordinator, clock, runs)
+        yield Stack(f"http://127.0.0.1:{port}", w, coordinator, clock, runs, champions)
     finally:
         server.should_exit = True
         thread.join(10)
@@ -192,6 +193,45 @@ def test_cancel_and_retry_from_the_run_page(stack: Stack, browser: Any) -> None:
     wait_for(browser, lambda d: status_of(d) == "succeeded", "the finished run did not load")
     assert not browser.find_element(By.ID, "cancel-run").is_displayed()
     assert not browser.find_element(By.ID, "retry-run").is_displayed()
+
+
+def test_cancel_and_retry_from_the_runs_list(stack: Stack, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import alert_is_present
+
+    stack.clock.now = utcnow()
+    run_id = stack.workers.start("state_identifier", stack.clock.now)
+    row = f'tr[data-run-id="{run_id}"]'
+    open_page(browser, f"{stack.url}/dashboard")
+
+    def button(action: str) -> Any:
+        found = browser.find_elements(By.CSS_SELECTOR, f'{row} button[data-action="{action}"]')
+        return found[0] if found and found[0].is_enabled() else None
+
+    cancel = wait_for(browser, lambda d: button("cancel"), "no cancel button on the queued run")
+    assert not browser.find_elements(By.CSS_SELECTOR, f'{row} button[data-action="retry"]')
+    stack.clock.now = utcnow()
+    cancel.click()
+    wait_for(browser, alert_is_present(), "no confirmation asked").accept()
+    short = str(run_id)[:8]
+    wait_for(browser, lambda d: text(d, "#action-result") == f"Run {short} cancelled.", "no result")
+    assert stack.coordinator.get_run(run_id).status == "cancelled"
+    assert browser.current_url.split("#")[0].endswith("/dashboard"), "the click opened the run"
+
+    retry = wait_for(browser, lambda d: button("retry"), "no retry button on the cancelled run")
+    stack.clock.now = utcnow()
+    retry.click()
+    wait_for(
+        browser,
+        lambda d: (text(d, "#action-result") or "").startswith(f"Run {short} retried: "),
+        "no retry result",
+    )
+    assert stack.coordinator.get_run(run_id).status in ("queued", "running")
+    wait_for(browser, lambda d: button("cancel"), "no cancel button on the retried run")
+    # A finished run's row offers neither.
+    trained = f'tr[data-run-id="{stack.runs["trained"]}"] button'
+    assert not browser.find_elements(By.CSS_SELECTOR, trained)
+    stack.coordinator.cancel_run(run_id)
 
 
 def test_a_refused_action_shows_why(stack: Stack, browser: Any) -> None:
@@ -318,6 +358,49 @@ def test_the_runs_list_marks_the_champion_and_old_champions(stack: Stack, browse
     resumed = f'tr[data-run-id="{stack.runs["resumed"]}"] td.model'
     wait_for(browser, lambda d: text(d, trained) == "v2 ★ champion", "the champion is not marked")
     assert text(browser, resumed) == "v1 was champion"
+
+
+def test_a_version_promoted_by_hand_then_replaced_shows_was_champion_from_the_history(
+    stack: Stack, browser: Any
+) -> None:
+    """The marks come from the coordinator's own promotion history (GET
+    /models/{name}/promotions): an operator's promote counts, and the registry is never asked."""
+    w, s, model = stack.workers, timedelta(seconds=1), "state_identifier.pump-7"
+    start = utcnow() - 4 * 60 * s
+    picked = w.start("state_identifier", start)
+    t = w.succeeded(picked, "aggregation", start, 1.0)
+    t = w.succeeded(picked, "split", t, 1.0)
+    t = w.succeeded(picked, "train", t, 1.0, metrics={"silhouette": 0.4})
+    t = w.succeeded(picked, "register", t, 1.0, model_name=model, model_version="1")
+    w.succeeded(picked, "tag", t, 1.0, model_name=model, promoted=False, reason="not better")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    promoted = httpx.post(
+        f"{stack.url}/models/{model}/champion",
+        json={"version": "1", "reason": "hand-picked"},
+        headers=headers,
+    )
+    assert promoted.status_code == 200, promoted.text
+    start = utcnow() - 2 * 60 * s
+    best = w.start("state_identifier", start)
+    t = w.succeeded(best, "aggregation", start, 1.0)
+    t = w.succeeded(best, "split", t, 1.0)
+    t = w.succeeded(best, "train", t, 1.0, metrics={"silhouette": 0.9})
+    t = w.succeeded(best, "register", t, 1.0, model_name=model, model_version="2")
+    w.succeeded(best, "tag", t, 1.0, model_name=model, promoted=True, reason="beats v1")
+    stack.clock.now = utcnow()
+
+    open_page(browser, f"{stack.url}/dashboard")
+    best_cell = f'tr[data-run-id="{best}"] td.model'
+    wait_for(browser, lambda d: text(d, best_cell) == "v2 ★ champion", "the champion unmarked")
+    assert text(browser, f'tr[data-run-id="{picked}"] td.model') == "v1 was champion"
+    assert stack.champions.asked == 0, "the dashboard asked the registry"
+
+    history = httpx.get(f"{stack.url}/models/{model}/promotions", headers=headers).json()
+    assert history["champion"] == "2"
+    assert [(p["version"], p["run_id"], p["reason"]) for p in history["promotions"]] == [
+        ("1", None, "hand-picked"),
+        ("2", str(best), "beats v1"),
+    ]
 
 
 def test_the_list_shows_loading_then_an_error_once_then_clears_it(

@@ -219,3 +219,25 @@ def test_an_authenticated_caller_is_recorded_as_itself(
         assert stack.client.post(path, json=body, headers=headers).status_code == 200
         champion = stack.client.get(path, headers=headers).json()
         assert champion["promoted_by"] == "static-token", "the principal, not the claim"
+
+
+def test_the_promotion_history_lists_each_change_in_order_from_the_coordinators_store(
+    tmp_path: Path, registry: MlflowRegistry
+) -> None:
+    with api(tmp_path, registry) as stack:
+        history = stack.client.get(f"/models/{stack.model}/promotions")
+        assert history.status_code == 200
+        assert history.json() == {"model_name": stack.model, "champion": None, "promotions": []}
+        for version, reason in (("2", "first"), ("1", "v2 drifts"), ("1", "again")):
+            body = {"version": version, "reason": reason, "requested_by": "alice"}
+            assert stack.client.post(f"/models/{stack.model}/champion", json=body).is_success
+
+        body = stack.client.get(f"/models/{stack.model}/promotions").json()
+
+    assert body["champion"] == "1"
+    steps = [
+        (p["version"], p["previous_version"], p["reason"], p["run_id"]) for p in body["promotions"]
+    ]
+    assert steps == [("2", None, "first", None), ("1", "2", "v2 drifts", None)], "no-op left out"
+    assert body["promotions"][1]["promoted_by"] == "alice (unauthenticated, from testclient)"
+    assert body["promotions"][0]["promoted_at"] <= body["promotions"][1]["promoted_at"]
