@@ -314,12 +314,24 @@ class DeadlineExpired:
     workers: tuple[WorkerSeen, ...] | None = None
 
 
+@dataclass(frozen=True)
+class NoLiveWorker:
+    """The watchdog's finding that a queued attempt's stage has no live worker: no heartbeat
+    from any worker of the stage for the heartbeat horizon, and no worker that sends none
+    (an older version) seen starting a stage. The run says so at once, before its deadline."""
+
+    run_id: UUID
+    stage: Stage
+    attempt: int
+
+
 CoordinatorInput = (
     StartRun
     | AdmitRun
     | CancelRun
     | RetryRun
     | DeadlineExpired
+    | NoLiveWorker
     | StageStarted
     | StageProgress
     | StageSucceeded
@@ -394,6 +406,8 @@ def decide(
             return _retry_run(run, now, policy)
         case DeadlineExpired():
             return _deadline_expired(run, message, now, policy)
+        case NoLiveWorker():
+            return _no_live_worker(run, message, now)
         case StageStarted():
             return _stage_started(run, message, now, policy)
         case StageProgress():
@@ -730,6 +744,25 @@ def _postpone_queue_deadline(
     run = _put(run, waited).model_copy(update={"updated_at": now})
     note = f"{stage.stage} attempt {stage.attempt} not started yet"
     return Decision(run, notes=[f"{note}: {waiting}" if waiting else note])
+
+
+def _no_live_worker(run: Run, message: NoLiveWorker, now: datetime) -> Decision:
+    stage = run.current_stage
+    waiting = no_live_worker(message.stage)
+    if (
+        stage is None
+        or stage.stage != message.stage
+        or stage.attempt != message.attempt
+        or stage.status != "queued"
+    ):
+        return _ignore(run, f"{message.stage} attempt {message.attempt} is not queued")
+    if stage.waiting == waiting:
+        return _ignore(run, f"{waiting}: said already")
+    # The deadline stays: when it comes, it goes by the heartbeats there are then.
+    run = _put(run, stage.model_copy(update={"waiting": waiting})).model_copy(
+        update={"updated_at": now}
+    )
+    return Decision(run, notes=[f"{stage.stage} attempt {stage.attempt} not started: {waiting}"])
 
 
 def no_live_worker(stage: Stage) -> str:

@@ -48,6 +48,7 @@ from coordinator.domain import (
     GroupStatus,
     InvalidTransition,
     MemberSlot,
+    NoLiveWorker,
     Policy,
     RetryRun,
     Run,
@@ -58,6 +59,7 @@ from coordinator.domain import (
     WorkerSeen,
     admit,
     decide,
+    no_live_worker,
 )
 from coordinator.groups import MemberRequest, Problem, check_members, members_of
 from coordinator.retention import cache_entries, removable, remove_entry
@@ -105,6 +107,7 @@ from shared.events import (
 )
 from shared.groups import CsvRows, GroupRule, SubPrefixes
 from shared.messages import (
+    DEFAULT_HEARTBEAT_S,
     STAGES,
     Stage,
     StageFailed,
@@ -125,6 +128,9 @@ RecipeLookup = Callable[[str], Recipe]
 
 # A worker whose heartbeats stopped for this many of its intervals is no longer live.
 HEARTBEATS_MISSED = 3
+# How long after its start the coordinator takes a stage it has heard no heartbeat from to have
+# no live worker (its workers may be starting too).
+HEARTBEAT_HORIZON_S = HEARTBEATS_MISSED * DEFAULT_HEARTBEAT_S + 1
 # A timed loop sleeping until a deadline wakes this much after it (a timer firing a hair early
 # would find nothing due and sleep again), and never sleeps less than WAKE_MIN_S.
 WAKE_MARGIN_S = 0.01
@@ -267,6 +273,7 @@ class Coordinator:
         relay_batch_size: int = 100,
         min_free_disk_bytes: int = 0,
         data_assets: DataAssets | None = None,
+        heartbeat_horizon_s: float = HEARTBEAT_HORIZON_S,
     ) -> None:
         self.bus = bus
         # Data-asset versions: runs on ``asset:<name>@<version>`` train on one; retention keeps
@@ -283,6 +290,8 @@ class Coordinator:
         self._store_retention = store_retention or StoreRetention()
         self._store_pruned_at: float | None = None
         self._clock = clock
+        # From then on a stage that sent no heartbeat at all is known to have no live worker.
+        self._heartbeats_due_by = clock() + timedelta(seconds=heartbeat_horizon_s)
         self.relay_batch_size = relay_batch_size
         self._min_free_disk_bytes = min_free_disk_bytes
         # Set whenever a decision wrote commands, so the relay publishes them at once.
@@ -669,6 +678,8 @@ class Coordinator:
         if isinstance(event, WorkerHeartbeat):
             self._record_heartbeat(received, event)
             return
+        if isinstance(event, StageStarted):
+            self._record_stage_start(received, event)
         if not isinstance(event, StageStarted | StageProgress | StageSucceeded | StageFailed):
             self._dead_letter(
                 received, "UnexpectedMessage", f"{event.message_type} is not a stage event"
@@ -719,6 +730,14 @@ class Coordinator:
                 if expires_at > now and states[stage] != "warm":
                     states[stage] = "warming" if warming else "warm"
         return states
+
+    def _record_stage_start(self, received: ReceivedMessage, event: StageStarted) -> None:
+        """A worker that starts stages without sending heartbeats is alive all the same: its
+        stage must not be taken for one without a worker. Best effort, like a heartbeat."""
+        try:
+            self.store.record_stage_start(event.stage, event.worker, received.enqueued_time)
+        except Exception as exc:
+            log.warning("could not record that %s started %s: %s", event.worker, event.stage, exc)
 
     def _handle_stage_event(
         self,
@@ -998,7 +1017,15 @@ class Coordinator:
         a retention is due; remembered as ``watchdog_at`` so that a decision writing an earlier
         deadline wakes the watchdog (``watchdog_due``)."""
         now = self._clock()
-        due = [deadline for deadline in [self.store.next_deadline()] if deadline is not None]
+        due = []
+        deadline = self.store.next_deadline()
+        if deadline is not None:
+            due.append(deadline)
+            # A run is active: its stage's last worker may stop counting as live before then.
+            horizons = self.store.heartbeat_horizons()
+            due += [at for at in horizons.values() if at > now]
+            if self._heartbeats_due_by > now and len(horizons) < len(STAGES):
+                due.append(self._heartbeats_due_by)
         for last, interval in (
             (self._retained_at, self._retention.interval_s),
             (self._store_pruned_at, self._store_retention.interval_s),
@@ -1010,17 +1037,40 @@ class Coordinator:
         return wait
 
     def watchdog_tick(self) -> int:
-        """Act on every overdue stage, with what the workers' heartbeats say of its stage;
-        returns how many deadlines were due."""
+        """Act on every overdue stage, with what the workers' heartbeats say of its stage, and
+        report the queued attempts of every stage known to have no live worker; returns how
+        many deadlines were due."""
         now = self._clock()
         due = self.store.list_due_deadlines(now)
-        workers = self.store.workers_by_stage(now) if due else {}
+        live = self.store.workers_by_stage(now)
+        silent = self.store.silent_stages()
         for expired in due:
             self._apply(
                 expired.run_id,
-                dataclasses.replace(expired, workers=workers.get(expired.stage, ())),
+                dataclasses.replace(expired, workers=_workers_of(expired.stage, live, silent)),
             )
+        self._report_stages_without_worker(now, live, silent)
         return len(due)
+
+    def _report_stages_without_worker(
+        self, now: datetime, live: Mapping[str, object], silent: set[str]
+    ) -> None:
+        """``NoLiveWorker`` for the queued attempts of each stage whose workers all stopped
+        sending heartbeats (or, since the coordinator started, never sent one) and that no
+        worker without heartbeats was seen working for."""
+        horizons = self.store.heartbeat_horizons()
+        gone = {
+            stage
+            for stage in STAGES
+            if stage not in live
+            and stage not in silent
+            and horizons.get(stage, self._heartbeats_due_by) <= now
+        }
+        if not gone:
+            return
+        for run, stage in self.store.list_queued_attempts():
+            if stage.stage in gone and stage.waiting != no_live_worker(stage.stage):
+                self._apply(run.id, NoLiveWorker(run.id, stage.stage, stage.attempt))
 
     def prune_cache(self) -> list[str]:
         """Remove the cached stage outputs nothing needs (``coordinator/retention.py``);
@@ -1147,6 +1197,17 @@ class _Decided:
             return decide(run, message, now=clock(), policy=policy)
 
         return fn
+
+
+def _workers_of(
+    stage: Stage, live: Mapping[str, tuple[WorkerSeen, ...]], silent: set[str]
+) -> tuple[WorkerSeen, ...] | None:
+    """What a queue deadline goes by: the stage's live workers; None (a plain timeout) when it
+    has none but a worker without heartbeats was seen working for it."""
+    workers = live.get(stage, ())
+    if not workers and stage in silent:
+        return None
+    return workers
 
 
 def _wait_s(now: datetime, due: Sequence[datetime], most_s: float) -> float:

@@ -66,6 +66,7 @@ from coordinator.domain import (
     RunGroup,
     RunNotFound,
     RunStatus,
+    StageState,
     WorkerSeen,
     settle_group,
 )
@@ -263,6 +264,18 @@ worker_heartbeats = Table(
     Column("slots", Integer, nullable=False),
     Column("busy", Integer, nullable=False),
     Index("ix_worker_heartbeats_expires_at", "expires_at"),
+)
+
+# Workers that started a stage but send no heartbeat (an older version, or heartbeats turned
+# off): their stage's liveness is unknown, so its queue deadline stays a plain timeout.
+silent_workers = Table(
+    "silent_workers",
+    metadata,
+    # "<stage>/<worker>": one key column, as retention deletes by key.
+    Column("key", String(230), primary_key=True),
+    Column("stage", String(20), nullable=False),
+    Column("worker", String(200), nullable=False),
+    Column("seen_at", _UtcDateTime, nullable=False),
 )
 
 
@@ -1118,6 +1131,65 @@ class RunStore:
                 except IntegrityError:
                     pass  # another coordinator recorded this worker's heartbeat meanwhile
 
+    def record_stage_start(self, stage: str, worker: str, at: datetime) -> bool:
+        """Note that ``worker`` started a ``stage`` at ``at``; if it has never sent a heartbeat,
+        remember it as a silent worker of its stage. Returns whether it is one."""
+        with self._connection() as conn, conn.begin():
+            beats = conn.scalar(
+                select(worker_heartbeats.c.worker_id)
+                .where(worker_heartbeats.c.stage == stage, worker_heartbeats.c.worker == worker)
+                .limit(1)
+            )
+            if beats is not None:
+                return False
+            key = f"{stage}/{worker}"
+            updated = conn.execute(
+                update(silent_workers)
+                .where(silent_workers.c.key == key, silent_workers.c.seen_at < at)
+                .values(seen_at=at)
+            )
+            if not updated.rowcount:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(silent_workers).values(
+                                key=key, stage=stage, worker=worker, seen_at=at
+                            )
+                        )
+                except IntegrityError:
+                    pass  # there already, seen later (or recorded by another coordinator)
+        return True
+
+    def silent_stages(self) -> set[str]:
+        """The stages a worker without heartbeats was seen working for (until retention)."""
+        with self._connection() as conn:
+            return set(conn.scalars(select(silent_workers.c.stage).distinct()).all())
+
+    def heartbeat_horizons(self) -> dict[str, datetime]:
+        """Per stage, when its last live worker stops counting as live (past: already)."""
+        query = select(worker_heartbeats.c.stage, func.max(worker_heartbeats.c.expires_at))
+        with self._connection() as conn:
+            rows = conn.execute(query.group_by(worker_heartbeats.c.stage)).all()
+        return {stage: expires_at for stage, expires_at in rows}
+
+    def list_queued_attempts(self, *, limit: int = 1000) -> list[tuple[Run, StageState]]:
+        """Active runs whose current stage is queued, with that stage."""
+        query = (
+            select(runs.c.state)
+            .where(runs.c.status.in_(ACTIVE_RUN_STATUSES))
+            .order_by(runs.c.deadline)
+            .limit(limit)
+        )
+        with self._connection() as conn:
+            states = conn.scalars(query).all()
+        found = []
+        for state in states:
+            run = Run.model_validate(state)
+            stage = run.current_stage
+            if stage is not None and stage.status == "queued":
+                found.append((run, stage))
+        return found
+
     def workers_by_stage(self, now: datetime) -> dict[str, tuple[WorkerSeen, ...]]:
         """The workers still live at ``now``, by stage."""
         query = select(worker_heartbeats).where(worker_heartbeats.c.expires_at > now)
@@ -1136,7 +1208,8 @@ class RunStore:
     ) -> dict[str, int]:
         """Delete what no one needs any more, in short transactions of ``batch`` rows:
         published outbox rows and processed-message ids (the inbox) recorded before
-        ``before``, heartbeats of workers gone since then, and blob events seen before
+        ``before``, heartbeats of workers gone since then (and silent workers last seen then),
+        and blob events seen before
         ``trigger_events_before``. Unpublished outbox rows stay whatever their age. Returns
         the rows deleted per table."""
         targets = (
@@ -1156,6 +1229,7 @@ class RunStore:
                 worker_heartbeats.c.worker_id,
                 worker_heartbeats.c.expires_at < before,
             ),
+            (silent_workers, silent_workers.c.key, silent_workers.c.seen_at < before),
         )
         removed: dict[str, int] = {}
         for table, key, old in targets:

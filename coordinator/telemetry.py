@@ -21,6 +21,7 @@ from coordinator.domain import (
     CoordinatorInput,
     DeadlineExpired,
     Decision,
+    NoLiveWorker,
     RetryRun,
     Run,
     StartRun,
@@ -69,6 +70,7 @@ _INPUT_NAMES: dict[type, str] = {
     CancelRun: "cancel_run",
     RetryRun: "retry_run",
     DeadlineExpired: "deadline_expired",
+    NoLiveWorker: "no_live_worker",
 }
 
 _STATUS_EVENTS = {
@@ -96,7 +98,7 @@ def decision_span(message: CoordinatorInput) -> Iterator[SpanHandle]:
         traceparent, stage, attempt = message.traceparent, message.stage, message.attempt
     else:
         run_id = message.run_id
-        if isinstance(message, DeadlineExpired):
+        if isinstance(message, DeadlineExpired | NoLiveWorker):
             stage, attempt = message.stage, message.attempt
     with coordinator_span(
         run_id, input_name(message), traceparent=traceparent, stage=stage, attempt=attempt

@@ -166,6 +166,11 @@ class StageFailed(StageEvent):
         return f"{self.correlation_id}:{self.stage}:{self.attempt}:failed"
 
 
+# How often a worker sends its heartbeat unless configured (RETRAINER_HEARTBEAT_S); the
+# coordinator also goes by it for a stage it has never heard from.
+DEFAULT_HEARTBEAT_S = 10.0
+
+
 class WorkerHeartbeat(Event):
     """A stage worker is alive, sent every ``interval_s`` to ``stage-events``: the
     coordinator's queue deadline waits while a stage's workers are busy with a backlog and

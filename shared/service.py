@@ -23,6 +23,7 @@ from pydantic import Field
 from shared.bootstrap import create_blob_store, create_bus
 from shared.healthcheck import serve_health
 from shared.lifecycle import exit_now, stop_with_supervisor
+from shared.messages import DEFAULT_HEARTBEAT_S
 from shared.recipe import LazyFunction, Recipe
 from shared.settings import CommonSettings
 from shared.telemetry import configure_from_settings, shutdown_telemetry
@@ -50,7 +51,7 @@ class WorkerSettings(CommonSettings):
     warm_up: bool = True
     # A WorkerHeartbeat to the coordinator this often: a stage whose workers are busy with a
     # backlog is not timed out, and one with no live worker is reported (0: none sent).
-    heartbeat_s: float = Field(default=10.0, ge=0)
+    heartbeat_s: float = Field(default=DEFAULT_HEARTBEAT_S, ge=0)
 
     @property
     def resolved_health_file(self) -> Path | None:

@@ -14,7 +14,12 @@ import pytest
 
 from coordinator import store as store_module
 from coordinator.domain import Policy, Run, WorkerSeen
-from coordinator.service import BackgroundLoops, Coordinator, LoopIntervals
+from coordinator.service import (
+    HEARTBEAT_HORIZON_S,
+    BackgroundLoops,
+    Coordinator,
+    LoopIntervals,
+)
 from coordinator.store import RunStore, StoreUnavailableError
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
@@ -483,6 +488,8 @@ def test_the_watchdog_sleeps_until_the_earliest_deadline_and_an_earlier_one_wake
     deployment = Deployment(tmp_path, Policy(queue_timeout_s=60), clock)
     try:
         coordinator = deployment.coordinator()
+        # Past the start-up's heartbeat horizon (which the watchdog also wakes for).
+        clock.advance(HEARTBEAT_HORIZON_S)
         assert coordinator.watchdog_wait_s(3600) == 3600, "no deadline: its longest sleep"
         deployment.start(coordinator)
         assert coordinator.watchdog_due.is_set(), "a deadline the watchdog did not know of"
@@ -537,3 +544,108 @@ def test_loops_whose_intervals_outlast_the_test_relay_consume_time_out_and_stop_
         loops.stop(timeout_s=WAIT_S)
         deployment.close()
     assert not [thread.name for thread in threads if thread.is_alive()], "every loop stopped"
+
+
+# --- stages without a live worker --------------------------------------------------------
+
+
+def _waiting(coordinator: Coordinator, run_id: UUID, stage: Stage = "aggregation") -> str | None:
+    return coordinator.get_run(run_id).stage(stage).waiting
+
+
+def test_a_stage_whose_workers_stopped_their_heartbeats_is_reported_before_its_deadline(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(queue_timeout_s=300), clock)
+    try:
+        coordinator = deployment.coordinator()
+        # Its last heartbeat: live for 31 s more.
+        seen = WorkerSeen("aggregation@host", clock.now, None, clock.now + timedelta(seconds=31))
+        coordinator.store.record_heartbeat("w1", seen.worker, "aggregation", seen, slots=1, busy=1)
+        run = deployment.start(coordinator)
+        deadline = coordinator.get_run(run.id).stage("aggregation").deadline
+        # The watchdog wakes when the heartbeat lapses, long before the queue deadline.
+        assert abs(coordinator.watchdog_wait_s(3600) - 31) < 0.1
+
+        assert coordinator.watchdog_tick() == 0
+        assert _waiting(coordinator, run.id) is None, "still live"
+        clock.advance(31)
+        assert coordinator.watchdog_tick() == 0, "no deadline was due"
+
+        aggregation = coordinator.get_run(run.id).stage("aggregation")
+        assert aggregation.waiting == "no live worker for stage aggregation"
+        assert (aggregation.status, aggregation.attempt, aggregation.deadline) == (
+            "queued",
+            1,
+            deadline,
+        )
+        assert coordinator.store.pending_outbox()[-1].message.message_id == (
+            f"{run.id}:aggregation:1"
+        ), "no command or CancelStage"
+    finally:
+        deployment.close()
+
+
+def test_a_stage_never_heard_from_is_reported_once_the_coordinator_waited_a_horizon(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(queue_timeout_s=300), clock)
+    try:
+        coordinator = deployment.coordinator()
+        run = deployment.start(coordinator)
+        # Its workers may be starting too: not known before a heartbeat horizon has passed.
+        assert abs(coordinator.watchdog_wait_s(3600) - HEARTBEAT_HORIZON_S) < 0.1
+        clock.advance(HEARTBEAT_HORIZON_S - 1)
+        coordinator.watchdog_tick()
+        assert _waiting(coordinator, run.id) is None
+        clock.advance(1)
+        coordinator.watchdog_tick()
+        assert _waiting(coordinator, run.id) == "no live worker for stage aggregation"
+    finally:
+        deployment.close()
+
+
+def test_a_worker_without_heartbeats_that_starts_stages_is_not_taken_for_dead(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(queue_timeout_s=300, backoff_base_s=0), clock)
+    try:
+        coordinator = deployment.coordinator()
+        first = deployment.start(coordinator)
+        # A worker of an older version: it starts stages but sends no heartbeat.
+        old = StageStarted(
+            correlation_id=first.id, stage="aggregation", attempt=1, worker="aggregation@v1"
+        )
+        deployment.report(encode(old))
+        consume_until(coordinator, 1)
+        assert coordinator.get_run(first.id).stage("aggregation").status == "running"
+        second = deployment.start(coordinator)
+
+        clock.advance(HEARTBEAT_HORIZON_S + 1)
+        coordinator.watchdog_tick()
+        assert _waiting(coordinator, second.id) is None, "not reported as without a worker"
+
+        # Its queue deadline is a plain timeout, as before heartbeats: the attempt is retried.
+        clock.advance(300)
+        assert coordinator.watchdog_tick() == 1
+        aggregation = coordinator.get_run(second.id).stage("aggregation")
+        assert (aggregation.attempt, aggregation.waiting) == (2, None)
+        assert aggregation.history[0].outcome == "timed_out"
+    finally:
+        deployment.close()
+
+
+def test_a_worker_with_heartbeats_is_not_a_silent_one(tmp_path: Path, clock: Clock) -> None:
+    deployment = Deployment(tmp_path, Policy(queue_timeout_s=300), clock)
+    try:
+        coordinator = deployment.coordinator()
+        run = deployment.start(coordinator)
+        idle_worker(coordinator, clock.now)
+        started = StageStarted(
+            correlation_id=run.id, stage="aggregation", attempt=1, worker="aggregation@test"
+        )
+        deployment.report(encode(started))
+        consume_until(coordinator, 1)
+        assert coordinator.store.silent_stages() == set()
+    finally:
+        deployment.close()

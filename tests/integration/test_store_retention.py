@@ -46,6 +46,7 @@ def test_bookkeeping_past_the_horizon_is_pruned_and_the_rest_kept(store: RunStor
     store.record_heartbeat("new", live.worker, "split", live, slots=1, busy=0)
     store.record_trigger_hits([hit("seen")], now - timedelta(days=10))
     store.record_trigger_hits([hit("recent", etag="e2")], now)
+    assert store.record_stage_start("train", "train@v1", now - timedelta(days=1))
 
     # Nothing is old enough yet.
     nothing = store.prune(
@@ -56,14 +57,18 @@ def test_bookkeeping_past_the_horizon_is_pruned_and_the_rest_kept(store: RunStor
         "processed_messages": 0,
         "trigger_events_seen": 2,  # the event seen 10 days ago: its id and its blob+etag
         "worker_heartbeats": 1,
+        "silent_workers": 0,
     }
     assert store.workers_by_stage(now) == {"split": (live,)}
+    assert store.silent_stages() == {"train"}
 
     later = now + timedelta(days=3)
     removed = store.prune(before=later, trigger_events_before=now - timedelta(days=7), batch=3)
 
     assert removed["outbox"] == 7, "published rows only, in batches of 3"
     assert removed["processed_messages"] == 7
+    assert removed["silent_workers"] == 1
+    assert store.silent_stages() == set()
     assert rows(store, outbox) == 1
     [pending] = store.pending_outbox()
     assert pending.message.correlation_id == str(unpublished.id)
@@ -113,6 +118,7 @@ def test_the_coordinator_prunes_on_its_schedule(tmp_path: Path) -> None:
             "processed_messages": 0,
             "trigger_events_seen": 0,
             "worker_heartbeats": 0,
+            "silent_workers": 0,
         }, "the first tick prunes at once; nothing is old yet"
         clock_offset[0] = timedelta(hours=2)
         assert coordinator.store_retention_tick() == {}, "not again within the interval"

@@ -13,6 +13,7 @@ from coordinator.domain import (
     DeadlineExpired,
     Decision,
     InvalidTransition,
+    NoLiveWorker,
     Policy,
     RetryRun,
     Run,
@@ -404,6 +405,28 @@ def test_queue_deadline_with_no_live_worker_waits_and_says_so() -> None:
         assert (split.status, split.attempt) == ("queued", 1)
         assert split.waiting == "no live worker for stage split"
         assert "no live worker for stage split" in decision.notes[0]
+
+
+def test_no_live_worker_is_said_at_once_keeping_the_deadline_and_only_for_a_queued_attempt() -> (
+    None
+):
+    run = run_until("split")
+    deadline = run.stage("split").deadline
+
+    decision = apply(run, NoLiveWorker(RUN_ID, "split", 1), 40)
+
+    assert decision.commands == []
+    split = decision.run.stage("split")
+    assert (split.status, split.attempt, split.deadline) == ("queued", 1, deadline)
+    assert split.waiting == "no live worker for stage split"
+    assert decision.run.updated_at == at(40)
+    assert_ignored(decision.run, NoLiveWorker(RUN_ID, "split", 1), 50)  # said already
+    assert_ignored(run, NoLiveWorker(RUN_ID, "split", 2), 40)  # not the current attempt
+    assert_ignored(run, NoLiveWorker(RUN_ID, "train", 1), 40)  # not the current stage
+    running = apply(run, started("split"), 30).run
+    assert_ignored(running, NoLiveWorker(RUN_ID, "split", 1), 40)
+    # A worker that turns up and starts it clears the note.
+    assert apply(decision.run, started("split"), 60).run.stage("split").waiting is None
 
 
 def test_queue_deadline_fires_once_a_live_worker_found_nothing_to_take_for_the_timeout() -> None:
