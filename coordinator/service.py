@@ -1105,13 +1105,19 @@ class Coordinator:
 
     def prune_store(self) -> dict[str, int]:
         """Delete the store's bookkeeping past its horizon (``StoreRetention``), then
-        checkpoint a SQLite store's write-ahead log; returns the rows deleted per table."""
+        checkpoint a SQLite store's write-ahead log, or vacuum and analyze the PostgreSQL tables
+        that lost rows; returns the rows deleted per table."""
         now = self._clock()
         removed = self.store.prune(
             before=now - timedelta(seconds=self._store_retention.horizon_s),
             trigger_events_before=now - timedelta(seconds=self._triggers.dedup_retention_s),
         )
         self.store.checkpoint()
+        try:
+            self.store.vacuum(table for table, count in removed.items() if count)
+        except Exception as exc:
+            # Autovacuum still comes by; a role that may not vacuum must not fail retention.
+            log.warning("run store retention: VACUUM of the pruned tables failed: %s", exc)
         if any(removed.values()):
             log.info(
                 "run store retention: deleted %s",

@@ -1245,11 +1245,33 @@ class RunStore:
 
     def checkpoint(self) -> None:
         """SQLite: copy the write-ahead log into the database and truncate it (it only grows
-        otherwise while readers keep it busy). Nothing to do on PostgreSQL (autovacuum)."""
+        otherwise while readers keep it busy). PostgreSQL: see ``vacuum``."""
         if self._engine.dialect.name != "sqlite":
             return
         with self._connection() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def vacuum(self, tables: Iterable[str]) -> list[str]:
+        """PostgreSQL: ``VACUUM (ANALYZE)`` the store's ``tables`` (those retention just pruned),
+        so the space of the deleted rows is reused and the planner's statistics follow the
+        deletions now rather than whenever autovacuum's thresholds are met. Returns the tables
+        vacuumed: none on SQLite, whose freed pages are reused anyway."""
+        if self._engine.dialect.name != "postgresql":
+            return []
+        known = {table.name for table in metadata.sorted_tables}
+        # Only names of our own tables ever reach the statement.
+        names = [name for name in tables if name in known]
+        if not names:
+            return []
+        quoted = ", ".join(self._qualified(name) for name in names)
+        with self._engine.connect() as conn:
+            # VACUUM cannot run inside a transaction block.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql(f"VACUUM (ANALYZE) {quoted}")
+        return names
+
+    def _qualified(self, table: str) -> str:
+        return f'"{self._schema}"."{table}"' if self._schema else f'"{table}"'
 
     def size_bytes(self) -> int:
         """What the store takes on disk: the SQLite files (database and WAL), or the
@@ -1263,7 +1285,7 @@ class RunStore:
         with self._connection() as conn:
             total = 0
             for table in metadata.sorted_tables:
-                name = f'"{self._schema}"."{table.name}"' if self._schema else table.name
+                name = self._qualified(table.name)
                 total += int(
                     conn.scalar(
                         text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": name}

@@ -1,6 +1,7 @@
 """Run store retention on SQLite and PostgreSQL: the outbox, the inbox of processed messages,
 the blob events seen and the heartbeats of gone workers are pruned past their horizon, what
-is still needed stays, and SQLite's write-ahead log is truncated."""
+is still needed stays, SQLite's write-ahead log is truncated and PostgreSQL's pruned tables are
+vacuumed and analyzed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import text
 
 from coordinator.domain import Policy, WorkerSeen
 from coordinator.service import Coordinator, StoreRetention, TriggerPolicy
@@ -20,6 +22,7 @@ from shared.messages import StageStarted, utcnow
 from shared.topology import build_topology
 from tests.integration.test_coordinator_store import create, deciding, hit, store  # noqa: F401
 from tests.recipe_fixtures import echo_recipe, only
+from tests.waiting import wait_until
 
 
 def rows(db: RunStore, table: object) -> int:
@@ -124,6 +127,52 @@ def test_the_coordinator_prunes_on_its_schedule(tmp_path: Path) -> None:
         assert coordinator.store_retention_tick() == {}, "not again within the interval"
         assert coordinator.prune_store()["outbox"] == 3
         assert rows(db, processed_messages) == 0
+    finally:
+        coordinator.close()
+
+
+def _maintained(db: RunStore, tables: list[str]) -> dict[str, bool]:
+    """Per table: whether PostgreSQL recorded a VACUUM and an ANALYZE of it (not autovacuum)."""
+    query = text(
+        "SELECT relname, last_vacuum IS NOT NULL AND last_analyze IS NOT NULL "
+        "FROM pg_stat_user_tables WHERE schemaname = :schema AND relname = ANY(:tables)"
+    )
+    with db._engine.connect() as conn:
+        rows = conn.execute(query, {"schema": db._schema, "tables": tables}).all()
+    return {name: bool(done) for name, done in rows}
+
+
+def test_retention_vacuums_and_analyzes_the_postgresql_tables_it_pruned(
+    store: RunStore,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    coordinator = Coordinator(
+        bus=SqliteMessageBus(tmp_path / "bus.sqlite", topology=build_topology()),
+        blobs=LocalBlobStore(tmp_path / "blobs"),
+        store=store,
+        recipes=only(echo_recipe),
+        policy=Policy(),
+        store_retention=StoreRetention(horizon_s=3600.0),
+        clock=lambda: utcnow() + timedelta(hours=2),
+    )
+    try:
+        fill(store, 3)
+        removed = coordinator.prune_store()
+        pruned = sorted(table for table, count in removed.items() if count)
+        assert pruned == ["outbox", "processed_messages"]
+        # Names that are not the store's tables never reach a statement.
+        assert store.vacuum(["runs; DROP TABLE runs", "nonsense"]) == []
+        if store._engine.dialect.name == "sqlite":
+            assert store.vacuum(pruned) == [], "nothing to do on SQLite"
+            return
+        everything = [*pruned, "runs"]
+        wait_until(
+            lambda: (
+                _maintained(store, everything) == {**dict.fromkeys(pruned, True), "runs": False}
+            ),
+            "PostgreSQL to record the VACUUM and ANALYZE of the pruned tables only",
+        )
+        assert store.count_runs() == 3
     finally:
         coordinator.close()
 
