@@ -1,12 +1,14 @@
 """Start-up and stop of the local stack as a user sees them, and what each service imports.
 
-* ``up``: ``retrainer up`` in a subprocess, from its start to "retrainer is up" (time to
-  ready), then SIGTERM when idle and the time until it has exited with every service
+* ``up``: ``retrainer up`` in a subprocess, from its start to "API ready" (the first level:
+  the API takes runs) and to "retrainer is up" (the second: every worker is warm), then
+  SIGTERM when idle and the time until it has exited with every service
   (stop). ``--repeat`` times on a warm page cache; with ``--cold`` one more run first after
   evicting the venv's and the project's files from the page cache (``posix_fadvise
   DONTNEED``, no root needed: what a first start after a reboot reads from disk).
-* ``demo``: the whole ``retrainer demo`` command's wall time on a fresh state directory
-  (sample data, start-up, one run, the champion's prediction, stop).
+* ``demo``: the whole ``retrainer demo`` command's wall and CPU time on a fresh state
+  directory (sample data, start-up, one run, the champion's prediction, stop), and when each
+  of its phases ended.
 * ``imports``: ``python -X importtime`` of each service's entry module; the packages that cost
   the most (cumulative, top-level packages).
 
@@ -145,11 +147,14 @@ def measure_up(root: Path, timeout_s: float) -> dict[str, Any]:
 def _time_up(process: subprocess.Popen[str], started: float, timeout_s: float) -> dict[str, Any]:
     lines: list[str] = []
     ready = threading.Event()
+    api_ready: list[float] = []
 
     def read() -> None:
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line.rstrip())
+            if "API ready" in line:
+                api_ready.append(time.monotonic() - started)
             if "retrainer is up" in line:
                 ready.set()
 
@@ -173,6 +178,8 @@ def _time_up(process: subprocess.Popen[str], started: float, timeout_s: float) -
     reader.join(10)
     said = next((line for line in lines if line.startswith("stopped in")), "")
     return {
+        # The first level (the API serves runs); None for a checkout that has only one.
+        "api_ready_s": round(api_ready[0], 2) if api_ready else None,
         "ready_s": round(ready_s, 2),
         "ready_cpu_s": round(ready_cpu_s, 2),
         "stop_s": round(stop_s, 2),
@@ -181,22 +188,52 @@ def _time_up(process: subprocess.Popen[str], started: float, timeout_s: float) -
     }
 
 
+# Lines of ``retrainer demo``'s output that end a phase (the first line that starts so).
+DEMO_PHASES = {
+    "sample data": "sample_data_s",
+    "API ready": "api_ready_s",
+    "run ": "run_posted_s",
+    "champion ": "champion_s",
+}
+
+
 def measure_demo(root: Path, timeout_s: float) -> dict[str, Any]:
+    """The whole command's wall and CPU seconds (itself and the stack it starts), and when
+    each phase ended (seconds from the start)."""
     with tempfile.TemporaryDirectory() as tmp:
         before = load()
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        result = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "cli", "demo"],
             cwd=root,
             env=env_for(root, Path(tmp) / "state", free_port()),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=timeout_s,
         )
+        phases: dict[str, float] = {}
+        lines: list[str] = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            for prefix, name in DEMO_PHASES.items():
+                if line.startswith(prefix) and name not in phases:
+                    phases[name] = round(time.monotonic() - started, 2)
+            if " succeeded" in line and line.startswith("run ") and "run_done_s" not in phases:
+                phases["run_done_s"] = round(time.monotonic() - started, 2)
+        code = process.wait(timeout_s)
         wall_s = time.monotonic() - started
-        if result.returncode != 0:
-            raise RuntimeError(f"retrainer demo failed:\n{result.stdout[-3000:]}{result.stderr}")
-        return {"wall_s": round(wall_s, 2), "load_before": before}
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if code != 0:
+            raise RuntimeError("retrainer demo failed:\n" + "".join(lines[-40:]))
+        cpu_s = (after.ru_utime - cpu_before.ru_utime) + (after.ru_stime - cpu_before.ru_stime)
+        return {
+            "wall_s": round(wall_s, 2),
+            "cpu_s": round(cpu_s, 2),
+            **phases,
+            "load_before": before,
+        }
 
 
 _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
@@ -310,10 +347,12 @@ def main() -> None:
     print(f"commit {report['commit']} at {root}, {report['cpus']} CPUs")
     ok = [r for r in warm if "error" not in r]
     demos = [r for r in report.get("demo_warm", []) if "error" not in r]
-    print("up ready s, warm:", summary([r["ready_s"] for r in ok]))
+    print("up API ready s, warm:", summary([r["api_ready_s"] for r in ok if r["api_ready_s"]]))
+    print("up workers warm s, warm:", summary([r["ready_s"] for r in ok]))
     print("up ready CPU s, warm:", summary([r["ready_cpu_s"] for r in ok]))
     print("up stop s, warm:", summary([r["stop_s"] for r in ok]))
     print("demo wall s, warm:", summary([r["wall_s"] for r in demos]))
+    print("demo CPU s, warm:", summary([r["cpu_s"] for r in demos]))
     for failed in [r for r in [*warm, *report.get("demo_warm", [])] if "error" in r]:
         print("failed:", failed["error"])
     if args.json:
