@@ -25,11 +25,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.blobs.port import BlobProperties, validate_blob_name
 from shared.errors import (
     BlobLeasedError,
     BlobNotFoundError,
     BlobStoreUnavailableError,
     ConfigurationError,
+    InvalidBlobNameError,
     PermanentError,
 )
 
@@ -48,6 +50,10 @@ MULTIPART_CONCURRENCY = 4
 RETRY: dict[str, Any] = {"max_retries": 4, "retry_timeout": timedelta(seconds=30)}
 
 _QUERY = re.compile(r"\?[^\s\"'<>]*")
+
+
+class UnlistableError(Exception):
+    """A listing obstore cannot give exactly as the SDK would."""
 
 
 class ObstoreBulk:
@@ -108,6 +114,44 @@ class ObstoreBulk:
                 return name, _unquoted(meta["e_tag"])
 
         return dict(await _all([one(*target) for target in targets]))
+
+    async def list_directory(self, container: str, path: str) -> list[BlobProperties]:
+        """The blobs under directory ``path`` (``""``: the whole container) of ``container``,
+        sorted by name; none for a missing container. Raises ``UnlistableError`` for a
+        listing it cannot give exactly as the SDK would (a name object_store cannot
+        represent, such as ``a//b``; an empty blob, which may be a ``dir/`` marker): the
+        caller lists through the SDK instead. Other errors as the port's."""
+        import obstore
+        from obstore.exceptions import BaseError, NotFoundError
+
+        found: list[BlobProperties] = []
+        try:
+            async for batch in obstore.list(
+                self.store(container), path.rstrip("/") or None, chunk_size=5000
+            ):
+                for meta in batch:
+                    if meta["size"] == 0:
+                        # object_store lists a "dir/" marker as "dir", a name no blob has; an
+                        # empty blob looks the same, so both are left to the SDK.
+                        raise UnlistableError(f"an empty blob under {container}/{path}")
+                    name = f"{container}/{meta['path']}"
+                    try:
+                        validate_blob_name(name)
+                    except InvalidBlobNameError:
+                        continue  # not addressable through the port (the SDK path skips it too)
+                    etag = _unquoted(meta["e_tag"])
+                    found.append(BlobProperties(name, etag, meta["size"], meta["last_modified"]))
+        except BaseError as exc:
+            # A listing answers 404 only for a missing container (object_store reports it as
+            # a generic error).
+            if isinstance(exc, NotFoundError) or "status code: 404" in str(exc):
+                return []  # no container yet: no blobs
+            if "invalid path" in str(exc):
+                raise UnlistableError(_scrubbed(exc)) from None
+            with _translated(f"{container}/{path}"):
+                raise
+        found.sort(key=lambda p: p.name)
+        return found
 
     async def upload_files(
         self,
