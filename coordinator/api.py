@@ -575,8 +575,8 @@ class AttemptLogOut(BaseModel):
     outcome: str
     error: str | None = Field(description="the attempt's error, secrets redacted")
     log: str | None = Field(
-        description="the end of the attempt's log (a failed attempt's traceback), secrets"
-        " redacted; null when its worker kept none"
+        description="the end of the attempt's log (so far, for a running one; a failure's"
+        " traceback at its end), secrets redacted; null when its worker kept none"
     )
     truncated: bool = Field(description="the log was longer: only its end is here")
 
@@ -881,8 +881,9 @@ def _add_routes(app: FastAPI) -> None:
         attempt: Annotated[int, Path(ge=1, le=10_000)],
         coordinator: CoordinatorDep,
     ) -> AttemptLogOut:
-        """A stage attempt's error and, for a failed attempt, the tail of its log (the
-        traceback its worker kept): at most MAX_LOG_TAIL_CHARS characters, secrets redacted."""
+        """A stage attempt's error and the tail of its log (what the attempt logged, written
+        by its worker every few seconds while it runs, and a failure's traceback at its end):
+        at most MAX_LOG_TAIL_CHARS characters, secrets redacted."""
         run = coordinator.get_run(run_id)
         state = next((s for s in run.stages if s.stage == stage), None)
         record = (

@@ -67,7 +67,7 @@ from shared.messages import (
     encode,
 )
 from shared.recipe import RECIPE_STAGES, Recipe, RecipeContext, RecipeParams
-from shared.stage_logs import failure_log, failure_log_blob
+from shared.stage_logs import AttemptLog, failure_log_blob
 from shared.telemetry import in_current_trace, stage_span
 from shared.topology import (
     CONTROL_TOPIC,
@@ -238,13 +238,16 @@ class Worker:
         stage_max_workers: int | None = None,
         shutdown_grace_s: float = 5.0,
         heartbeat_s: float | None = None,
+        attempt_log_s: float = 3.0,
     ) -> None:
         """``stage_max_workers``: cores one stage may use (``RecipeContext.max_workers``);
         default: the machine's cores shared among ``max_concurrency`` stages.
         ``shutdown_grace_s``: how long ``run_forever`` waits, once stopped, for the stages in
         flight to reach a checkpoint before it abandons their messages and returns.
         ``heartbeat_s``: ``run_forever`` sends a ``WorkerHeartbeat`` this often (None: never),
-        so the coordinator knows the stage has a live worker and whether it is busy."""
+        so the coordinator knows the stage has a live worker and whether it is busy.
+        ``attempt_log_s``: how often a running attempt's new log lines are written to its log
+        blob (the dashboard's live tail)."""
         self.spec = spec
         self._bus = bus
         self._blobs = blob_store
@@ -259,6 +262,7 @@ class Worker:
             1, (os.cpu_count() or 1) // max_concurrency
         )
         self._shutdown_grace_s = shutdown_grace_s
+        self._attempt_log_s = attempt_log_s
         self._stopping = threading.Event()
         # True while ``warm_up`` runs in the main thread: a signal then interrupts it.
         self._warming = False
@@ -550,7 +554,14 @@ class Worker:
         )
         renewer = _LockRenewer(self._bus, message, self._lock_duration_s, on_renewed=self._beat)
         attempt.renewer = renewer
-        with renewer:
+        attempt_log = AttemptLog(
+            functools.partial(
+                self._blobs.upload_blob,
+                failure_log_blob(command.correlation_id, command.stage, command.attempt),
+            ),
+            interval_s=self._attempt_log_s,
+        )
+        with renewer, attempt_log:
             started = time.monotonic()
             try:
                 event: StageSucceeded | StageFailed | None = self._run_stage(
@@ -562,7 +573,7 @@ class Worker:
                     self._abandon(attempt, f"{type(exc).__name__}: {exc}")
                     return None
                 event = failed_event(command, exc)
-                self._keep_failure_log(command, exc)
+                attempt_log.finish(exc)
                 log.log(
                     logging.WARNING
                     if event.retryable or attempt.cancel_requested
@@ -575,6 +586,11 @@ class Worker:
                     exc_info=event.retryable,
                 )
             else:
+                if event is None:
+                    # Deferred: the job's follower keeps the log the job leaves.
+                    attempt_log.stop()
+                else:
+                    attempt_log.finish()
                 if event is not None:
                     event = event.model_copy(update={"duration_s": time.monotonic() - started})
             if event is not None:
@@ -598,17 +614,6 @@ class Worker:
                 # The event is out and de-duplicated by message id; a redelivery hits the cache.
                 log.warning("lock lost before completing %s", message.message_id)
         return event
-
-    def _keep_failure_log(self, command: RunStage, exc: BaseException) -> None:
-        """The attempt's traceback (bounded, redacted) beside the run's artifacts, for the
-        dashboard; best effort: the failure is reported whether or not this works."""
-        try:
-            self._blobs.upload_blob(
-                failure_log_blob(command.correlation_id, command.stage, command.attempt),
-                failure_log(exc).encode("utf-8"),
-            )
-        except Exception as upload_error:
-            log.warning("could not keep the failure log of %s: %s", command.stage, upload_error)
 
     def _abandon(self, attempt: _Attempt, why: str) -> None:
         """Give the attempt's message back to the bus (delivered again at once) and make sure

@@ -934,6 +934,45 @@
     }
   }
 
+  // The running stage's log as its worker writes it (every few seconds), asked again at each
+  // refresh of an active run; kept scrolled to its end unless the reader scrolled up.
+  const LIVE_LOG_MS = 3000;
+  let liveLogAsked = { key: "", at: 0 };
+  async function renderLiveLog(run) {
+    const section = document.getElementById("live-log");
+    const stage = run.stages.find((s) => s.status === "running" && s.attempt > 0);
+    if (!stage) {
+      section.hidden = true;
+      return;
+    }
+    const key = `${stage.name}/${stage.attempt}`;
+    replace(section.querySelector("h2"), `Log of ${stage.name} attempt ${stage.attempt} (live)`);
+    section.dataset.stage = stage.name;
+    section.hidden = false;
+    if (liveLogAsked.key === key && now() - liveLogAsked.at < LIVE_LOG_MS) return;
+    liveLogAsked = { key, at: now() };
+    const body = section.querySelector(".log-body");
+    let answer;
+    try {
+      answer = await getJson(
+        `/runs/${encodeURIComponent(run.id)}/stages/${encodeURIComponent(stage.name)}/attempts/${stage.attempt}/log`
+      );
+    } catch (error) {
+      replace(body, el("p", { class: "row-error small" }, error.message || String(error)));
+      return;
+    }
+    const pre = body.querySelector("pre");
+    const atEnd = !pre || pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    if (!answer.log) {
+      replace(body, el("p", { class: "muted small" }, "Nothing logged yet."));
+      return;
+    }
+    if (pre && pre.textContent === answer.log) return;
+    const shown = el("pre", { class: "log" }, answer.log);
+    replace(body, answer.truncated ? el("p", { class: "muted small" }, "Only the end of the log is kept.") : null, shown);
+    if (atEnd) shown.scrollTop = shown.scrollHeight;
+  }
+
   function runPage() {
     const runId = document.body.dataset.runId;
     const refresh = poll(async () => {
@@ -948,6 +987,7 @@
       renderMetrics(run);
       renderTimeline(run);
       renderStageTable(run);
+      renderLiveLog(run);
       const active = ACTIVE.has(run.status);
       setLive(active ? "live" : "", active);
       document.body.dataset.runStatus = run.status;

@@ -338,6 +338,42 @@ def test_a_failed_attempt_shows_its_log_tail_redacted(stack: Stack, browser: Any
     assert "Only the end of the log is kept." in (text(browser, ".attempt-log") or "")
 
 
+def test_the_running_stage_shows_its_log_as_it_grows(stack: Stack, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    w, s = stack.workers, timedelta(seconds=1)
+    start = utcnow() - 30 * s
+    run_id = w.start("state_identifier", start)
+    t = w.succeeded(run_id, "aggregation", start, 1.0)
+    t = w.succeeded(run_id, "split", t, 1.0)
+    w.started(run_id, "train", t)
+    stack.clock.now = utcnow()
+    # What the train worker writes every few seconds while the attempt runs.
+    blob = failure_log_blob(run_id, "train", 1)
+    first = "10:00:01 INFO recipes.train: epoch 1/20 loss 0.912\n"
+    stack.coordinator.blobs.upload_blob(blob, first.encode())
+    open_page(browser, f"{stack.url}/dashboard/runs/{run_id}")
+
+    def live(d: Any) -> str:
+        return text(d, "#live-log pre") or ""
+
+    wait_for(browser, lambda d: "epoch 1/20" in live(d), "no live log of the running stage")
+    assert text(browser, "#live-log h2").lower() == "log of train attempt 1 (live)"
+    grown = first + f"10:00:04 INFO recipes.train: saved to https://a.blob/x?sig={SECRET}\n"
+    stack.coordinator.blobs.upload_blob(blob, (grown + "epoch 2/20 loss 0.7\n").encode())
+    wait_for(browser, lambda d: "epoch 2/20" in live(d), "the live log did not follow")
+    assert SECRET not in live(browser)
+
+    t = w.succeeded(run_id, "train", t, 40.0, metrics={"silhouette": 0.5})
+    stack.clock.now = utcnow()
+    wait_for(
+        browser,
+        lambda d: not d.find_element(By.ID, "live-log").is_displayed(),
+        "the live log stays after its stage ended",
+    )
+    stack.coordinator.cancel_run(run_id)
+
+
 def test_a_cancelled_then_retried_run_counts_only_its_active_time(
     stack: Stack, browser: Any
 ) -> None:

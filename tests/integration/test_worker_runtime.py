@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from services.split import build_spec as split_spec
 from shared.blobs.local import LocalBlobStore
 from shared.bus.port import OutgoingMessage
 from shared.bus.sqlite import SqliteMessageBus
+from shared.errors import BlobNotFoundError
 from shared.messages import (
     CancelStage,
     Message,
@@ -28,7 +30,7 @@ from shared.messages import (
     decode,
     encode,
 )
-from shared.stage_logs import failure_log_blob
+from shared.stage_logs import AttemptLog, failure_log_blob
 from shared.topology import (
     CONTROL_TOPIC,
     COORDINATOR_SUBSCRIPTION,
@@ -633,3 +635,68 @@ def test_build_worker_warms_the_stage_functions_of_lazy_recipes_unless_told_not_
     assert worker.spec.warm_up
     worker.warm_up()
     assert lazy_split._function is not None
+
+
+def test_a_running_attempts_log_is_written_as_it_goes_and_kept_whole_at_its_end(
+    bus: SqliteMessageBus, blobs: LocalBlobStore
+) -> None:
+    """The dashboard's live tail: what the attempt's thread logs reaches its log blob while it
+    runs; another thread's lines do not; a failure's traceback ends it."""
+    steps = logging.getLogger("recipes.live")
+    release = threading.Event()
+
+    def logs_then_waits(ctx: StageContext) -> StageResult:
+        steps.warning("epoch 1 of 2 done")
+        other = threading.Thread(target=steps.warning, args=("from another thread",))
+        other.start()
+        other.join()
+        assert release.wait(WAIT_S)
+        steps.warning("epoch 2 of 2 done")
+        raise RuntimeError("diverged at epoch 2")
+
+    spec = StageSpec("aggregation", ("data",), "dataset", logs_then_waits)
+    worker = Worker(
+        spec,
+        bus=bus,
+        blob_store=blobs,
+        recipe_lookup=lookup,
+        lock_duration_s=LOCK_S,
+        receive_wait_s=0.2,
+        attempt_log_s=0.05,
+    )
+    command = send(bus)
+    blob = failure_log_blob(command.correlation_id, "aggregation", 1)
+
+    def logged() -> str:
+        try:
+            return blobs.download_blob(blob).data.decode()
+        except BlobNotFoundError:
+            return ""
+
+    processing = threading.Thread(target=worker.process_next)
+    processing.start()
+    try:
+        wait_until(lambda: "epoch 1 of 2 done" in logged(), "the live log to be written")
+        assert processing.is_alive()
+        assert "epoch 2" not in logged() and "from another thread" not in logged()
+    finally:
+        release.set()
+        processing.join(WAIT_S)
+
+    final = logged()
+    assert final.index("epoch 1 of 2 done") < final.index("epoch 2 of 2 done")
+    assert final.rstrip().endswith("RuntimeError: diverged at epoch 2")
+    assert "from another thread" not in final
+    assert not any(isinstance(h, AttemptLog) for h in logging.getLogger().handlers)
+
+
+def test_a_succeeded_attempt_keeps_its_log(bus: SqliteMessageBus, blobs: LocalBlobStore) -> None:
+    def logs(ctx: StageContext) -> StageResult:
+        logging.getLogger("recipes.live").warning("42 rows read")
+        return StageResult()
+
+    worker = make_worker(StageSpec("aggregation", ("data",), "dataset", logs), bus, blobs)
+    command = send(bus)
+    assert worker.process_next()
+    kept = blobs.download_blob(failure_log_blob(command.correlation_id, "aggregation", 1))
+    assert "WARNING recipes.live: 42 rows read" in kept.data.decode()
