@@ -20,6 +20,7 @@ max-delivery-count dead-lettering only cover workers that die mid-stage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -87,6 +88,8 @@ MANIFEST = "_manifest.json"
 # (to drop their commands if they arrive later).
 CONTROL_BATCH = 20
 REMEMBERED_CANCELS = 10_000
+# The warm-up thread's nice value: it gets the CPU that the coordinator and warm workers leave.
+WARM_UP_NICE = 10
 
 
 class BlobChangedError(RetryableError):
@@ -216,11 +219,6 @@ class _Attempt:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _StopWarmingUp(BaseException):
-    """Raised by the stop signal's handler into a warm-up in progress (a BaseException, so
-    that a warm-up's own ``except Exception`` does not swallow it)."""
-
-
 class Worker:
     def __init__(
         self,
@@ -264,10 +262,10 @@ class Worker:
         self._shutdown_grace_s = shutdown_grace_s
         self._attempt_log_s = attempt_log_s
         self._stopping = threading.Event()
-        # True while ``warm_up`` runs in the main thread: a signal then interrupts it.
-        self._warming = False
         # Set once the warm-up is over: heartbeats stop saying ``warming``.
         self.warm = threading.Event()
+        # Set when the warm-up thread ends or the worker stops: ``warm_up`` stops waiting.
+        self._warm_up_over = threading.Event()
         # Wakes the heartbeat loop before its interval: the warm-up ended, or the worker stops.
         self._beat_now = threading.Event()
         # Each attempt in flight, so that a cancel or a shutdown can reach it.
@@ -340,10 +338,38 @@ class Worker:
 
     def warm_up(self) -> float:
         """Run the spec's ``warm_up`` callables (before the first receive, so before the
-        health file says this worker is alive); returns the seconds they took."""
+        health file says this worker is alive); returns the seconds they took.
+
+        They run in a thread of their own at a low CPU priority (``WARM_UP_NICE``, Linux: a
+        thread's own nice value): the coordinator's start-up and the stages of workers already
+        warm go first, so the warm-ups of a whole stack do not delay its API's readiness. A
+        stop ends the wait at once: nothing was taken yet, so there is nothing to finish (the
+        process exits with the import where it is)."""
         started = time.monotonic()
+        if self.spec.warm_up:
+            thread = threading.Thread(
+                target=self._run_warm_up, name=f"{self.name}-warm-up", daemon=True
+            )
+            thread.start()
+            self._warm_up_over.wait()
+            if self._stopping.is_set():
+                log.info("%s worker %s stopped while warming up", self.spec.stage, self.name)
+                return time.monotonic() - started
+            log.info(
+                "%s worker %s warmed up in %.2f s",
+                self.spec.stage,
+                self.name,
+                time.monotonic() - started,
+            )
+        if not self._stopping.is_set():
+            self.warm.set()
+            self._beat_now.set()
+        return time.monotonic() - started
+
+    def _run_warm_up(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_UP_NICE)
         try:
-            self._warming = True
             for warm in self.spec.warm_up:
                 if self._stopping.is_set():
                     break
@@ -351,29 +377,16 @@ class Worker:
                     warm()
                 except Exception:
                     log.warning("%s warm-up %r failed", self.spec.stage, warm, exc_info=True)
-        except _StopWarmingUp:
-            log.info("%s worker %s stopped while warming up", self.spec.stage, self.name)
         finally:
-            self._warming = False
-        if not self._stopping.is_set():
-            self.warm.set()
-            self._beat_now.set()
-        took = time.monotonic() - started
-        if self.spec.warm_up:
-            log.info("%s worker %s warmed up in %.2f s", self.spec.stage, self.name, took)
-        return took
+            self._warm_up_over.set()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._warm_up_over.set()
         self._beat_now.set()
 
     def _on_signal(self, *_: object) -> None:
         self.stop()
-        # A warm-up (importing an ML stack: tens of seconds on a busy machine) is cut short
-        # where it is: nothing was taken yet, so there is nothing to finish.
-        if self._warming:
-            self._warming = False
-            raise _StopWarmingUp
 
     def close(self) -> None:
         self._bus.close()
