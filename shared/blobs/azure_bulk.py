@@ -5,8 +5,9 @@ The SDK costs ~1-2 ms of Python CPU per request (its pipeline, header parsing, s
 aiohttp), which caps a one-process ``download_prefix`` of small blobs at a few hundred per
 second; obstore signs and speaks HTTP in Rust, so Python only awaits. ``AzureBlobStore`` uses
 it for ``download_files`` / ``upload_files`` (what ``shared.blobs.transfer`` moves whole
-directories with) and keeps the SDK for everything with Azure semantics beyond a plain GET or
-overwriting PUT (conditional writes, leases, listing, properties).
+directories with) and for listing a directory where it can give exactly the SDK's listing
+(``list_directory``), and keeps the SDK for everything with Azure semantics beyond a plain GET,
+overwriting PUT or listing (conditional writes, leases, properties, prefix listings).
 
 Memory is bounded for any blob size: a download larger than ``STREAM_ABOVE`` is written to its
 file chunk by chunk, an upload larger than ``MULTIPART_ABOVE`` is read from its file by
