@@ -1,6 +1,7 @@
 """The README's five lines that load the champion work as written: the lines are taken from the
 README, run in a fresh interpreter in a directory holding an embedded store (``.retrainer/``)
-whose ``state_identifier`` champion was trained by the recipe, on integer sensor readings."""
+whose ``state_identifier`` champion was trained by the recipe, on integer sensor readings; and
+``mlflow.sklearn.load_model`` loads the same champion as its scikit-learn pipeline."""
 
 from __future__ import annotations
 
@@ -74,3 +75,20 @@ def test_the_readme_lines_load_the_champion_and_predict_integer_readings(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     states = re.findall(r"-?\d+", done.stdout.strip().splitlines()[-1])
     assert states, done.stdout
+
+    # The flavour's own loader loads the same champion: the scikit-learn pipeline itself.
+    native = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import mlflow; mlflow.set_tracking_uri('sqlite:///.retrainer/mlflow.db'); "
+            f"m = mlflow.sklearn.load_model('models:/{RECIPE}@champion'); "
+            "print(type(m).__module__, type(m).__name__)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert native.returncode == 0, native.stderr[-3000:]
+    assert native.stdout.strip().splitlines()[-1].startswith("sklearn.")
