@@ -166,7 +166,11 @@ class LocalBlobStore:
         container_dir = self._root / container
         self._check_inside_root(prefix, container_dir)
         names = sorted(f"{container}/{rel}" for rel in self._walk(container_dir, "", path_prefix))
-        found = []
+        return self._each_current(names)
+
+    def _each_current(self, names: list[str]) -> Iterator[BlobProperties]:
+        # Each blob is read when the caller reaches it: one that only asks whether there is any
+        # (POST /runs checking its data folder) reads one blob's lock and etag, not thousands.
         for name in names:
             try:
                 target = self._target(name)
@@ -175,8 +179,7 @@ class LocalBlobStore:
             except InvalidBlobNameError:
                 continue  # e.g. a file symlinked out of the root
             if props is not None:  # None: deleted since the walk
-                found.append(props)
-        return iter(found)
+                yield props
 
     def delete_blob(self, name: str, *, if_match: str | None = None) -> None:
         target = self._target(name)
