@@ -18,7 +18,7 @@ image); then
   registered ``pyfunc`` model takes raw images and returns boxes, classes and scores
   (``training.py``, ``model.py``).
 
-Importing this package is cheap: Pillow, numpy, mltable, TensorFlow/Keras and pycocotools are
+Importing this package is cheap: Pillow, numpy, TensorFlow/Keras and pycocotools are
 imported by the stage functions that use them.
 """
 

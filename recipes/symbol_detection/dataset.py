@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ CLASSES_TXT = "classes.txt"
 CLASSES_JSON = "classes.json"
 ANNOTATIONS = "annotations.jsonl"
 MLTABLE = "MLTable"
+# mltable's default partition of a JSON-lines file (20 MiB).
+MLTABLE_PARTITION_BYTES = 20 * 1024 * 1024
 TRAIN = "train"
 VALIDATION = "validation"
 DATASET_JSON = "dataset.json"
@@ -196,21 +197,36 @@ def write_annotations(path: Path, labels: Iterable[ImageLabels]) -> int:
 
 def write_mltable(folder: Path, annotations_file: str = ANNOTATIONS) -> Path:
     """An ``MLTable`` beside ``annotations_file`` in ``folder``, as AutoML for images reads it:
-    JSON lines, ``image_url`` a stream column. Written by the ``mltable`` package."""
-    with warnings.catch_warnings():
-        # azureml-dataprep (under mltable) still imports pkg_resources, which warns.
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        import mltable
+    JSON lines, ``image_url`` a stream column.
 
-    # An absolute path: mltable resolves a relative one against the working directory; saved
-    # into the same folder, it is written relative again ("annotations.jsonl").
-    source = str((Path(folder) / annotations_file).resolve())
-    table = mltable.from_json_lines_files(
-        paths=[{"file": source}], invalid_lines="error", include_path_column=False
-    )
-    table = table.convert_column_types({"image_url": mltable.DataType.to_stream()})
-    table.save(str(folder), colocated=False, overwrite=True)
-    return Path(folder) / MLTABLE
+    The same document the ``mltable`` package saves for ``from_json_lines_files`` +
+    ``convert_column_types`` (a test holds the two equal and loads ours with ``mltable``), but
+    written as YAML here: ``mltable``'s Rust engine (azureml-dataprep-rslex) posts telemetry to
+    Application Insights on every call, and in a process that has imported TensorFlow that
+    client's clean-up calls TensorFlow's BoringSSL ``SSL_CTX_free`` on an OpenSSL context and
+    the process dies (SIGSEGV), so no worker or recipe process loads it.
+    """
+    import yaml
+
+    table = {
+        "paths": [{"file": annotations_file}],
+        "transformations": [
+            {
+                "read_json_lines": {
+                    "encoding": "utf8",
+                    "include_path_column": False,
+                    "invalid_lines": "error",
+                    "partition_size": MLTABLE_PARTITION_BYTES,
+                    "path_column": "Path",
+                }
+            },
+            {"convert_column_types": [{"column_type": "stream_info", "columns": "image_url"}]},
+        ],
+        "type": "mltable",
+    }
+    path = Path(folder) / MLTABLE
+    path.write_text(yaml.safe_dump(table, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def read_classes(folder: Path) -> list[str]:

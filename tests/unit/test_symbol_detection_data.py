@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,59 @@ def test_strata_are_the_rarest_class_pooled_below_k() -> None:
     assert strata_of(items, 2) == ["a", "a", "b", "b", "(pooled)", "(pooled)"]
     assert strata_of(items, 3) == ["(pooled)"] * 6
     assert strata_of(items, 1) == ["a", "a", "b", "b", "(none)", "c"]
+
+
+# In a child interpreter: mltable's engine must never share a process with TensorFlow (see
+# dataset.write_mltable), and another test module may have imported TensorFlow into this one.
+MLTABLE_CHECK = """
+import json, shutil, sys
+from pathlib import Path
+
+import yaml
+
+from recipes.symbol_detection.aggregate import aggregate
+from recipes.symbol_detection.params import SymbolDetectionParams
+
+raw, out = Path(sys.argv[1]), Path(sys.argv[2])
+aggregate(raw, out / "ours", SymbolDetectionParams())
+engine_loaded = "azureml.dataprep" in sys.modules
+
+import mltable
+
+(out / "theirs").mkdir()
+shutil.copy(out / "ours" / "annotations.jsonl", out / "theirs")
+table = mltable.from_json_lines_files(
+    paths=[{"file": str((out / "theirs" / "annotations.jsonl").resolve())}],
+    invalid_lines="error",
+    include_path_column=False,
+)
+table = table.convert_column_types({"image_url": mltable.DataType.to_stream()})
+table.save(str(out / "theirs"), colocated=False, overwrite=True)
+frame = mltable.load(str(out / "ours")).to_pandas_dataframe()
+print(json.dumps({
+    "engine_loaded_by_aggregation": engine_loaded,
+    "ours": yaml.safe_load((out / "ours" / "MLTable").read_text()),
+    "theirs": yaml.safe_load((out / "theirs" / "MLTable").read_text()),
+    "rows": len(frame),
+    "columns": sorted(frame.columns),
+}))
+"""
+
+
+def test_the_mltable_written_is_the_mltable_packages_own_and_loads_with_it(
+    raw: Path, tmp_path: Path
+) -> None:
+    project = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", MLTABLE_CHECK, str(raw), str(tmp_path)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["engine_loaded_by_aggregation"] is False
+    assert report["ours"] == report["theirs"]
+    assert report["rows"] == 30
+    assert report["columns"] == ["image_details", "image_url", "label"]
