@@ -72,6 +72,9 @@ def test_blob_upload_event_runs_the_pipeline_on_azure_adapters(
     azurite: str, broker: ServiceBusTestBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state_dir = tmp_path / "state"
+    # Azurite is the session's, shared with other modules' stacks in this worker: a container
+    # of this test's own.
+    data_container = f"datasets-{uuid.uuid4().hex[:12]}"
     azure_env = {
         "RETRAINER_STATE_DIR": str(state_dir),
         "RETRAINER_BUS": "servicebus",
@@ -80,7 +83,13 @@ def test_blob_upload_event_runs_the_pipeline_on_azure_adapters(
         "RETRAINER_BLOB": "azure",
         "RETRAINER_BLOB_CONNECTION_STRING": azurite,
         "RETRAINER_TRIGGER_RULES": json.dumps(
-            [{"container": "datasets", "prefix": "machines/line-7/", "recipe": "state_identifier"}]
+            [
+                {
+                    "container": data_container,
+                    "prefix": "machines/line-7/",
+                    "recipe": "state_identifier",
+                }
+            ]
         ),
         "RETRAINER_TRIGGER_DEBOUNCE_S": "1",
     }
@@ -95,7 +104,7 @@ def test_blob_upload_event_runs_the_pipeline_on_azure_adapters(
     sample = tmp_path / "sample"
     state_identifier.write_sample_data(sample, 11)
     service = BlobServiceClient.from_connection_string(azurite)
-    container = service.get_container_client("datasets")
+    container = service.get_container_client(data_container)
     container.create_container()
     events = []
     for path in sorted(p for p in sample.rglob("*.csv")):
@@ -104,7 +113,7 @@ def test_blob_upload_event_runs_the_pipeline_on_azure_adapters(
         blob = container.get_blob_client(name)
         uploaded = blob.upload_blob(data, content_settings=ContentSettings(content_type="text/csv"))
         events.append(
-            event_grid_blob_created("datasets", name, uploaded["etag"], len(data), blob.url)
+            event_grid_blob_created(data_container, name, uploaded["etag"], len(data), blob.url)
         )
 
     with stack:
@@ -128,7 +137,7 @@ def test_blob_upload_event_runs_the_pipeline_on_azure_adapters(
 
     assert final["status"] == "succeeded", final
     assert final["trigger"] == "blob"
-    assert final["data"] == f"datasets/{FOLDER}"
+    assert final["data"] == f"{data_container}/{FOLDER}"
     assert len(runs) == 1, "a burst of uploads and a duplicate delivery start one run"
     assert final["model"]["champion"] is True
 
