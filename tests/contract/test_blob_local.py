@@ -462,3 +462,27 @@ def test_upload_directory_validates_every_name_before_uploading(
     with pytest.raises(InvalidBlobNameError):
         upload_directory(store, src, "box/out")
     assert list(store.list_blobs("box/")) == []
+
+
+def test_upload_directory_stops_at_a_leased_blob_and_reports_what_it_wrote(
+    root: Path, tmp_path: Path
+) -> None:
+    created: list[str] = []
+    store = LocalBlobStore(root, on_blob_created=lambda props: created.append(props.name))
+    store.upload_blob("box/out/b.txt", b"old")
+    store.acquire_blob_lease("box/out/b.txt", duration_s=60)
+    created.clear()
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (src / name).write_bytes(name.encode())
+
+    with pytest.raises(BlobLeasedError):
+        upload_directory(store, src, "box/out")
+
+    assert store.download_blob("box/out/b.txt").data == b"old"
+    written = sorted(p.name for p in store.list_blobs("box/out/") if p.name != "box/out/b.txt")
+    # Whatever was written before the error stopped the upload was announced, each once.
+    assert sorted(created) == written
+    for name in written:
+        assert store.download_blob(name).data == name.rsplit("/", 1)[1].encode()
