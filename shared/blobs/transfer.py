@@ -4,7 +4,8 @@ Written only against the ``BlobStore`` port, so they work with every adapter. A 
 here names a directory: ``container/dir`` and ``container/dir/`` both mean the blobs whose
 names start with ``container/dir/`` (``container/dir2/x`` is not under ``container/dir``).
 
-A store that also implements ``BulkFileTransfer`` (the Azure adapter does: through obstore,
+A store that also implements ``BulkFileTransfer`` (the local adapter does, writing several
+blobs at once with shared fsyncs; the Azure adapter does through obstore,
 ``shared/blobs/azure_bulk.py``) moves the blobs between files and the service itself, with
 bounded concurrency and bounded memory; one that implements ``BulkBlobTransfer`` moves them
 with bounded concurrency through memory; any other store is served one blob at a time.
