@@ -71,6 +71,7 @@ from coordinator.store import (
     PromotionRecord,
     RunStore,
     ScheduleState,
+    StageStart,
     TriggerHit,
 )
 from coordinator.telemetry import decision_span, record_decision
@@ -678,8 +679,6 @@ class Coordinator:
         if isinstance(event, WorkerHeartbeat):
             self._record_heartbeat(received, event)
             return
-        if isinstance(event, StageStarted):
-            self._record_stage_start(received, event)
         if not isinstance(event, StageStarted | StageProgress | StageSucceeded | StageFailed):
             self._dead_letter(
                 received, "UnexpectedMessage", f"{event.message_type} is not a stage event"
@@ -733,7 +732,8 @@ class Coordinator:
 
     def _record_stage_start(self, received: ReceivedMessage, event: StageStarted) -> None:
         """A worker that starts stages without sending heartbeats is alive all the same: its
-        stage must not be taken for one without a worker. Best effort, like a heartbeat."""
+        stage must not be taken for one without a worker. Best effort, like a heartbeat; on
+        its own only when applying the event, which records it too, failed."""
         try:
             self.store.record_stage_start(event.stage, event.worker, received.enqueued_time)
         except Exception as exc:
@@ -749,11 +749,21 @@ class Coordinator:
                 event.correlation_id,
                 self._deciding(event),
                 inbox_message_id=received.message_id,
+                # The per-run hot path: no transaction of its own for this bookkeeping.
+                stage_start=(
+                    StageStart(event.stage, event.worker, received.enqueued_time)
+                    if isinstance(event, StageStarted)
+                    else None
+                ),
             )
         except RunNotFound as exc:
+            if isinstance(event, StageStarted):
+                self._record_stage_start(received, event)
             self._dead_letter(received, "UnknownRun", str(exc))
             return
         except Exception:
+            if isinstance(event, StageStarted):
+                self._record_stage_start(received, event)
             # Anything else (database down, a bug) may pass; the bus redelivers and, after its
             # max delivery count, dead-letters the message itself.
             log.exception("could not apply %s; abandoning it", received.message_id)

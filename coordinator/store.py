@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import shutil
 import time
@@ -44,6 +45,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     select,
@@ -77,6 +79,54 @@ from shared.messages import CancelStage, encode, utcnow
 from shared.topology import CONTROL_TOPIC, command_topic
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """A worker started a stage at (the bus's) ``at``: see ``RunStore.record_stage_start``."""
+
+    stage: str
+    worker: str
+    at: datetime
+
+
+def _note_stage_start(conn: Connection, start: StageStart, beats: bool | None) -> bool:
+    """``record_stage_start`` in ``conn``'s transaction; ``beats``: whether the worker has a
+    heartbeat row, if already read (None: look it up). Returns whether the worker is silent."""
+    params = {"stage": start.stage, "worker": start.worker}
+    if beats is None:
+        beats = conn.scalar(_HEARTBEAT_OF, params) is not None
+    if beats:
+        return False
+    key = {"silent_key": f"{start.stage}/{start.worker}"}
+    if conn.execute(_SILENT_SEEN, {**key, "at": start.at}).rowcount:
+        return True
+    # Seen at ``at`` or later already (a redelivery): a look costs less than a failed insert.
+    if conn.scalar(_SILENT_HAS, key) is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    _SILENT_ADD,
+                    {"key": key["silent_key"], **params, "seen_at": start.at},
+                )
+        except IntegrityError:
+            pass  # recorded by another coordinator meanwhile
+    return True
+
+
+def _note_stage_start_aside(conn: Connection, start: StageStart, beats: bool | None) -> None:
+    """``_note_stage_start`` where it rides on another write: best effort, as on its own, so
+    a failure of it never fails that write. The savepoint is only paid where there is more
+    than a known heartbeat to see (a silent worker, or a run not found)."""
+    if beats:
+        return
+    try:
+        with conn.begin_nested():
+            _note_stage_start(conn, start, beats)
+    except Exception as exc:
+        log.warning("could not record that %s started %s: %s", start.worker, start.stage, exc)
 
 
 def _pause_after_lost_race(tries: int) -> None:
@@ -330,6 +380,35 @@ _RUN_STATE = select(runs.c.state).where(runs.c.id == bindparam("run_id"))
 _RUN_STATE_AND_VERSION = select(runs.c.state, runs.c.version).where(
     runs.c.id == bindparam("run_id")
 )
+# The same, and whether the worker that starts a stage of it ever sent a heartbeat: that
+# bookkeeping rides on the read a StageStarted makes anyway, costing no statement of its own.
+_RUN_STATE_VERSION_AND_BEATS = select(
+    runs.c.state,
+    runs.c.version,
+    exists()
+    .where(
+        worker_heartbeats.c.stage == bindparam("stage"),
+        worker_heartbeats.c.worker == bindparam("worker"),
+    )
+    .label("beats"),
+).where(runs.c.id == bindparam("run_id"))
+_HEARTBEAT_OF = (
+    select(worker_heartbeats.c.worker_id)
+    .where(
+        worker_heartbeats.c.stage == bindparam("stage"),
+        worker_heartbeats.c.worker == bindparam("worker"),
+    )
+    .limit(1)
+)
+_SILENT_SEEN = (
+    update(silent_workers)
+    .where(
+        silent_workers.c.key == bindparam("silent_key"), silent_workers.c.seen_at < bindparam("at")
+    )
+    .values(seen_at=bindparam("at"))
+)
+_SILENT_HAS = select(silent_workers.c.key).where(silent_workers.c.key == bindparam("silent_key"))
+_SILENT_ADD = insert(silent_workers)
 _RUN_ADD = insert(runs)
 # The new values come as parameters named after their columns.
 _RUN_REPLACE = update(runs).where(
@@ -504,10 +583,13 @@ class RunStore:
         decide: Callable[[Run | None], Decision],
         *,
         inbox_message_id: str | None = None,
+        stage_start: StageStart | None = None,
     ) -> Decision | None:
         """Decide on the stored run and save the result, its commands and the inbox marker
         atomically. Returns None, deciding nothing, if ``inbox_message_id`` was processed
         before. ``decide`` may run more than once (after a conflict), so it must be pure.
+        ``stage_start``: record it as ``record_stage_start`` does, in the same transaction
+        (also for a message processed before; not if this raises).
 
         Raises ConcurrencyConflict when every try lost a race, and whatever ``decide`` raises.
         """
@@ -515,7 +597,7 @@ class RunStore:
         for tries in range(self._max_tries):
             try:
                 with self._connection() as conn, conn.begin():
-                    return self._apply_once(conn, run_id, decide, inbox_message_id)
+                    return self._apply_once(conn, run_id, decide, inbox_message_id, stage_start)
             except (_VersionChanged, IntegrityError) as exc:
                 # IntegrityError: another writer inserted the same run or inbox marker first.
                 lost_race = exc
@@ -528,10 +610,20 @@ class RunStore:
         run_id: UUID,
         decide: Callable[[Run | None], Decision],
         inbox_message_id: str | None,
+        stage_start: StageStart | None = None,
     ) -> Decision | None:
         if inbox_message_id is not None and conn.scalar(_INBOX_HAS, {"inbox_id": inbox_message_id}):
+            if stage_start is not None:
+                # Nothing else is written here: on SQLite its savepoint may commit on its own.
+                _note_stage_start_aside(conn, stage_start, None)
             return None
-        row = conn.execute(_RUN_STATE_AND_VERSION, {"run_id": run_id}).one_or_none()
+        if stage_start is None:
+            row = conn.execute(_RUN_STATE_AND_VERSION, {"run_id": run_id}).one_or_none()
+        else:
+            row = conn.execute(
+                _RUN_STATE_VERSION_AND_BEATS,
+                {"run_id": run_id, "stage": stage_start.stage, "worker": stage_start.worker},
+            ).one_or_none()
         current = Run.model_validate(row.state) if row else None
         decision = decide(current)
         new = decision.run
@@ -584,6 +676,10 @@ class RunStore:
             conn.execute(_OUTBOX_ADD, [_outbox_row(cmd, now) for cmd in _encoded(decision)])
         if inbox_message_id is not None:
             conn.execute(_INBOX_ADD, {"message_id": inbox_message_id, "processed_at": now})
+        if stage_start is not None:
+            # Last: pysqlite opens a transaction only before a write, so on SQLite a savepoint
+            # opened before the run's writes would be a transaction of its own.
+            _note_stage_start_aside(conn, stage_start, None if row is None else bool(row.beats))
         return decision
 
     # --- promotions ------------------------------------------------------------------------
@@ -1135,30 +1231,7 @@ class RunStore:
         """Note that ``worker`` started a ``stage`` at ``at``; if it has never sent a heartbeat,
         remember it as a silent worker of its stage. Returns whether it is one."""
         with self._connection() as conn, conn.begin():
-            beats = conn.scalar(
-                select(worker_heartbeats.c.worker_id)
-                .where(worker_heartbeats.c.stage == stage, worker_heartbeats.c.worker == worker)
-                .limit(1)
-            )
-            if beats is not None:
-                return False
-            key = f"{stage}/{worker}"
-            updated = conn.execute(
-                update(silent_workers)
-                .where(silent_workers.c.key == key, silent_workers.c.seen_at < at)
-                .values(seen_at=at)
-            )
-            if not updated.rowcount:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(silent_workers).values(
-                                key=key, stage=stage, worker=worker, seen_at=at
-                            )
-                        )
-                except IntegrityError:
-                    pass  # there already, seen later (or recorded by another coordinator)
-        return True
+            return _note_stage_start(conn, StageStart(stage, worker, at), None)
 
     def silent_stages(self) -> set[str]:
         """The stages a worker without heartbeats was seen working for (until retention)."""

@@ -635,6 +635,25 @@ def test_a_worker_without_heartbeats_that_starts_stages_is_not_taken_for_dead(
         deployment.close()
 
 
+def test_a_silent_worker_is_recorded_even_when_its_stage_start_cannot_be_applied(
+    tmp_path: Path, clock: Clock
+) -> None:
+    deployment = Deployment(tmp_path, Policy(queue_timeout_s=300), clock)
+    try:
+        coordinator = deployment.coordinator()
+        # Its run is gone (or never was here): the event is dead-lettered, yet the worker
+        # showed it is alive, as before the bookkeeping rode on the event's transaction.
+        started = StageStarted(
+            correlation_id=uuid4(), stage="aggregation", attempt=1, worker="aggregation@v1"
+        )
+        deployment.report(encode(started))
+        consume_until(coordinator, 1)
+        assert [reason for reason, _ in deployment.dead_letters()] == ["UnknownRun"]
+        assert coordinator.store.silent_stages() == {"aggregation"}
+    finally:
+        deployment.close()
+
+
 def test_a_worker_with_heartbeats_is_not_a_silent_one(tmp_path: Path, clock: Clock) -> None:
     deployment = Deployment(tmp_path, Policy(queue_timeout_s=300), clock)
     try:

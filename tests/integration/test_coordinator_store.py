@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from coordinator import store as store_module
 from coordinator.domain import (
     CancelRun,
     CoordinatorInput,
@@ -24,9 +25,16 @@ from coordinator.domain import (
     Run,
     RunNotFound,
     StartRun,
+    WorkerSeen,
     decide,
 )
-from coordinator.store import ConcurrencyConflict, PendingBurst, RunStore, TriggerHit
+from coordinator.store import (
+    ConcurrencyConflict,
+    PendingBurst,
+    RunStore,
+    StageStart,
+    TriggerHit,
+)
 from shared.messages import StageFailed, StageStarted, StageSucceeded, encode
 
 POSTGRES_URL = os.environ.get(
@@ -113,6 +121,67 @@ def test_scheduled_commands_keep_their_enqueue_time(store: RunStore) -> None:
     [pending] = store.pending_outbox()
     assert pending.message.message_id == f"{run.id}:aggregation:2"
     assert pending.message.scheduled_enqueue_time == T0 + timedelta(seconds=5 + 2)
+
+
+def test_a_stage_start_is_recorded_in_the_transaction_that_applies_its_event(
+    store: RunStore,
+) -> None:
+    run = create(store)
+    seen = WorkerSeen("split@v2", T0, None, T0 + timedelta(seconds=31))
+    store.record_heartbeat("w1", seen.worker, "split", seen, slots=1, busy=0)
+    event = StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")
+
+    def applying(stage_start: StageStart, message_id: str = event.message_id) -> Decision | None:
+        return store.apply(
+            run.id, deciding(event), inbox_message_id=message_id, stage_start=stage_start
+        )
+
+    assert applying(StageStart("aggregation", "aggregation@v1", T0)) is not None
+    assert store.silent_stages() == {"aggregation"}
+    # A worker with a heartbeat is not a silent one.
+    assert applying(StageStart("split", "split@v2", T0), str(uuid4())) is not None
+    assert store.silent_stages() == {"aggregation"}
+    # A message processed before still records its worker (as a redelivery always did).
+    assert applying(StageStart("train", "train@v1", T0)) is None
+    assert store.silent_stages() == {"aggregation", "train"}
+    # Seen again later: kept past a retention that would have taken the first sighting.
+    later = T0 + timedelta(hours=2)
+    assert applying(StageStart("aggregation", "aggregation@v1", later), str(uuid4())) is not None
+    assert applying(StageStart("aggregation", "aggregation@v1", T0), str(uuid4())) is not None
+    removed = store.prune(before=T0 + timedelta(hours=1), trigger_events_before=T0)
+    assert removed["silent_workers"] == 1  # train's only
+    assert store.silent_stages() == {"aggregation"}
+    # Not recorded when the decision is not saved: the caller records it on its own then.
+    with pytest.raises(RunNotFound):
+        store.apply(
+            uuid4(),
+            deciding(event),
+            inbox_message_id=str(uuid4()),
+            stage_start=StageStart("tag", "tag@v1", T0),
+        )
+    assert store.silent_stages() == {"aggregation"}
+
+
+def test_a_stage_start_that_cannot_be_recorded_does_not_fail_its_event(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = create(store)
+    # The bookkeeping's write fails in the database (aborting the transaction on PostgreSQL,
+    # but for its savepoint).
+    failing = text("UPDATE silent_workers SET seen_at = :at WHERE no_such_column = :silent_key")
+    monkeypatch.setattr(store_module, "_SILENT_SEEN", failing)
+    event = StageStarted(correlation_id=run.id, stage="aggregation", attempt=1, worker="w")
+
+    decision = store.apply(
+        run.id,
+        deciding(event),
+        inbox_message_id=event.message_id,
+        stage_start=StageStart("aggregation", "aggregation@v1", T0),
+    )
+
+    assert decision is not None
+    assert store.get_run(run.id).stage("aggregation").status == "running"
+    assert store.silent_stages() == set()
 
 
 def test_mark_published_takes_rows_off_the_pending_list(store: RunStore) -> None:
