@@ -119,7 +119,8 @@ def one_process(
     else:
         assert store is not None
         # Beside the downloaded prefix, not under it.
-        upload_directory(store, src, f"{container}/up-{uuid.uuid4().hex[:8]}/{prefix}")
+        sent = upload_directory(store, src, f"{container}/up-{uuid.uuid4().hex[:8]}/{prefix}")
+        assert len(sent) == len(rels), len(sent)
     seconds = time.perf_counter() - t0
     if store is not None:
         store.close()
@@ -137,7 +138,7 @@ def measure(processes: int, method: str, direction: str, env: dict[str, Any]) ->
     results: Any = ctx.Queue()
     children = []
     for k in range(processes):
-        prefix, rels = env["shards"][processes][k]
+        prefix, rels, src = env["shards"][processes][k]
         args = (
             method,
             direction,
@@ -147,7 +148,7 @@ def measure(processes: int, method: str, direction: str, env: dict[str, Any]) ->
             env["container"],
             prefix,
             rels,
-            env["src"],
+            src,
             env["work"],
             start_at,
         )
@@ -181,7 +182,7 @@ def main() -> None:
             permission=ContainerSasPermissions(read=True, write=True, create=True, list=True),
             expiry=datetime.now(UTC) + timedelta(hours=3),
         )
-        shards: dict[int, list[tuple[str, list[str]]]] = {}
+        shards: dict[int, list[tuple[str, list[str], Path]]] = {}
         # The SDK here: obstore's runtime would not survive the fork of the measured processes.
         with AzureBlobStore.from_connection_string(
             az.connection_string, bulk_client="sdk"
@@ -194,18 +195,18 @@ def main() -> None:
                     rels = write_files(src, per, args.size)
                     prefix = f"p{n}-{k}"
                     upload_directory(store, src, f"{container}/{prefix}")
-                    shards[n].append((prefix, rels))
+                    shards[n].append((prefix, rels, src))
         env: dict[str, Any] = {
             "conn_str": az.connection_string,
             "endpoint": az.blob_endpoint,
             "sas": sas,
             "container": container,
             "shards": shards,
-            "src": Path(tmp) / "src-1-0",
             "work": work,
             "blobs": args.blobs,
         }
-        # Uploads in n processes send the first shard's files from each (same count).
+        # Each process uploads its own shard's directory: the port's upload_directory sends
+        # every file under it, so a shared directory would make it send n times the ceiling's.
         figures: dict[tuple[int, str, str], list[float]] = {}
         ratios: dict[tuple[int, str, str], list[float]] = {}
         for r in range(args.rounds):
