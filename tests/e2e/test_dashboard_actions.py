@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -402,13 +402,9 @@ def test_a_version_promoted_by_hand_then_replaced_shows_was_champion_from_the_hi
     """The marks come from the coordinator's own promotion history (GET
     /models/{name}/promotions): an operator's promote counts, and the registry is never asked."""
     w, s, model = stack.workers, timedelta(seconds=1), "state_identifier.pump-7"
-    start = utcnow() - 4 * 60 * s
-    picked = w.start("state_identifier", start)
-    t = w.succeeded(picked, "aggregation", start, 1.0)
-    t = w.succeeded(picked, "split", t, 1.0)
-    t = w.succeeded(picked, "train", t, 1.0, metrics={"silhouette": 0.4})
-    t = w.succeeded(picked, "register", t, 1.0, model_name=model, model_version="1")
-    w.succeeded(picked, "tag", t, 1.0, model_name=model, promoted=False, reason="not better")
+    picked = _registered(
+        w, model, "1", 0.4, utcnow() - 4 * 60 * s, promoted=False, reason="not better"
+    )
     headers = {"Authorization": f"Bearer {TOKEN}"}
     promoted = httpx.post(
         f"{stack.url}/models/{model}/champion",
@@ -416,13 +412,7 @@ def test_a_version_promoted_by_hand_then_replaced_shows_was_champion_from_the_hi
         headers=headers,
     )
     assert promoted.status_code == 200, promoted.text
-    start = utcnow() - 2 * 60 * s
-    best = w.start("state_identifier", start)
-    t = w.succeeded(best, "aggregation", start, 1.0)
-    t = w.succeeded(best, "split", t, 1.0)
-    t = w.succeeded(best, "train", t, 1.0, metrics={"silhouette": 0.9})
-    t = w.succeeded(best, "register", t, 1.0, model_name=model, model_version="2")
-    w.succeeded(best, "tag", t, 1.0, model_name=model, promoted=True, reason="beats v1")
+    best = _registered(w, model, "2", 0.9, utcnow() - 2 * 60 * s, promoted=True, reason="beats v1")
     stack.clock.now = utcnow()
 
     open_page(browser, f"{stack.url}/dashboard")
@@ -495,3 +485,24 @@ def test_the_list_shows_loading_then_an_error_once_then_clears_it(
         lambda d: d.execute_script("return document.getElementById('load-error').hidden"),
         "the error stayed after a successful poll",
     )
+
+
+def _registered(
+    w: Workers,
+    model: str,
+    version: str,
+    silhouette: float,
+    start: datetime,
+    *,
+    promoted: bool,
+    reason: str,
+) -> UUID:
+    """A state_identifier run through all five stages, a second each, registering ``model``
+    ``version``; its tag stage promoted it or not."""
+    run = w.start("state_identifier", start)
+    t = w.succeeded(run, "aggregation", start, 1.0)
+    t = w.succeeded(run, "split", t, 1.0)
+    t = w.succeeded(run, "train", t, 1.0, metrics={"silhouette": silhouette})
+    t = w.succeeded(run, "register", t, 1.0, model_name=model, model_version=version)
+    w.succeeded(run, "tag", t, 1.0, model_name=model, promoted=promoted, reason=reason)
+    return run
