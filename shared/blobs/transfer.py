@@ -67,12 +67,12 @@ def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, 
     directory = _as_directory(prefix)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    dest_root = dest.resolve()
+    destination = _Destination(dest)
     # Every destination is checked before anything is downloaded.
     targets: dict[str, tuple[str, Path]] = {}
     for props in store.list_blobs(directory):
         rel = props.name[len(directory) :]
-        targets[props.name] = (rel, _inside(dest_root, rel, props.name))
+        targets[props.name] = (rel, destination.path_of(rel, props.name))
     if isinstance(store, BulkFileTransfer):
         written = store.download_files((name, target) for name, (_, target) in targets.items())
         return {rel: written[name] for name, (rel, _) in targets.items()}  # in listing order
@@ -133,16 +133,31 @@ def _as_directory(prefix: str) -> str:
     return prefix if prefix.endswith("/") else prefix + "/"
 
 
-def _inside(dest_root: Path, rel: str, name: str) -> Path:
-    segments = rel.split("/")
-    if (
-        any(s in ("", ".", "..") for s in segments)
-        or "\\" in rel
-        or "\x00" in rel
-        or os.path.isabs(rel)
-    ):
-        raise InvalidBlobNameError(name, "would be written outside the destination directory")
-    target = dest_root.joinpath(*segments)
-    if not target.resolve().is_relative_to(dest_root):
-        raise InvalidBlobNameError(name, "would be written outside the destination directory")
-    return target
+class _Destination:
+    """Files below a directory that stay below it, symlinks followed. Each parent directory
+    is resolved once: a resolve costs a system call per path component, which for thousands
+    of small blobs was a measurable share of a download."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root.resolve()
+        self._parent_inside: dict[str, bool] = {}
+
+    def path_of(self, rel: str, name: str) -> Path:
+        segments = rel.split("/")
+        if (
+            any(s in ("", ".", "..") for s in segments)
+            or "\\" in rel
+            or "\x00" in rel
+            or os.path.isabs(rel)
+        ):
+            raise InvalidBlobNameError(name, "would be written outside the destination directory")
+        target = self._root.joinpath(*segments)
+        parent = rel.rpartition("/")[0]
+        inside = self._parent_inside.get(parent)
+        if inside is None:
+            inside = target.parent.resolve().is_relative_to(self._root)
+            self._parent_inside[parent] = inside
+        # The file itself may be a symlink (its parent resolved inside or not).
+        if not inside or (target.is_symlink() and not target.resolve().is_relative_to(self._root)):
+            raise InvalidBlobNameError(name, "would be written outside the destination directory")
+        return target

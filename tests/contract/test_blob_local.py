@@ -452,6 +452,23 @@ def test_download_prefix_refuses_a_symlink_in_dest(store: LocalBlobStore, tmp_pa
     assert _all_files(outside) == []
 
 
+def test_download_prefix_refuses_a_file_symlinked_out_of_dest(
+    store: LocalBlobStore, tmp_path: Path
+) -> None:
+    # Its parent directory is inside dest; only the file itself points out.
+    store.upload_blob("box/in/sub/a", b"new a")
+    store.upload_blob("box/in/sub/x", b"new x")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep")
+    dest = tmp_path / "dest"
+    (dest / "sub").mkdir(parents=True)
+    (dest / "sub" / "x").symlink_to(outside)
+    with pytest.raises(InvalidBlobNameError):
+        download_prefix(store, "box/in/", dest)
+    assert outside.read_bytes() == b"keep"
+    assert not (dest / "sub" / "a").exists()
+
+
 def test_upload_directory_validates_every_name_before_uploading(
     store: LocalBlobStore, tmp_path: Path
 ) -> None:
