@@ -88,12 +88,14 @@ def test_large_blobs_are_streamed_both_ways(
     azurite: str, container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above the thresholds (made small here) a download is written chunk by chunk and an
-    upload sent in blocks read from the file."""
+    upload sent in blocks read from the file; between collected at once and streamed, a body
+    is awaited whole."""
+    monkeypatch.setattr(azure_bulk, "COLLECT_SYNC_UP_TO", 1024)
     monkeypatch.setattr(azure_bulk, "STREAM_ABOVE", 64 * 1024)
     monkeypatch.setattr(azure_bulk, "STREAM_CHUNK", 16 * 1024)
     monkeypatch.setattr(azure_bulk, "MULTIPART_ABOVE", 64 * 1024)
     monkeypatch.setattr(azure_bulk, "MULTIPART_CHUNK", 5 * 1024 * 1024)
-    files = _write_tree(tmp_path / "src", [300 * 1024, 10, 6 * 1024 * 1024 + 7])
+    files = _write_tree(tmp_path / "src", [300 * 1024, 10, 6 * 1024 * 1024 + 7, 20 * 1024])
     with AzureBlobStore.from_connection_string(azurite) as store:
         uploaded = upload_directory(store, tmp_path / "src", f"{container}/big")
         for name, etag in uploaded.items():
