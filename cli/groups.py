@@ -214,7 +214,7 @@ def add_group_commands(commands: Any) -> None:
         action="append",
         default=[],
         metavar="ENTITY=DATA",
-        help="a member: its entity and its data prefix (repeatable)",
+        help="a member: its entity and its data prefix or asset:<name>@<version> (repeatable)",
     )
     members.add_argument(
         "--members-file",
@@ -231,7 +231,7 @@ def add_group_commands(commands: Any) -> None:
     start.add_argument(
         "--data-template",
         default=None,
-        help="with --csv: the member's data prefix, {entity} filled in",
+        help="with --csv: the member's data prefix or asset reference, {entity} filled in",
     )
     start.add_argument(
         "--param-column",

@@ -364,7 +364,11 @@ class MemberCreate(BaseModel):
 
     entity: str = Field(min_length=1, max_length=MAX_ENTITY_LENGTH, examples=["cygnus-buccinator"])
     data: str = Field(
-        min_length=1, max_length=MAX_NAME_LENGTH, examples=["datasets/species/cygnus-buccinator"]
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        examples=["datasets/species/cygnus-buccinator"],
+        description="blob prefix of the member's raw data; or asset:<name>@<version|latest> to"
+        " train on a data-asset version (resolved once for the whole group)",
     )
     params: Params = Field(
         default_factory=dict,

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from shared.blobs.port import BlobStore, validate_prefix
+from shared.data_assets.port import InvalidDataAssetError, is_asset_reference
 from shared.entities import InvalidEntityError
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
 from shared.groups import CsvRows, SubPrefixes
@@ -119,8 +120,10 @@ def check_members(
     members: Sequence[MemberRequest],
     *,
     max_members: int,
+    check_asset: Callable[[str], str | None],
 ) -> list[Problem]:
-    """Every problem with ``members``; none means the group may start."""
+    """Every problem with ``members``; none means the group may start. ``check_asset``: the
+    problem with a member's ``asset:<name>@<version>`` data, or None."""
     if not members:
         return [Problem(("members",), "a group needs at least one member")]
     if len(members) > max_members:
@@ -146,7 +149,8 @@ def check_members(
             first_seen[member.entity] = index
         try:
             recipe.registered_model_name(member.entity)
-        except InvalidEntityError as exc:
+            recipe.data_asset_name(member.entity)
+        except (InvalidEntityError, InvalidDataAssetError) as exc:
             problems.append(Problem((*where, "entity"), str(exc)))
         try:
             recipe.parse_params({**shared_params, **member.params})
@@ -154,6 +158,11 @@ def check_members(
             problems.extend(
                 Problem((*where, "params", *error["loc"]), error["msg"]) for error in exc.errors()
             )
+        if is_asset_reference(member.data):
+            asset_problem = check_asset(member.data)
+            if asset_problem is not None:
+                problems.append(Problem((*where, "data"), asset_problem))
+            continue
         try:
             validate_prefix(member.data)
         except InvalidBlobNameError as exc:

@@ -209,6 +209,10 @@ class RunConflict(PermanentError):
         self.run_id = run_id
 
 
+def _resolved(found: DataAssetStart | str | None) -> DataAssetStart | None:
+    return found if isinstance(found, DataAssetStart) else None
+
+
 def _same_request(run: Run, start: StartRun) -> Run:
     """``run`` if ``start`` asks for exactly it; raises RunConflict naming the differences."""
     asked = {
@@ -425,9 +429,24 @@ class Coordinator:
         members, problems = members_of(
             self.blobs, request.members, request.expand, max_members=self._groups.max_members
         )
+        # Each reference resolved once for the whole group: members on "@latest" train on
+        # the same version, whatever is registered while the group runs.
+        assets: dict[str, DataAssetStart | str] = {}
+
+        def check_asset(data: str) -> str | None:
+            if data not in assets:
+                assets[data] = self._find_asset(data)
+            found = assets[data]
+            return found if isinstance(found, str) else None
+
         if not problems:
             problems = check_members(
-                self.blobs, recipe, request.params, members, max_members=self._groups.max_members
+                self.blobs,
+                recipe,
+                request.params,
+                members,
+                max_members=self._groups.max_members,
+                check_asset=check_asset,
             )
         if problems:
             raise InvalidRunRequest(problems)
@@ -456,6 +475,7 @@ class Coordinator:
                 entity=member.entity,
                 force=request.force,
                 group_id=group.id,
+                data_asset=_resolved(assets.get(member.data)),
             )
         decided = _Decided()
         decisions = self.store.create_group(
@@ -628,15 +648,21 @@ class Coordinator:
             problems.append(Problem(("data",), f"no blobs in the folder {folder!r}"))
 
     def _resolve_asset(self, data: str, problems: list[Problem]) -> DataAssetStart | None:
-        if self._data_assets is None:
-            problems.append(Problem(("data",), "data assets are not configured here"))
+        found = self._find_asset(data)
+        if isinstance(found, str):
+            problems.append(Problem(("data",), found))
             return None
+        return found
+
+    def _find_asset(self, data: str) -> DataAssetStart | str:
+        """The version ``asset:<name>@<version|latest>`` names, or why there is none."""
+        if self._data_assets is None:
+            return "data assets are not configured here"
         try:
             name, version = parse_asset_reference(data)
             found = self._data_assets.get(name, version)
         except (InvalidDataAssetError, DataAssetNotFoundError, DataAssetRequestError) as exc:
-            problems.append(Problem(("data",), str(exc)))
-            return None
+            return str(exc)
         # Stage outputs are named without the trailing '/' (the worker reads them as folders).
         return DataAssetStart(found.name, found.version, found.prefix.rstrip("/"))
 

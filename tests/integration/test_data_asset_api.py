@@ -1,12 +1,12 @@
-"""``POST /runs`` on a data-asset version (``asset:<name>@<version|latest>``): validated (an
-unknown asset or version is a 422 naming it), pinned, aggregation and split skipped, train
-queued on the version's split; the run's view names the version."""
+"""``POST /runs`` and run-group members on a data-asset version (``asset:<name>@<version|latest>``):
+validated (an unknown asset or version is a 422 naming it), pinned, aggregation and split
+skipped, train queued on the version's split; the run's view names the version."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from fastapi.testclient import TestClient
@@ -135,3 +135,105 @@ def test_the_versions_of_an_asset_are_listed(
     ]
     assert client.get("/data-assets/nope").status_code == 404
     assert client.get("/data-assets/bad%20name").status_code == 422
+
+
+def test_group_members_train_on_data_asset_versions_each_pinned_at_creation(
+    api: tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator],
+) -> None:
+    client, assets, bus, coordinator = api
+    assets.register(ASSET, "artifacts/cache/split/v1", correlation_id="r1")
+    assets.register(ASSET, "artifacts/cache/split/v2", correlation_id="r2")
+    coordinator.blobs.upload_blob("datasets/plain/part-1.csv", b"timestamp,a\n1,2\n")
+    body = {
+        "recipe": "state_identifier",
+        "members": [
+            {"entity": "on-latest", "data": f"asset:{ASSET}@latest"},
+            {"entity": "on-one", "data": f"asset:{ASSET}@1"},
+            {"entity": "also-latest", "data": f"asset:{ASSET}@latest"},
+            {"entity": "on-blobs", "data": "datasets/plain"},
+        ],
+        "concurrency": 4,
+    }
+
+    response = client.post("/run-groups", json=body)
+    assert response.status_code == 202, response.text
+    # Registered after the group was created: no member moves to it.
+    assets.register(ASSET, "artifacts/cache/split/v3", correlation_id="r3")
+    members = {m["entity"]: m for m in response.json()["member_runs"]}
+    runs = {entity: client.get(f"/runs/{m['run_id']}").json() for entity, m in members.items()}
+    versions = {
+        entity: run["data_asset"] and run["data_asset"]["version"] for entity, run in runs.items()
+    }
+    assert versions == {"on-latest": "2", "on-one": "1", "also-latest": "2", "on-blobs": None}
+    assert [s["status"] for s in runs["on-one"]["stages"]][:3] == ["skipped", "skipped", "queued"]
+    assert members["on-latest"]["data"] == f"asset:{ASSET}@latest"
+
+    coordinator.relay_outbox()
+    received = bus.receive_messages(
+        command_topic("train"), WORKER_SUBSCRIPTION, max_message_count=10, max_wait_time=1
+    )
+    trains = [decode(m.body, m.application_properties) for m in received]
+    assert all(isinstance(command, RunStage) for command in trains)
+    assert sorted(c.inputs["split"] for c in trains if isinstance(c, RunStage)) == [
+        "artifacts/cache/split/v1",
+        "artifacts/cache/split/v2",
+        "artifacts/cache/split/v2",
+    ]
+    received = bus.receive_messages(
+        command_topic("aggregation"), WORKER_SUBSCRIPTION, max_message_count=10, max_wait_time=1
+    )
+    [aggregation] = [decode(m.body, m.application_properties) for m in received]
+    assert isinstance(aggregation, RunStage)
+    assert aggregation.correlation_id == UUID(members["on-blobs"]["run_id"])
+
+
+def test_a_group_on_an_unknown_version_is_a_422_naming_each_member_and_starts_nothing(
+    api: tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator],
+) -> None:
+    client, assets, _, coordinator = api
+    assets.register(ASSET, "artifacts/cache/split/v1", correlation_id="r1")
+    body = {
+        "recipe": "state_identifier",
+        "members": [
+            {"entity": "fine", "data": f"asset:{ASSET}@1"},
+            {"entity": "no-version", "data": f"asset:{ASSET}@9"},
+            {"entity": "no-asset", "data": "asset:nope@latest"},
+        ],
+    }
+    response = client.post("/run-groups", json=body)
+    assert response.status_code == 422, response.text
+    problems = {tuple(p["loc"]): p["msg"] for p in response.json()["detail"]}
+    assert problems == {
+        ("body", "members", 1, "data"): f"data asset '{ASSET}' has no version 9",
+        ("body", "members", 2, "data"): "data asset 'nope' has no versions",
+    }
+    assert client.get("/run-groups").json()["total"] == 0
+    assert client.get("/runs").json()["total"] == 0
+    assert coordinator.relay_outbox() == 0
+
+
+def test_a_csv_of_entities_can_name_a_data_asset_per_entity(
+    api: tuple[TestClient, LocalDataAssets, SqliteMessageBus, Coordinator],
+) -> None:
+    client, assets, _, coordinator = api
+    for entity in ("sp-a", "sp-b"):
+        assets.register(f"{entity}-data", f"artifacts/cache/split/{entity}", correlation_id=entity)
+    coordinator.blobs.upload_blob("datasets/species.csv", b"species\nsp-a\nsp-b\n")
+    response = client.post(
+        "/run-groups",
+        json={
+            "recipe": "state_identifier",
+            "expand": {
+                "kind": "csv_rows",
+                "blob": "datasets/species.csv",
+                "entity_column": "species",
+                "data_template": "asset:{entity}-data@latest",
+            },
+        },
+    )
+    assert response.status_code == 202, response.text
+    runs = [client.get(f"/runs/{m['run_id']}").json() for m in response.json()["member_runs"]]
+    assert [(run["entity"], run["data_asset"]["name"]) for run in runs] == [
+        ("sp-a", "sp-a-data"),
+        ("sp-b", "sp-b-data"),
+    ]
