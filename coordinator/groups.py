@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.blobs.port import BlobStore, validate_prefix
+from shared.blobs.transfer import holds_blobs
 from shared.data_assets.port import InvalidDataAssetError, is_asset_reference
 from shared.entities import InvalidEntityError
 from shared.errors import BlobNotFoundError, InvalidBlobNameError
@@ -168,6 +169,6 @@ def check_members(
         except InvalidBlobNameError as exc:
             problems.append(Problem((*where, "data"), str(exc)))
         else:
-            if next(iter(blobs.list_blobs(member.data.rstrip("/") + "/")), None) is None:
+            if not holds_blobs(blobs, member.data.rstrip("/") + "/"):
                 problems.append(Problem((*where, "data"), f"no blobs under {member.data!r}"))
     return problems

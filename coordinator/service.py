@@ -77,6 +77,7 @@ from coordinator.store import (
 from coordinator.telemetry import decision_span, record_decision
 from shared.blob_poller import BlobChangePoller
 from shared.blobs.port import BlobStore, folder_prefix, validate_prefix
+from shared.blobs.transfer import holds_blobs
 from shared.bus.consuming import MALFORMED_EVENT, MALFORMED_MESSAGE, dead_letter, handle_each
 from shared.bus.port import MessageBus, ReceivedMessage
 from shared.data_assets.port import (
@@ -644,7 +645,7 @@ class Coordinator:
             problems.append(
                 Problem(("data",), f"{container!r} holds the workers' own outputs, not data")
             )
-        elif next(iter(self.blobs.list_blobs(folder)), None) is None:
+        elif not holds_blobs(self.blobs, folder):
             problems.append(Problem(("data",), f"no blobs in the folder {folder!r}"))
 
     def _resolve_asset(self, data: str, problems: list[Problem]) -> DataAssetStart | None:

@@ -96,6 +96,8 @@ from shared.errors import (
 T = TypeVar("T")
 
 DEFAULT_MAX_CONCURRENCY = 32
+# Names asked for per page by ``has_blobs``: the first addressable one answers it.
+PRESENCE_PAGE = 100
 # Parallel chunks for one large blob (> 32 MiB down, > 64 MiB up) in a single-blob call.
 _CHUNKS = 4
 _RETRYABLE_STATUS = {408, 429}
@@ -278,6 +280,12 @@ class AzureBlobStore:
             except UnlistableError:
                 pass  # the SDK lists it: it skips what obstore cannot name, and reports outages
         return iter(self._run(lambda rt: rt.list(prefix, container, path)))
+
+    def has_blobs(self, prefix: str) -> bool:
+        """Whether ``list_blobs(prefix)`` would yield anything (``transfer.BlobPresence``):
+        one small listing page instead of every page of a large folder."""
+        container, path = validate_prefix(prefix)
+        return self._run(lambda rt: rt.has_any(prefix, container, path))
 
     def delete_blob(self, name: str, *, if_match: str | None = None) -> None:
         container, path = split_blob_name(name)
@@ -590,6 +598,22 @@ class _Runtime:
                 return []  # no container yet: no blobs
         found.sort(key=lambda p: p.name)
         return found
+
+    async def has_any(self, prefix: str, container: str, path: str) -> bool:
+        with _translated(prefix):
+            try:
+                # The pager asks for the next page only when this one is used up.
+                async for item in self._container(container).list_blobs(
+                    name_starts_with=path or None, results_per_page=PRESENCE_PAGE
+                ):
+                    try:
+                        validate_blob_name(f"{container}/{item.name}")
+                    except InvalidBlobNameError:
+                        continue  # not addressable through the port: list() skips it too
+                    return True
+            except ResourceNotFoundError:
+                return False  # no container yet: no blobs
+        return False
 
     async def delete(self, name: str, container: str, path: str, if_match: str | None) -> None:
         conditions: dict[str, Any] = {}

@@ -59,6 +59,23 @@ class BulkFileTransfer(Protocol):
         ...
 
 
+@runtime_checkable
+class BlobPresence(Protocol):
+    """Optional fast path of a ``BlobStore``: whether any blob's name starts with a prefix,
+    asking the service for the first few names only (a listing reads every page)."""
+
+    def has_blobs(self, prefix: str) -> bool:
+        """Whether ``list_blobs(prefix)`` would yield anything."""
+        ...
+
+
+def holds_blobs(store: BlobStore, prefix: str) -> bool:
+    """Whether any blob's name starts with ``prefix`` (``container/dir/`` for a folder)."""
+    if isinstance(store, BlobPresence):
+        return store.has_blobs(prefix)
+    return next(iter(store.list_blobs(prefix)), None) is not None
+
+
 def download_prefix(store: BlobStore, prefix: str, dest_dir: Path) -> dict[str, str]:
     """Download every blob under ``prefix`` into ``dest_dir`` (created if missing), keeping
     the paths below the prefix. Returns relative path (``/``-separated) -> etag of the bytes

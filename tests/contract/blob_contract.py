@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from shared.blobs.port import BlobProperties, BlobStore
-from shared.blobs.transfer import digest_prefix, download_prefix, upload_directory
+from shared.blobs.transfer import digest_prefix, download_prefix, holds_blobs, upload_directory
 from shared.errors import (
     BlobConditionFailedError,
     BlobExistsError,
@@ -353,6 +353,27 @@ class BlobStoreContract:
         dest = tmp_path / "dest"
         assert download_prefix(store, f"{container}/nothing/", dest) == {}
         assert dest.is_dir() and not any(dest.iterdir())
+
+    def test_holds_blobs_answers_as_the_listing_would(
+        self, store: BlobStore, container: str, other_container: str
+    ) -> None:
+        store.upload_blob(f"{container}/data/sub/a.csv", b"a")
+        store.upload_blob(f"{container}/data-x/b.csv", b"b")
+        for prefix, expected in [
+            (f"{container}/data/", True),
+            (f"{container}/data/sub/", True),
+            (f"{container}/data", True),  # a partial name: data/ and data-x/
+            (f"{container}/dat", True),
+            (f"{container}/data/sub/a.csv", True),
+            (f"{container}/data/other/", False),
+            (f"{container}/dataz/", False),
+            (f"{container}/nothing", False),
+            (f"{other_container}/", False),  # a container nobody wrote to
+        ]:
+            assert holds_blobs(store, prefix) is expected, prefix
+            assert expected is any(True for _ in store.list_blobs(prefix)), prefix
+        store.delete_blob(f"{container}/data/sub/a.csv")
+        assert holds_blobs(store, f"{container}/data/") is False
 
     def test_digest_prefix(self, store: BlobStore, container: str) -> None:
         prefix = f"{container}/data/"

@@ -30,9 +30,10 @@ from azure.storage.blob import (
 )
 from pydantic import SecretStr
 
+import shared.blobs.azure as azure_module
 from shared.blobs.azure import AzureBlobStore
 from shared.blobs.port import BlobContent, BlobProperties, BlobStore
-from shared.blobs.transfer import BulkBlobTransfer, download_prefix, upload_directory
+from shared.blobs.transfer import BulkBlobTransfer, download_prefix, holds_blobs, upload_directory
 from shared.bootstrap import create_blob_store
 from shared.errors import (
     BlobConditionFailedError,
@@ -675,3 +676,26 @@ def test_a_forked_child_gets_its_own_loop(store: AzureBlobStore, container: str)
     assert child.exitcode == 0
     assert store.download_blob(f"{container}/child").data == str(child.pid).encode()
     assert store.download_blob(f"{container}/parent").data == b"p"
+
+
+def test_holds_blobs_asks_for_one_small_page_and_skips_names_the_port_refuses(
+    azurite: str, sdk: BlobServiceClient, container: str, tmp_path: Path
+) -> None:
+    """A listing reads every page of a folder (5,000 names each); ``holds_blobs`` asks for
+    one page of a few names."""
+    _write_tree(tmp_path / "src", azure_module.PRESENCE_PAGE + 20)
+    urls: list[str] = []
+    with AzureBlobStore.from_connection_string(
+        azurite, raw_request_hook=lambda request: urls.append(request.http_request.url)
+    ) as store:
+        upload_directory(store, tmp_path / "src", f"{container}/big")
+        urls.clear()
+        assert holds_blobs(store, f"{container}/big/")
+        [url] = urls
+        assert f"maxresults={azure_module.PRESENCE_PAGE}" in url
+
+        foreign = sdk.get_container_client(container)
+        for odd in ("odd/trailing/", "odd//double"):
+            foreign.upload_blob(odd, b"odd")
+        assert not holds_blobs(store, f"{container}/odd/")
+        assert list(store.list_blobs(f"{container}/odd/")) == []
