@@ -968,16 +968,23 @@ class Coordinator:
             if state is None:
                 # A new schedule starts nothing until its next tick.
                 self.store.add_schedule(
-                    schedule.key, schedule.describe(), latest_tick(schedule.cron, now)
+                    schedule.key,
+                    schedule.describe(),
+                    latest_tick(schedule.cron, now, schedule.timezone),
                 )
                 continue
-            tick = due_tick(schedule.cron, state.last_tick, now)
+            tick = due_tick(schedule.cron, state.last_tick, now, schedule.timezone)
             if tick is not None and self._fire_schedule(schedule, state, tick):
                 started += 1
         return started
 
     def _fire_schedule(self, schedule: Schedule, state: ScheduleState, tick: datetime) -> bool:
-        details = {"schedule": schedule.describe(), "cron": schedule.cron, "tick": tick.isoformat()}
+        details = {
+            "schedule": schedule.describe(),
+            "cron": schedule.cron,
+            "timezone": schedule.timezone,
+            "tick": tick.isoformat(),
+        }
         claim = self.store.schedule_claim(state, tick)
         try:
             if schedule.group is not None:
@@ -1025,7 +1032,11 @@ class Coordinator:
         for schedule in self._triggers.schedules:
             state = self.store.get_schedule(schedule.key)
             # A schedule not recorded yet is, at the next tick; an overdue one at once.
-            due.append(now if state is None else next_tick(schedule.cron, state.last_tick))
+            due.append(
+                now
+                if state is None
+                else next_tick(schedule.cron, state.last_tick, schedule.timezone)
+            )
         return _wait_s(now, due, most_s)
 
     def _check_trigger_rules(self) -> None:

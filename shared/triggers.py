@@ -56,9 +56,11 @@ class TriggerRule(BaseModel):
     # Start a run group over the data prefix (one member per sub-folder, or per CSV row)
     # instead of one run.
     group: GroupRule | None = None
-    # Also start the rule's run (or group) on ``data`` at the times of this cron expression
-    # (UTC; checked and run by the coordinator, coordinator/schedules.py).
+    # Also start the rule's run (or group) on ``data`` at the times of this cron expression,
+    # read in ``schedule_timezone`` (checked and run by the coordinator,
+    # coordinator/schedules.py, which also checks the time zone's name).
     schedule: str | None = None
+    schedule_timezone: str = "UTC"
 
     @field_validator("container")
     @classmethod

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from coordinator.domain import Policy
 from coordinator.schedules import Schedule
 from coordinator.service import Coordinator, TriggerPolicy
@@ -126,3 +128,24 @@ def test_the_trigger_loop_sleeps_until_the_next_tick(tmp_path: Path) -> None:
     assert scheduled.fire_due_schedules() == 1
     assert abs(scheduled.trigger_wait_s(48 * 3600) - 24 * 3600) < 1
     scheduled.close()
+
+
+def test_a_schedule_in_a_time_zone_fires_at_its_local_time_across_a_clock_change(
+    tmp_path: Path,
+) -> None:
+    LocalBlobStore(tmp_path / "blobs").upload_blob("datasets/nightly/a.csv", CSV)
+    amsterdam = NIGHTLY.model_copy(update={"timezone": "Europe/Amsterdam"})
+    clock = Clock()
+    clock.now = datetime(2025, 3, 29, 12, tzinfo=UTC)
+    service = coordinator(tmp_path, clock, amsterdam)
+    assert service.fire_due_schedules() == 0
+    # 03:00 in Amsterdam on 30 March is summer time: 01:00 UTC, not 02:00.
+    assert service.trigger_wait_s(48 * 3600) == pytest.approx(13 * 3600, abs=1)
+
+    clock.now = datetime(2025, 3, 30, 1, tzinfo=UTC)
+    assert service.fire_due_schedules() == 1
+    (run,), _ = service.list_runs()
+    assert run.trigger_details["timezone"] == "Europe/Amsterdam"
+    assert run.trigger_details["tick"] == datetime(2025, 3, 30, 1, tzinfo=UTC).isoformat()
+    assert service.trigger_wait_s(48 * 3600) == pytest.approx(24 * 3600, abs=1)
+    service.close()
