@@ -840,6 +840,42 @@ def cmd_runs_retry(args: argparse.Namespace) -> int:
         return _watch(client, run["id"], plain=args.plain)
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        body = _checked(client.get("/schedules"))
+    print(json.dumps(body, indent=2) if args.json else describe_schedules(body["schedules"]))
+    return 0
+
+
+def describe_schedules(schedules: list[dict[str, Any]]) -> str:
+    """A table: cron and time zone, next and last tick (UTC), what each tick starts."""
+    header = ("CRON", "TIMEZONE", "NEXT (UTC)", "LAST (UTC)", "STARTS")
+    rows = [header]
+    for schedule in schedules:
+        kind = "a group of " if schedule["group"] else ""
+        what = f"{kind}{schedule['recipe']} on {schedule['data']}"
+        rows.append(
+            (
+                str(schedule["cron"]),
+                str(schedule["timezone"]),
+                _minute(schedule["next_tick"]),
+                _minute(schedule["last_tick"]) if schedule["last_tick"] else "-",
+                what,
+            )
+        )
+    if len(rows) == 1:
+        return "no schedules (RETRAINER_SCHEDULES, or a trigger rule with a schedule)"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in rows
+    )
+
+
+def _minute(stamp: str) -> str:
+    return stamp[:16].replace("T", " ")
+
+
 def cmd_models_champion(args: argparse.Namespace) -> int:
     with _client(args) as client:
         champion = _checked(client.get(f"/models/{_quoted(args.name)}/champion"))
@@ -1011,6 +1047,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.load_zip import add_load_zip_command
 
     add_load_zip_command(commands)
+    schedules = commands.add_parser("schedules", help="the cron schedules: next and last tick")
+    schedules.add_argument("--json", action="store_true")
+    schedules.set_defaults(func=cmd_schedules)
     models = commands.add_parser("models", help="a model's champion: show it, or promote/roll back")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     champion = models_commands.add_parser("champion", help="show a model's champion")

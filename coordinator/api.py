@@ -52,6 +52,7 @@ from coordinator.service import (
     GroupView,
     InvalidRunRequest,
     RunConflict,
+    ScheduleView,
 )
 from coordinator.settings import CoordinatorSettings, dashboard_mlflow_ui_url
 from coordinator.startup import CoordinatorUnavailableError, Startup
@@ -756,6 +757,7 @@ def create_app(
     _add_routes(app)
     _add_model_routes(app)
     _add_data_asset_routes(app)
+    _add_schedule_routes(app)
     add_event_routes(app)
     add_dashboard_routes(app)
     add_docs_routes(app)
@@ -1077,6 +1079,49 @@ class DataAssetVersionsOut(BaseModel):
     name: str
     latest: str
     versions: list[DataAssetVersionOut]
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    cron: str
+    timezone: str
+    recipe: str
+    data: str
+    params: dict[str, Any]
+    entity: str | None
+    group: bool = Field(description="each tick starts a run group over data")
+    last_tick: datetime | None = Field(
+        description="the latest tick acted on (UTC); null until a coordinator has seen it"
+    )
+    next_tick: datetime = Field(description="UTC; in the past while it is due")
+
+    @classmethod
+    def of(cls, view: ScheduleView) -> ScheduleOut:
+        schedule = view.schedule
+        return cls(
+            name=schedule.describe(),
+            cron=schedule.cron,
+            timezone=schedule.timezone,
+            recipe=schedule.recipe,
+            data=schedule.data,
+            params=schedule.params,
+            entity=schedule.entity,
+            group=schedule.group is not None,
+            last_tick=view.last_tick,
+            next_tick=view.next_tick,
+        )
+
+
+class SchedulePage(BaseModel):
+    schedules: list[ScheduleOut]
+
+
+def _add_schedule_routes(app: FastAPI) -> None:
+    @app.get("/schedules", response_model=SchedulePage)
+    def list_schedules(coordinator: CoordinatorDep) -> SchedulePage:
+        """The cron schedules (RETRAINER_SCHEDULES and trigger rules with a schedule): when
+        each last acted and when it fires next."""
+        return SchedulePage(schedules=[ScheduleOut.of(v) for v in coordinator.list_schedules()])
 
 
 def _add_data_asset_routes(app: FastAPI) -> None:

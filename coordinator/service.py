@@ -189,6 +189,16 @@ class GroupRequest:
 
 
 @dataclass(frozen=True)
+class ScheduleView:
+    """A schedule, the latest tick it acted on (None: not seen by a coordinator yet) and the
+    next one (UTC; in the past when it is due and fires at the next check)."""
+
+    schedule: Schedule
+    last_tick: datetime | None
+    next_tick: datetime
+
+
+@dataclass(frozen=True)
 class GroupView:
     """A group, how many members are in each status, and (when asked for) the members:
     (position, entity, run), in member order."""
@@ -1020,6 +1030,23 @@ class Coordinator:
             self._after(decision)
         log.info("schedule %s: run %s for the %s tick", schedule.describe(), run_id, tick)
         return True
+
+    def list_schedules(self) -> list[ScheduleView]:
+        """Every schedule, in configuration order, with its latest and next tick."""
+        now = self._clock()
+        views = []
+        for schedule in self._triggers.schedules:
+            state = self.store.get_schedule(schedule.key)
+            # A schedule not recorded yet acts on nothing before its first tick after now.
+            after = now if state is None else state.last_tick
+            views.append(
+                ScheduleView(
+                    schedule,
+                    None if state is None else state.last_tick,
+                    next_tick(schedule.cron, after, schedule.timezone),
+                )
+            )
+        return views
 
     def trigger_tick(self) -> int:
         """Fire due bursts and schedules. Returns the runs (and groups) started."""

@@ -3,11 +3,15 @@ across restarts and coordinators; after downtime the missed ticks start one run.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+import cli.main as cli
+from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.schedules import Schedule
 from coordinator.service import Coordinator, TriggerPolicy
@@ -148,4 +152,65 @@ def test_a_schedule_in_a_time_zone_fires_at_its_local_time_across_a_clock_change
     assert run.trigger_details["timezone"] == "Europe/Amsterdam"
     assert run.trigger_details["tick"] == datetime(2025, 3, 30, 1, tzinfo=UTC).isoformat()
     assert service.trigger_wait_s(48 * 3600) == pytest.approx(24 * 3600, abs=1)
+    service.close()
+
+
+def test_the_api_and_cli_list_each_schedule_with_its_last_and_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    LocalBlobStore(tmp_path / "blobs").upload_blob("datasets/nightly/a.csv", CSV)
+    weekly = Schedule(
+        cron="30 6 * * 1",
+        recipe="state_identifier",
+        data="datasets/species",
+        group=GroupRule(),
+        timezone="Europe/Amsterdam",
+    )
+    clock = Clock()
+    clock.now = at(1, 12)  # Saturday 1 March 2025
+    service = coordinator(tmp_path, clock, NIGHTLY, weekly)
+    with TestClient(create_app(coordinator=service, run_loops=False)) as client:
+        listed = client.get("/schedules")
+        assert listed.status_code == 200, listed.text
+        nightly, groups = listed.json()["schedules"]
+        assert (nightly["cron"], nightly["timezone"], nightly["group"]) == (
+            "0 3 * * *",
+            "UTC",
+            False,
+        )
+        assert nightly["last_tick"] is None
+        assert nightly["next_tick"] == "2025-03-02T03:00:00Z"
+        # 06:30 on Monday in Amsterdam (winter time) is 05:30 UTC.
+        assert (groups["timezone"], groups["group"]) == ("Europe/Amsterdam", True)
+        assert groups["next_tick"] == "2025-03-03T05:30:00Z"
+
+        service.fire_due_schedules()  # records each schedule's current tick
+        clock.now = at(2, 3, 5)
+        assert service.fire_due_schedules() == 1
+        nightly = client.get("/schedules").json()["schedules"][0]
+        assert (nightly["last_tick"], nightly["next_tick"]) == (
+            "2025-03-02T03:00:00Z",
+            "2025-03-03T03:00:00Z",
+        )
+
+        monkeypatch.setattr(cli, "_client", lambda _args: contextlib.nullcontext(client))
+        assert cli.main(["schedules"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["CRON", "TIMEZONE", "NEXT", "(UTC)", "LAST", "(UTC)", "STARTS"]
+        assert "2025-03-03 03:00" in lines[1] and "2025-03-02 03:00" in lines[1]
+        assert lines[1].endswith("state_identifier on datasets/nightly")
+        assert "Europe/Amsterdam" in lines[2] and "2025-03-03 05:30" in lines[2]
+        assert lines[2].endswith("a group of state_identifier on datasets/species")
+    service.close()
+
+
+def test_the_cli_says_when_there_are_no_schedules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service = coordinator(tmp_path, Clock())
+    with TestClient(create_app(coordinator=service, run_loops=False)) as client:
+        assert client.get("/schedules").json() == {"schedules": []}
+        monkeypatch.setattr(cli, "_client", lambda _args: contextlib.nullcontext(client))
+        assert cli.main(["schedules"]) == 0
+    assert capsys.readouterr().out.startswith("no schedules")
     service.close()
