@@ -4,11 +4,12 @@ GET /dashboard                 the runs, newest first, filtered by status
 GET /dashboard/runs/{run_id}   one run: its stage timeline, metrics and model version
 GET /dashboard/groups          the run groups, newest first
 GET /dashboard/groups/{id}     one group: a row per member, filtered by status and entity
+GET /dashboard/schedules       the cron schedules: time zone, what a tick starts, next and last
 GET /dashboard/static/...      the pages' script, stylesheet and icon (``coordinator/static/``)
 GET /                          redirects to /dashboard
 
 The pages are static shells: the script reads the JSON API (``GET /runs``, ``GET /runs/{id}``,
-``GET /run-groups``, ``GET /run-groups/{id}``),
+``GET /run-groups``, ``GET /run-groups/{id}``, ``GET /schedules``),
 builds the DOM with text nodes only (run data is never parsed as HTML) and refreshes while runs
 are active. Nothing is loaded from anywhere else, and the pages say so in their
 Content-Security-Policy.
@@ -81,6 +82,11 @@ def groups_page(request: Request) -> HTMLResponse:
 @router.get("/dashboard/groups/{group_id}", response_class=HTMLResponse)
 def group_page(request: Request, group_id: UUID) -> HTMLResponse:
     return _page(request, "group.html", group_id=str(group_id))
+
+
+@router.get("/dashboard/schedules", response_class=HTMLResponse)
+def schedules_page(request: Request) -> HTMLResponse:
+    return _page(request, "schedules.html")
 
 
 def add_dashboard_routes(app: FastAPI) -> None:

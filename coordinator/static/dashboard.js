@@ -1163,7 +1163,42 @@
     });
   }
 
-  const pages = { runs: runsPage, run: runPage, groups: groupsPage, group: groupPage };
+  // --- schedules ----------------------------------------------------------------------------
+
+  function schedulesPage() {
+    const tbody = document.querySelector("#schedules tbody");
+    poll(async (isCurrent) => {
+      const page = await getJson("/schedules");
+      if (!isCurrent()) return 0;
+      replace(
+        tbody,
+        page.schedules.map((schedule) => {
+          const starts = `${schedule.group ? "a group of " : ""}${schedule.recipe} on ${schedule.data}`;
+          return el(
+            "tr",
+            { class: "schedule-row" },
+            el("td", { class: "cron", title: schedule.name }, schedule.cron),
+            el("td", { class: "timezone" }, schedule.timezone),
+            el("td", { class: "starts" }, starts),
+            el("td", { class: "next", title: schedule.next_tick }, formatTime(schedule.next_tick)),
+            el("td", { class: "last", title: schedule.last_tick || "" }, formatTime(schedule.last_tick))
+          );
+        })
+      );
+      document.getElementById("empty").hidden = page.schedules.length > 0;
+      const total = page.schedules.length;
+      replace(document.getElementById("count"), `${total} schedule${total === 1 ? "" : "s"}`);
+      return REFRESH_IDLE_MS;
+    });
+  }
+
+  const pages = {
+    runs: runsPage,
+    run: runPage,
+    groups: groupsPage,
+    group: groupPage,
+    schedules: schedulesPage,
+  };
   const page = pages[document.body.dataset.page];
   if (page) page();
 })();

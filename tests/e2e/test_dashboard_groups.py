@@ -1,5 +1,6 @@
 """The dashboard's group pages in headless Chromium: one row per member, filterable by status
-and entity, against a coordinator over HTTP whose workers the test plays."""
+and entity, against a coordinator over HTTP whose workers the test plays; and its schedules
+page."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from cli.stack import free_port
 from coordinator.api import create_app
 from coordinator.domain import Policy
 from coordinator.groups import MemberRequest
-from coordinator.service import Coordinator, GroupRequest
+from coordinator.schedules import Schedule
+from coordinator.service import Coordinator, GroupRequest, TriggerPolicy
 from coordinator.store import RunStore
 from shared.blobs.local import LocalBlobStore
 from shared.bus.sqlite import SqliteMessageBus
+from shared.groups import GroupRule
 from shared.messages import STAGES, StageFailed, StageSucceeded, encode
 from shared.recipe_registry import get_recipe
 from shared.topology import EVENTS_TOPIC, build_topology
@@ -32,6 +35,22 @@ pytestmark = pytest.mark.slow
 
 ACTION_WAIT_S = float(os.environ.get("RETRAINER_TEST_BROWSER_WAIT_S", "90"))
 SPECIES = ("cygnus-buccinator", "cygnus-olor", "anser-anser", "anas-crecca")
+
+SCHEDULES = (
+    Schedule(cron="0 3 * * *", recipe="state_identifier", data="datasets/birds/anas-crecca"),
+    Schedule(
+        cron="30 6 * * 1",
+        recipe="state_identifier",
+        data="datasets/birds",
+        group=GroupRule(),
+        timezone="Europe/Amsterdam",
+    ),
+)
+
+SCHEDULES_JS = """
+return Array.from(document.querySelectorAll("#schedules tbody tr")).map((row) =>
+  Array.from(row.cells).map((cell) => [cell.innerText, cell.title]));
+"""
 
 MEMBERS_JS = """
 return Array.from(document.querySelectorAll("#members tbody tr")).map(
@@ -59,6 +78,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         store=store,
         recipes=get_recipe,
         policy=Policy(),
+        triggers=TriggerPolicy(schedules=SCHEDULES),
     )
     view = coordinator.start_group(
         GroupRequest(
@@ -183,3 +203,26 @@ def test_the_group_page_retries_failed_members_and_cancels_the_group(
     assert statuses(browser)["cygnus-buccinator"] == "succeeded"
     assert set(statuses(browser).values()) == {"succeeded", "cancelled"}
     assert browser.find_element(By.ID, "retry-group").text == "Retry 3 failed/cancelled"
+
+
+def test_the_schedules_page_lists_each_schedule_with_its_next_tick(
+    deployment: Deployment, browser: Any, tmp_path: Path
+) -> None:
+    page = httpx.get(f"{deployment.url}/dashboard/schedules")
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    listed = httpx.get(f"{deployment.url}/schedules").json()["schedules"]
+
+    browser.get(f"{deployment.url}/dashboard/schedules")
+    wait_for(browser, lambda d: len(d.execute_script(SCHEDULES_JS)) == 2, "no schedule rows")
+    rows = browser.execute_script(SCHEDULES_JS)
+    assert [[text for text, _ in row[:3]] for row in rows] == [
+        ["0 3 * * *", "UTC", "state_identifier on datasets/birds/anas-crecca"],
+        ["30 6 * * 1", "Europe/Amsterdam", "a group of state_identifier on datasets/birds"],
+    ]
+    # The next tick in the browser's time, the API's UTC time on hover; none acted on yet.
+    assert [row[3][1] for row in rows] == [s["next_tick"] for s in listed]
+    assert all(row[3][0][:4].isdigit() for row in rows)
+    assert [row[4][0] for row in rows] == ["—", "—"]
+    assert text(browser, "#count") == "2 schedules"
+    screenshot(browser, tmp_path, "dashboard-schedules.png")
