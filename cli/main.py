@@ -807,9 +807,12 @@ def describe_runs(runs: list[dict[str, Any]]) -> str:
                 version,
             )
         )
-    if len(rows) == 1:
-        return "no runs"
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return _table(rows) if len(rows) > 1 else "no runs"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as columns two spaces apart, every column but the last padded to its widest."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
         for row in rows
@@ -865,11 +868,7 @@ def describe_schedules(schedules: list[dict[str, Any]]) -> str:
         )
     if len(rows) == 1:
         return "no schedules (RETRAINER_SCHEDULES, or a trigger rule with a schedule)"
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
-        for row in rows
-    )
+    return _table(rows)
 
 
 def _minute(stamp: str) -> str:
