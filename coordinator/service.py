@@ -597,8 +597,8 @@ class Coordinator:
         """Raises if the run store cannot commit a write, or its disk is nearly full."""
         self.store.check_writable(min_free_bytes=self._min_free_disk_bytes)
 
-    def last_successes(self) -> dict[str, datetime]:
-        """Recipe -> when its latest successful run finished."""
+    def last_successes(self) -> dict[tuple[str, str | None], datetime]:
+        """(recipe, entity or None) -> when its latest successful run finished."""
         return self.store.last_successes()
 
     def _validate(

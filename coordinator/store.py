@@ -1153,15 +1153,17 @@ class RunStore:
         with self._connection() as conn:
             return int(conn.scalar(query) or 0)
 
-    def last_successes(self) -> dict[str, datetime]:
-        """Recipe -> when its latest successful run finished (a finished run is not updated)."""
+    def last_successes(self) -> dict[tuple[str, str | None], datetime]:
+        """(recipe, entity or None) -> when its latest successful run finished (a finished run
+        is not updated): one model each, a group's members each their own."""
+        entity = runs.c.state["entity"].as_string()
         query = (
-            select(runs.c.recipe, func.max(runs.c.updated_at))
+            select(runs.c.recipe, entity, func.max(runs.c.updated_at))
             .where(runs.c.status == "succeeded")
-            .group_by(runs.c.recipe)
+            .group_by(runs.c.recipe, entity)
         )
         with self._connection() as conn:
-            return {recipe: at for recipe, at in conn.execute(query).all()}
+            return {(recipe, name): at for recipe, name, at in conn.execute(query).all()}
 
     def list_due_deadlines(self, now: datetime, *, limit: int = 100) -> list[DeadlineExpired]:
         query = (

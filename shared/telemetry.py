@@ -639,11 +639,14 @@ def _instruments() -> _Instruments:
     return instruments
 
 
-def observe_last_successes(last_successes: Callable[[], Mapping[str, datetime]]) -> None:
-    """Report ``METRIC_SINCE_LAST_SUCCESS`` at every metrics export: for each recipe in
-    ``last_successes()`` (recipe -> when its last successful run finished), the age of that
-    success. Call once per process, after ``configure_telemetry``; a no-op when telemetry is
-    off. A failing ``last_successes`` skips that export with a warning."""
+def observe_last_successes(
+    last_successes: Callable[[], Mapping[tuple[str, str | None], datetime]],
+) -> None:
+    """Report ``METRIC_SINCE_LAST_SUCCESS`` at every metrics export: for each model in
+    ``last_successes()`` ((recipe, entity or None) -> when its last successful run finished),
+    the age of that success, with the recipe and the entity (if any) as attributes. Call once
+    per process, after ``configure_telemetry``; a no-op when telemetry is off. A failing
+    ``last_successes`` skips that export with a warning."""
     if not _active():
         return
     from opentelemetry import metrics
@@ -657,8 +660,13 @@ def observe_last_successes(last_successes: Callable[[], Mapping[str, datetime]])
             return []
         now = datetime.now(UTC)
         return [
-            Observation(max(0.0, (now - at).total_seconds()), {ATTR_RECIPE: recipe})
-            for recipe, at in successes.items()
+            Observation(
+                max(0.0, (now - at).total_seconds()),
+                {ATTR_RECIPE: recipe}
+                if entity is None
+                else {ATTR_RECIPE: recipe, ATTR_ENTITY: entity},
+            )
+            for (recipe, entity), at in successes.items()
         ]
 
     meter = metrics.get_meter(_SCOPE, meter_provider=_state.meter_provider)
@@ -666,7 +674,7 @@ def observe_last_successes(last_successes: Callable[[], Mapping[str, datetime]])
         METRIC_SINCE_LAST_SUCCESS,
         callbacks=[observe],
         unit="s",
-        description="time since each recipe's last successful run",
+        description="time since the last successful run of each recipe (and entity)",
     )
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from coordinator.auth import (
     check_exposure,
     is_loopback,
 )
-from coordinator.domain import Decision, Policy, Run, StartRun, decide
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import RunStore
 from shared import telemetry
@@ -94,57 +92,36 @@ def test_each_new_database_connection_gets_a_fresh_password() -> None:
         store.close()
 
 
-# -- the time since each recipe's last success ------------------------------------------------
+# -- the time since each model's last success -------------------------------------------------
 
 
-def test_the_store_knows_each_recipes_last_success(tmp_path: Path) -> None:
-    store = RunStore.from_url(f"sqlite:///{tmp_path / 'runs.sqlite'}")
-    store.create_tables()
-    try:
-        now = datetime.now(UTC)
-        finished: dict[str, datetime] = {}
-        for recipe, age_h, status in [
-            ("state_identifier", 50, "succeeded"),
-            ("state_identifier", 30, "succeeded"),
-            ("state_identifier", 1, "failed"),  # a later failure is not a success
-            ("image_classification", 5, "running"),
-        ]:
-            at = now - timedelta(hours=age_h)
-            run_id = uuid.uuid4()
-            start = StartRun(run_id, recipe, "datasets/x", {})
-            started = decide(None, start, now=at, policy=Policy())
-            ended = started.run.model_copy(update={"status": status, "updated_at": at})
-            store.apply(run_id, _returning(Decision(ended)))
-            if status == "succeeded":
-                finished[recipe] = at
-        assert store.last_successes() == finished
-    finally:
-        store.close()
-
-
-def _returning(decision: Decision) -> Callable[[Run | None], Decision]:
-    return lambda _run: decision
-
-
-def test_the_gauge_reports_the_age_of_each_recipes_last_success() -> None:
+def test_the_gauge_reports_the_age_of_each_models_last_success() -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
-    two_days_ago = datetime.now(UTC) - timedelta(days=2)
-    successes: dict[str, datetime] = {"state_identifier": two_days_ago}
+    now = datetime.now(UTC)
+    successes: dict[tuple[str, str | None], datetime] = {
+        ("state_identifier", None): now - timedelta(days=2),
+        ("species_distribution", "cygnus-olor"): now - timedelta(days=9),
+    }
     with telemetry.use_providers(meter_provider=provider):
         telemetry.observe_last_successes(lambda: successes)
         points = gauge_points(reader)
     provider.shutdown()
-    (point,) = points
-    assert point.attributes == {telemetry.ATTR_RECIPE: "state_identifier"}
-    assert 2 * 86400 <= point.value < 2 * 86400 + 600
+    ages = {tuple(sorted(point.attributes.items())): point.value for point in points}
+    recipe, entity = telemetry.ATTR_RECIPE, telemetry.ATTR_ENTITY
+    assert set(ages) == {
+        ((recipe, "state_identifier"),),
+        ((entity, "cygnus-olor"), (recipe, "species_distribution")),
+    }
+    assert 2 * 86400 <= ages[((recipe, "state_identifier"),)] < 2 * 86400 + 600
+    assert ages[((entity, "cygnus-olor"), (recipe, "species_distribution"))] >= 9 * 86400
 
 
 def test_the_gauge_skips_an_export_when_the_store_fails() -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
 
-    def broken() -> dict[str, datetime]:
+    def broken() -> dict[tuple[str, str | None], datetime]:
         raise OSError("database is down")
 
     with telemetry.use_providers(meter_provider=provider):

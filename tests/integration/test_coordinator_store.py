@@ -486,3 +486,37 @@ def test_concurrent_deliveries_of_one_event_count_it_once(store: RunStore) -> No
     assert sorted(results) == [False] * 3 + [True] * 5
     [burst] = store.pending_bursts()
     assert burst.details["events"] == 5
+
+
+def test_the_last_success_of_each_recipe_and_entity(store: RunStore) -> None:
+    """What the "no successful run for N days" gauge reports: one age per model, a run
+    group's members each their own; a later failure or an active run is no success."""
+    finished: dict[tuple[str, str | None], datetime] = {}
+    for recipe, entity, age_h, status in [
+        ("state_identifier", None, 50, "succeeded"),
+        ("state_identifier", None, 30, "succeeded"),
+        ("state_identifier", None, 1, "failed"),
+        ("species_distribution", "cygnus-olor", 40, "succeeded"),
+        ("species_distribution", "anser-anser", 20, "succeeded"),
+        ("species_distribution", "anser-anser", 10, "succeeded"),
+        ("image_classification", None, 5, "running"),
+    ]:
+        at = T0 - timedelta(hours=age_h)
+        run_id = uuid4()
+        begun = decide(
+            None, StartRun(run_id, recipe, "raw/x", {}, entity=entity), now=at, policy=POLICY
+        )
+        ended = Decision(begun.run.model_copy(update={"status": status, "updated_at": at}))
+        store.apply(run_id, _returning(ended))
+        if status == "succeeded":
+            finished[recipe, entity] = at
+    assert store.last_successes() == finished
+    assert set(finished) == {
+        ("state_identifier", None),
+        ("species_distribution", "cygnus-olor"),
+        ("species_distribution", "anser-anser"),
+    }
+
+
+def _returning(decision: Decision) -> Callable[[Run | None], Decision]:
+    return lambda _run: decision

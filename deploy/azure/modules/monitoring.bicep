@@ -197,7 +197,7 @@ resource noRecentSuccess 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'retrainer: no successful run for ${staleAfterDays} days'
-    description: 'No run of a recipe (its model) has succeeded for ${staleAfterDays} days: data stopped arriving, or every run fails.'
+    description: 'No run of a model (a recipe, or one entity of it) has succeeded for ${staleAfterDays} days: data stopped arriving, or every run fails.'
     severity: 3
     enabled: true
     scopes: [
@@ -208,13 +208,20 @@ resource noRecentSuccess 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
     criteria: {
       allOf: [
         {
-          query: 'customMetrics\n| where name == "retrainer.run.since_last_success"\n| extend recipe = tostring(customDimensions["retrainer.recipe"])\n| summarize days = max(valueMax) / 86400.0 by recipe\n| where days > ${staleAfterDays}'
+          query: 'customMetrics\n| where name == "retrainer.run.since_last_success"\n| extend recipe = tostring(customDimensions["retrainer.recipe"]), entity = tostring(customDimensions["retrainer.entity"])\n| summarize days = max(valueMax) / 86400.0 by recipe, entity\n| where days > ${staleAfterDays}'
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0
           dimensions: [
             {
               name: 'recipe'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+            {
+              name: 'entity'
               operator: 'Include'
               values: [
                 '*'
