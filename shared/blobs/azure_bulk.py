@@ -45,8 +45,9 @@ STREAM_CHUNK = 4 * 1024 * 1024
 # A body up to this size has arrived with (or right behind) its headers, in the socket's
 # buffer: collecting it synchronously on the loop thread costs no wait, and saves the second
 # Rust -> Python future per blob (a GIL hand-off and a loop wake-up each, ~25 % of the
-# client CPU of a small-blob download). A larger body is awaited: hyper reads a body only as
-# it is consumed, so blocking on it would serialise the transfers.
+# client CPU of a small-blob download). ``bytes()`` releases the GIL while it waits, so a
+# slow body stalls only this loop's other transfers. A larger body is awaited: hyper reads a
+# body only as it is consumed, so blocking on it would serialise the transfers.
 COLLECT_SYNC_UP_TO = 64 * 1024
 # Uploads above this size go as blocks read from the file (obstore's multipart upload).
 MULTIPART_ABOVE = 8 * 1024 * 1024
