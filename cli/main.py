@@ -778,7 +778,8 @@ def _watch(client: httpx.Client, run_id: str, *, plain: bool) -> int:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    query = {"limit": args.limit, **({"status": args.status} if args.status else {})}
+    filters = {"status": args.status, "recipe": args.recipe, "entity": args.entity}
+    query = {"limit": args.limit, **{key: value for key, value in filters.items() if value}}
     with _client(args) as client:
         body = _checked(client.get("/runs", params=query))
     runs = body["runs"] if isinstance(body, dict) else body
@@ -1021,6 +1022,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs_list = runs_commands.add_parser("list")
     runs_list.add_argument("--status")
     runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--recipe", help="only this recipe's runs")
+    runs_list.add_argument("--entity", help="only this entity's runs (a group member's, say)")
     runs_list.set_defaults(func=cmd_runs_list)
     runs_show = runs_commands.add_parser("show")
     runs_show.add_argument("run_id")

@@ -774,6 +774,15 @@ IdPrefix = Annotated[
 ]
 
 
+RecipeFilter = Annotated[
+    str | None, Query(min_length=1, max_length=200, description="only this recipe's runs")
+]
+EntityFilter = Annotated[
+    str | None,
+    Query(min_length=1, max_length=MAX_ENTITY_LENGTH, description="only this entity's runs"),
+]
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/runs",
@@ -809,9 +818,16 @@ def _add_routes(app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
         id_prefix: IdPrefix = None,
+        recipe: RecipeFilter = None,
+        entity: EntityFilter = None,
     ) -> RunPage:
         runs, total = coordinator.list_runs(
-            status=status, limit=limit, offset=offset, id_prefix=id_prefix
+            status=status,
+            limit=limit,
+            offset=offset,
+            id_prefix=id_prefix,
+            recipe=recipe,
+            entity=entity,
         )
         return RunPage(
             runs=[RunSummary.of(run) for run in runs], total=total, limit=limit, offset=offset

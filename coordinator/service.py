@@ -405,10 +405,18 @@ class Coordinator:
         limit: int = 50,
         offset: int = 0,
         id_prefix: str | None = None,
+        recipe: str | None = None,
+        entity: str | None = None,
     ) -> tuple[list[Run], int]:
         """A page of runs, newest first, and how many runs match in all."""
-        runs = self.store.list_runs(status=status, limit=limit, offset=offset, id_prefix=id_prefix)
-        return runs, self.store.count_runs(status=status, id_prefix=id_prefix)
+        filters: dict[str, Any] = {
+            "status": status,
+            "id_prefix": id_prefix,
+            "recipe": recipe,
+            "entity": entity,
+        }
+        runs = self.store.list_runs(limit=limit, offset=offset, **filters)
+        return runs, self.store.count_runs(**filters)
 
     # --- run groups ------------------------------------------------------------------------
 

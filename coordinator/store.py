@@ -35,6 +35,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -478,6 +479,28 @@ class OutboxMessage:
     id: int
     topic: str
     message: OutgoingMessage
+
+
+# A run's entity lives in its state (no column of its own): read from the JSON, unindexed.
+run_entity = runs.c.state["entity"].as_string()
+
+
+def _run_filters(
+    query: Select[Any],
+    status: RunStatus | None,
+    id_prefix: str | None,
+    recipe: str | None,
+    entity: str | None,
+) -> Select[Any]:
+    if status is not None:
+        query = query.where(runs.c.status == status)
+    if id_prefix:
+        query = query.where(runs.c.id.between(*uuid_prefix_range(id_prefix)))
+    if recipe is not None:
+        query = query.where(runs.c.recipe == recipe)
+    if entity is not None:
+        query = query.where(run_entity == entity)
+    return query
 
 
 class RunStore:
@@ -1133,30 +1156,34 @@ class RunStore:
         limit: int = 50,
         offset: int = 0,
         id_prefix: str | None = None,
+        recipe: str | None = None,
+        entity: str | None = None,
     ) -> list[Run]:
-        """Newest first; ``id_prefix``: only runs whose id starts with those hex digits."""
+        """Newest first; ``id_prefix``: only runs whose id starts with those hex digits;
+        ``recipe``, ``entity``: only that recipe's runs, that entity's."""
         query = select(runs.c.state).order_by(runs.c.created_at.desc(), runs.c.id.desc())
-        if status is not None:
-            query = query.where(runs.c.status == status)
-        if id_prefix:
-            query = query.where(runs.c.id.between(*uuid_prefix_range(id_prefix)))
+        query = _run_filters(query, status, id_prefix, recipe, entity)
         with self._connection() as conn:
             states = conn.scalars(query.limit(limit).offset(offset)).all()
         return [Run.model_validate(state) for state in states]
 
-    def count_runs(self, *, status: RunStatus | None = None, id_prefix: str | None = None) -> int:
-        query = select(func.count()).select_from(runs)
-        if status is not None:
-            query = query.where(runs.c.status == status)
-        if id_prefix:
-            query = query.where(runs.c.id.between(*uuid_prefix_range(id_prefix)))
+    def count_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        id_prefix: str | None = None,
+        recipe: str | None = None,
+        entity: str | None = None,
+    ) -> int:
+        counted = select(func.count()).select_from(runs)
+        query = _run_filters(counted, status, id_prefix, recipe, entity)
         with self._connection() as conn:
             return int(conn.scalar(query) or 0)
 
     def last_successes(self) -> dict[tuple[str, str | None], datetime]:
         """(recipe, entity or None) -> when its latest successful run finished (a finished run
         is not updated): one model each, a group's members each their own."""
-        entity = runs.c.state["entity"].as_string()
+        entity = run_entity
         query = (
             select(runs.c.recipe, entity, func.max(runs.c.updated_at))
             .where(runs.c.status == "succeeded")

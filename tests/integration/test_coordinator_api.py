@@ -529,3 +529,33 @@ def test_an_entity_mlflow_would_refuse_is_422_and_starts_nothing(stack: Stack, e
     assert problem["loc"] == ["body", "entity"]
     assert entity in problem["msg"]
     assert stack.client.get("/runs").json()["total"] == 0
+
+
+def test_runs_are_listed_by_recipe_and_entity_over_the_api_and_cli(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    swan = stack.start(entity="cygnus-olor")["id"]
+    stack.start(entity="anser-anser")
+    plain = stack.start()["id"]
+
+    def listed(**query: str) -> tuple[list[str], int]:
+        response = stack.client.get("/runs", params=query)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        return [run["id"] for run in page["runs"]], page["total"]
+
+    assert listed(entity="cygnus-olor") == ([swan], 1)
+    assert listed(entity="nobody") == ([], 0)
+    assert listed(recipe="state_identifier")[1] == 3
+    assert listed(recipe="image_classification") == ([], 0)
+    assert listed(recipe="state_identifier", entity="anser-anser", status="succeeded") == ([], 0)
+    assert plain not in listed(entity="cygnus-olor")[0]
+    too_long = stack.client.get("/runs", params={"entity": "x" * 1000})
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["loc"] == ["query", "entity"]
+
+    monkeypatch.setattr(cli, "_client", lambda _args: contextlib.nullcontext(stack.client))
+    capsys.readouterr()
+    assert cli.main(["runs", "list", "--entity", "cygnus-olor"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == [swan[:8]]

@@ -520,3 +520,35 @@ def test_the_last_success_of_each_recipe_and_entity(store: RunStore) -> None:
 
 def _returning(decision: Decision) -> Callable[[Run | None], Decision]:
     return lambda _run: decision
+
+
+def test_runs_are_listed_and_counted_by_recipe_and_entity(store: RunStore) -> None:
+    made: dict[tuple[str, str | None], UUID] = {}
+    for recipe, entity in [
+        ("state_identifier", None),
+        ("species_distribution", "cygnus-olor"),
+        ("species_distribution", "anser-anser"),
+        ("text_classification", "cygnus-olor"),
+    ]:
+        run_id = uuid4()
+        store.apply(run_id, deciding(StartRun(run_id, recipe, "raw/set1", {}, entity=entity)))
+        made[recipe, entity] = run_id
+
+    def ids(**filters: Any) -> set[UUID]:
+        found = {run.id for run in store.list_runs(**filters)}
+        assert store.count_runs(**filters) == len(found)
+        return found
+
+    assert ids(recipe="species_distribution") == {
+        made["species_distribution", "cygnus-olor"],
+        made["species_distribution", "anser-anser"],
+    }
+    assert ids(entity="cygnus-olor") == {
+        made["species_distribution", "cygnus-olor"],
+        made["text_classification", "cygnus-olor"],
+    }
+    assert ids(recipe="species_distribution", entity="cygnus-olor") == {
+        made["species_distribution", "cygnus-olor"]
+    }
+    assert ids(entity="cygnus-olor", status="succeeded") == set()
+    assert len(ids()) == 4
