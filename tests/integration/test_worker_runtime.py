@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,14 +67,17 @@ def blobs(tmp_path: Path) -> LocalBlobStore:
     return store
 
 
-def make_worker(spec: StageSpec, bus: SqliteMessageBus, blobs: LocalBlobStore) -> Worker:
+def make_worker(
+    spec: StageSpec, bus: SqliteMessageBus, blobs: LocalBlobStore, **options: Any
+) -> Worker:
+    """A worker on the test's bus and store; ``options``: the Worker's other settings."""
     return Worker(
         spec,
         bus=bus,
         blob_store=blobs,
         recipe_lookup=lookup,
         lock_duration_s=LOCK_S,
-        receive_wait_s=0.2,
+        **{"receive_wait_s": 0.2, **options},
     )
 
 
@@ -306,12 +310,10 @@ def test_health_file_is_touched_by_every_receive(
     from shared.healthcheck import main as healthcheck
 
     health = tmp_path / "alive"
-    worker = Worker(
+    worker = make_worker(
         aggregation_spec(),
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
+        bus,
+        blobs,
         receive_wait_s=0.05,
         health_file=health,
     )
@@ -343,13 +345,10 @@ def test_cancel_stage_reaches_the_recipe_of_the_attempt_in_flight(
     spec = StageSpec(
         stage="aggregation", inputs=("data",), output="dataset", handler=waits_for_cancel
     )
-    worker = Worker(
+    worker = make_worker(
         spec,
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
-        receive_wait_s=0.2,
+        bus,
+        blobs,
         stage_max_workers=3,
     )
     command = send(bus)
@@ -472,13 +471,10 @@ def test_a_stage_that_ignores_the_stop_is_abandoned_after_the_grace_period(
         release.wait(60)
         return StageResult()
 
-    worker = Worker(
+    worker = make_worker(
         StageSpec("aggregation", ("data",), "dataset", stubborn),
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
-        receive_wait_s=0.2,
+        bus,
+        blobs,
         shutdown_grace_s=0.2,
         name=f"stubborn-{uuid.uuid4()}",  # its threads, and only they, carry this name
     )
@@ -511,12 +507,10 @@ def test_a_worker_waiting_long_is_woken_by_a_command_a_cancel_and_its_stop(
     entered = threading.Event()
     # Its receives (commands and run-control) would wait past the hang guard: only the bus's
     # doorbell and the stop's interruption end them.
-    worker = Worker(
+    worker = make_worker(
         _waits_for_cancel(entered),
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
+        bus,
+        blobs,
         receive_wait_s=WAIT_S * 2,
         shutdown_grace_s=0.2,
     )
@@ -552,12 +546,10 @@ def test_the_worker_warms_up_before_it_reports_alive_or_takes_a_message(
         raise RuntimeError("warm-up failures are logged, not fatal")
 
     spec = dataclasses.replace(aggregation_spec(), warm_up=(warm, failing_warm))
-    worker = Worker(
+    worker = make_worker(
         spec,
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
+        bus,
+        blobs,
         receive_wait_s=0.05,
         health_file=health,
     )
@@ -586,12 +578,10 @@ def test_heartbeats_say_warming_during_the_warm_up_and_warm_as_soon_as_it_ends(
 ) -> None:
     release = threading.Event()
     spec = dataclasses.replace(aggregation_spec(), warm_up=(lambda: release.wait(WAIT_S),))
-    worker = Worker(
+    worker = make_worker(
         spec,
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
+        bus,
+        blobs,
         receive_wait_s=0.05,
         # Far longer than any wait here: the warm heartbeat must not wait for the interval.
         heartbeat_s=100 * WAIT_S,
@@ -655,13 +645,10 @@ def test_a_running_attempts_log_is_written_as_it_goes_and_kept_whole_at_its_end(
         raise RuntimeError("diverged at epoch 2")
 
     spec = StageSpec("aggregation", ("data",), "dataset", logs_then_waits)
-    worker = Worker(
+    worker = make_worker(
         spec,
-        bus=bus,
-        blob_store=blobs,
-        recipe_lookup=lookup,
-        lock_duration_s=LOCK_S,
-        receive_wait_s=0.2,
+        bus,
+        blobs,
         attempt_log_s=0.05,
     )
     command = send(bus)
