@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -693,7 +693,7 @@ class RunStore:
             )
         promoted = _promotion_of(current, new)
         if promoted is not None:
-            conn.execute(_PROMOTION_ADD, _promotion_row(promoted))
+            conn.execute(_PROMOTION_ADD, asdict(promoted))
         now = utcnow()
         if decision.commands:
             conn.execute(_OUTBOX_ADD, [_outbox_row(cmd, now) for cmd in _encoded(decision)])
@@ -709,7 +709,7 @@ class RunStore:
 
     def record_promotion(self, promotion: PromotionRecord) -> None:
         with self._connection() as conn, conn.begin():
-            conn.execute(insert(promotions).values(**_promotion_row(promotion)))
+            conn.execute(insert(promotions).values(**asdict(promotion)))
 
     def list_promotions(self, model_name: str, *, limit: int = 1000) -> list[PromotionRecord]:
         """The model's latest ``limit`` promotions, oldest first."""
@@ -1473,18 +1473,6 @@ def _promotion_of(current: Run | None, new: Run) -> PromotionRecord | None:
         reason=model.reason,
         previous_version=None,
     )
-
-
-def _promotion_row(promotion: PromotionRecord) -> dict[str, Any]:
-    return {
-        "model_name": promotion.model_name,
-        "version": promotion.version,
-        "promoted_at": promotion.promoted_at,
-        "run_id": promotion.run_id,
-        "actor": promotion.actor,
-        "reason": promotion.reason,
-        "previous_version": promotion.previous_version,
-    }
 
 
 def _outbox_row(topic_and_message: tuple[str, OutgoingMessage], now: datetime) -> dict[str, Any]:
