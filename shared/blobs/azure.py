@@ -45,8 +45,8 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator
+from contextlib import aclosing, contextmanager, suppress
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -578,42 +578,38 @@ class _Runtime:
         return BlobProperties(name, _unquoted(props.etag), props.size, _utc(props.last_modified))
 
     async def list(self, prefix: str, container: str, path: str) -> list[BlobProperties]:
-        found: list[BlobProperties] = []
         with _translated(prefix):
-            try:
-                async for item in self._container(container).list_blobs(
-                    name_starts_with=path or None
-                ):
-                    name = f"{container}/{item.name}"
-                    try:
-                        validate_blob_name(name)
-                    except InvalidBlobNameError:
-                        continue  # e.g. "dir/" written by another tool: not addressable here
-                    found.append(
-                        BlobProperties(
-                            name, _unquoted(item.etag), item.size, _utc(item.last_modified)
-                        )
-                    )
-            except ResourceNotFoundError:
-                return []  # no container yet: no blobs
+            found = [blob async for blob in self._addressable(container, path)]
         found.sort(key=lambda p: p.name)
         return found
 
     async def has_any(self, prefix: str, container: str, path: str) -> bool:
         with _translated(prefix):
-            try:
-                # The pager asks for the next page only when this one is used up.
-                async for item in self._container(container).list_blobs(
-                    name_starts_with=path or None, results_per_page=PRESENCE_PAGE
-                ):
-                    try:
-                        validate_blob_name(f"{container}/{item.name}")
-                    except InvalidBlobNameError:
-                        continue  # not addressable through the port: list() skips it too
+            # The pager asks for the next page only when this one is used up.
+            async with aclosing(self._addressable(container, path, PRESENCE_PAGE)) as blobs:
+                async for _ in blobs:
                     return True
-            except ResourceNotFoundError:
-                return False  # no container yet: no blobs
         return False
+
+    async def _addressable(
+        self, container: str, path: str, per_page: int | None = None
+    ) -> AsyncGenerator[BlobProperties, None]:
+        """The blobs whose names start with ``path`` that the port can address, in the
+        service's order; none for a missing container."""
+        try:
+            async for item in self._container(container).list_blobs(
+                name_starts_with=path or None, results_per_page=per_page
+            ):
+                name = f"{container}/{item.name}"
+                try:
+                    validate_blob_name(name)
+                except InvalidBlobNameError:
+                    continue  # e.g. "dir/" written by another tool: not addressable here
+                yield BlobProperties(
+                    name, _unquoted(item.etag), item.size, _utc(item.last_modified)
+                )
+        except ResourceNotFoundError:
+            return  # no container yet: no blobs
 
     async def delete(self, name: str, container: str, path: str, if_match: str | None) -> None:
         conditions: dict[str, Any] = {}
