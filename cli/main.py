@@ -676,12 +676,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _import_champion_libraries() -> None:
-    """What loading the champion imports (seconds of CPU), in a thread at the lowest CPU
-    priority (Linux: a thread's own nice value): it takes only the CPU the stack leaves idle,
-    so it does not slow the warm-ups the run waits for. Only an earlier start: loading
-    imports whatever is still missing."""
+    """What loading the champion imports (seconds of CPU), in a thread at the workers'
+    warm-up priority (Linux: a thread's own nice value), so the coordinator and the stages
+    the run waits for go first. No lower: once the run is done the demo waits for this
+    thread (an import half done holds its module's lock), an unprivileged process cannot
+    raise a thread's priority again, and at nice 19 a machine with three busy loops left it
+    a few per cent of a core (4 minutes of the demo). Only an earlier start: loading imports
+    whatever is still missing."""
+    from shared.worker import WARM_UP_NICE
+
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_UP_NICE)
     with contextlib.suppress(Exception):
         import mlflow.pyfunc  # noqa: F401
         import pandas  # noqa: F401
